@@ -1,0 +1,1 @@
+"""PyTorch modules of the five detector variants (registered in ``deepfake_serving.variants``)."""

@@ -1,0 +1,160 @@
+"""The image pipeline: decode → detect faces (batched) → crops → one forward pass → responses.
+
+Backend-agnostic: the TorchServe handler and the Triton models call it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .crops import center_square, fit_to_input, padded_crop, to_tensor
+from .errors import InputError
+from .faces import FaceDetector, image_detect_scale
+from .imaging import ImageLimits, decode_image
+from .schema import face_entry, image_response
+from .variants import Variant
+
+
+@dataclass
+class PreparedImage:
+    """One image after the face stage: model-ready crops and what the response needs about them."""
+
+    width: int
+    height: int
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    confidences: list[float | None] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    source: str = "mtcnn"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+class ImagePipeline:
+    def __init__(
+        self,
+        variant: Variant,
+        model: nn.Module,
+        *,
+        version: str = "0",
+        weights_trained: bool = False,
+        model_name: str | None = None,
+        limits: ImageLimits = ImageLimits(),
+        max_faces: int = 32,
+    ):
+        self.variant = variant
+        self.model = model.eval()
+        self.version = version
+        self.weights_trained = weights_trained
+        self.model_name = model_name or variant.name
+        self.limits = limits
+        self.max_faces = max_faces
+        self.face_detector = FaceDetector(variant.preprocessing.faces)
+
+    # -- stages ---------------------------------------------------------------
+    def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | InputError]:
+        """Decode every payload and detect faces over the whole batch; failures stay per item."""
+        prepared: list[PreparedImage | InputError] = []
+        images: dict[int, np.ndarray] = {}
+        for i, data in enumerate(payloads):
+            start = time.perf_counter()
+            try:
+                image = decode_image(data, self.limits)
+            except InputError as err:
+                prepared.append(err)
+                continue
+            images[i] = image
+            prepared.append(PreparedImage(image.shape[1], image.shape[0], timings_ms={"decode": _ms(start)}))
+        if not images:
+            return prepared
+        start = time.perf_counter()
+        params = self.variant.preprocessing.faces
+        order = list(images)
+        detections = self.face_detector.detect(
+            [images[i] for i in order], [image_detect_scale(images[i].shape, params) for i in order]
+        )
+        detect_ms = _ms(start) / len(order)
+        for i, faces in zip(order, detections):
+            item = prepared[i]
+            start = time.perf_counter()
+            faces = sorted(faces, key=lambda f: -f.confidence)[: self.max_faces]
+            self._crop(item, images[i], faces)
+            item.timings_ms["detect"] = detect_ms
+            item.timings_ms["crop"] = _ms(start)
+        return prepared
+
+    def _crop(self, item: PreparedImage, image: np.ndarray, faces) -> None:
+        pre = self.variant.preprocessing
+        for face in faces:
+            crop = padded_crop(image, face.box, pre.faces.crop_margin)
+            if crop.size == 0:
+                continue
+            item.boxes.append(face.box)
+            item.confidences.append(face.confidence)
+            item.crops.append(fit_to_input(crop, pre.input_size, pre.resize))
+        if not item.crops and pre.faces.no_face_fallback == "center_crop":
+            crop, box = center_square(image)
+            item.boxes.append(box)
+            item.confidences.append(None)
+            item.crops.append(fit_to_input(crop, pre.input_size, pre.resize))
+            item.source = "center_crop"
+
+    @torch.inference_mode()
+    def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """P(fake) for each crop, in one forward pass."""
+        if not crops:
+            return np.zeros(0, dtype=np.float64)
+        pre = self.variant.preprocessing
+        output = self.model(to_tensor(crops, pre.mean, pre.std))
+        return self.variant.fake_probability(output).double().cpu().numpy()
+
+    def respond(self, item: PreparedImage, scores: Sequence[float]) -> dict:
+        faces = [
+            face_entry(box, conf, score, item.source)
+            for box, conf, score in zip(item.boxes, item.confidences, scores)
+        ]
+        return image_response(
+            model=self.model_name,
+            version=self.version,
+            threshold=self.variant.threshold,
+            faces=faces,
+            weights_trained=self.weights_trained,
+            width=item.width,
+            height=item.height,
+            timings_ms=item.timings_ms,
+        )
+
+    # -- whole pipeline -------------------------------------------------------
+    def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | InputError]:
+        """Answer a batch: the faces of every valid request share one forward pass."""
+        prepared = self.prepare(payloads)
+        valid = [p for p in prepared if isinstance(p, PreparedImage)]
+        start = time.perf_counter()
+        scores = self.classify([crop for p in valid for crop in p.crops])
+        classify_ms = _ms(start)
+        results: list[dict | InputError] = []
+        offset = 0
+        for item in prepared:
+            if isinstance(item, InputError):
+                results.append(item)
+                continue
+            n = len(item.crops)
+            item.timings_ms["classify"] = classify_ms
+            item.timings_ms["total"] = sum(item.timings_ms.values())
+            results.append(self.respond(item, scores[offset:offset + n]))
+            offset += n
+        return results
+
+    def predict(self, payload: bytes) -> dict:
+        (result,) = self.predict_batch([payload])
+        if isinstance(result, InputError):
+            raise result
+        return result
