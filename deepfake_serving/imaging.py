@@ -44,6 +44,8 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
         raise InputError(413, "body_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # PIL refuses > 2x its own pixel limit while opening
+        raise InputError(413, "image_too_large", f"the image declares too many pixels: {exc}") from None
     except UnidentifiedImageError:
         raise InputError(415, "unsupported_media",
                          "the body is not an image this server can decode (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
