@@ -1,0 +1,1 @@
+"""Server-facing tools: archive building, the TorchServe launcher, REST and gRPC clients."""
