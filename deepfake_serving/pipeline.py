@@ -149,7 +149,9 @@ class ImagePipeline:
             n = len(item.crops)
             item.timings_ms["classify"] = classify_ms
             item.timings_ms["total"] = sum(item.timings_ms.values())
-            results.append(self.respond(item, scores[offset:offset + n]))
+            response = self.respond(item, scores[offset:offset + n])
+            response["batch_size"] = len(payloads)  # requests that shared this forward pass
+            results.append(response)
             offset += n
         return results
 

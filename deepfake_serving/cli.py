@@ -1,0 +1,147 @@
+"""deepfake-serving: package, serve and query deepfake detectors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL_STORE = "model_store"
+DEFAULT_WORKDIR = "runtime/torchserve"
+
+
+def cmd_variants(args) -> int:
+    from .variants import get_variant, list_variants
+
+    for name in list_variants():
+        v = get_variant(name)
+        print(json.dumps({"name": name, "seed": v.seed, "description": v.description, "output": v.output,
+                          "preprocessing": v.preprocessing.to_dict()}))
+    return 0
+
+
+def cmd_archive(args) -> int:
+    from .serving.archive import DEFAULT_MODEL_CONFIG, build_archive
+
+    config = dict(DEFAULT_MODEL_CONFIG)
+    if args.workers:
+        config.update(minWorkers=args.workers, maxWorkers=args.workers)
+    if args.batch_size:
+        config["batchSize"] = args.batch_size
+    if args.threads:
+        config["handler"] = {"torch_threads": args.threads}
+    path = build_archive(args.variant, args.version, checkpoint=args.checkpoint, export_path=args.export_path,
+                         model_name=args.model_name, model_config=config)
+    print(path)
+    return 0
+
+
+def _start_server(args, models: list[str]):
+    from .serving.torchserve import TorchServe
+
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    return TorchServe(args.model_store, args.workdir, models=models).start()
+
+
+def _wait_forever(server) -> int:
+    print(f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). Ctrl-C stops it.")
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    models = args.models or [p.name for p in sorted(Path(args.model_store).glob("*.mar"))]
+    return _wait_forever(_start_server(args, models))
+
+
+def cmd_demo(args) -> int:
+    """Build a demo archive (random weights, flagged untrained), serve it, and predict a real face."""
+    from . import samples
+    from .serving.archive import archive_file_name, build_archive
+    from .serving.client import GrpcClient, RestClient
+
+    mar = Path(args.model_store) / archive_file_name(args.variant, "1.0")
+    if not mar.exists():
+        print(f"building demo archive {mar} (random weights)...", file=sys.stderr)
+        build_archive(args.variant, "1.0", export_path=args.model_store)
+    server = _start_server(args, [f"{args.variant}={mar.name}"])
+    try:
+        image = samples.astronaut_jpeg()
+        rest = RestClient(server.inference_url).predict(args.variant, image)
+        grpc_answer = GrpcClient(server.grpc_target).predict(args.variant, image)
+        print(json.dumps(rest.body, indent=2))
+        same = rest.body.get("fake_probability") == grpc_answer.body.get("fake_probability")
+        print(f"REST {rest.status}, gRPC {grpc_answer.status}, same answer over both: {same}", file=sys.stderr)
+    except BaseException:
+        server.stop()
+        raise
+    if args.exit:
+        server.stop()
+        return 0 if rest.ok and grpc_answer.ok else 1
+    return _wait_forever(server)
+
+
+def cmd_predict(args) -> int:
+    from .serving.client import make_client
+
+    client = make_client(args.protocol, args.url)
+    worst = 0
+    for path in args.files:
+        prediction = client.predict(args.model, Path(path).read_bytes(), args.version)
+        print(json.dumps({"file": path, "status": prediction.status, **prediction.body}))
+        worst = max(worst, 0 if prediction.ok else 1)
+    return worst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepfake-serving", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
+
+    p = sub.add_parser("archive", help="package a variant as a versioned .mar")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--checkpoint", help="user checkpoint; without one the weights are random and flagged untrained")
+    p.add_argument("--model-name", help="TorchServe model name (default: the variant name)")
+    p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=cmd_archive)
+
+    for name, func, helptext in (("serve", cmd_serve, "run TorchServe on the model store"),
+                                 ("demo", cmd_demo, "build a demo archive, serve it and predict a real face")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model-store", default=DEFAULT_MODEL_STORE)
+        p.add_argument("--workdir", default=DEFAULT_WORKDIR)
+        p.set_defaults(func=func)
+    sub.choices["serve"].add_argument("--models", nargs="*", help="name=file.mar entries (default: every .mar)")
+    sub.choices["demo"].add_argument("--variant", default="b4-mobile")
+    sub.choices["demo"].add_argument("--exit", action="store_true", help="stop the server after the prediction")
+
+    p = sub.add_parser("predict", help="send images to a running server")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", default="b4-mobile")
+    p.add_argument("--version")
+    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
+    p.add_argument("--url", help="REST base URL or gRPC host:port")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Start, check and stop a real TorchServe; register models and switch default versions.
+
+The launcher derives a runtime config from the repository's config.properties,
+changing only ports, paths and the models to load, so tests and demos run the
+configuration users get.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG = REPO_ROOT / "config.properties"
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Five free loopback ports (so a test server never collides with a running demo)."""
+        sockets = [socket.socket() for _ in range(5)]
+        try:
+            for s in sockets:
+                s.bind(("127.0.0.1", 0))
+            return cls(*(s.getsockname()[1] for s in sockets))
+        finally:
+            for s in sockets:
+                s.close()
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+class TorchServe:
+    def __init__(
+        self,
+        model_store: str | Path,
+        workdir: str | Path,
+        models: list[str] | None = None,
+        ports: Ports = Ports(),
+        config: Path = CONFIG,
+        env: dict[str, str] | None = None,
+    ):
+        self.model_store = Path(model_store).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.models = models or []
+        self.ports = ports
+        self.config = config
+        self.env = env or {}
+        self.process: subprocess.Popen | None = None
+        self.inference_url = f"http://127.0.0.1:{ports.inference}"
+        self.management_url = f"http://127.0.0.1:{ports.management}"
+        self.metrics_url = f"http://127.0.0.1:{ports.metrics}"
+        self.grpc_target = f"127.0.0.1:{ports.grpc_inference}"
+        self.grpc_management_target = f"127.0.0.1:{ports.grpc_management}"
+
+    # -- life cycle -------------------------------------------------------------
+    def runtime_config(self) -> Path:
+        props = read_properties(self.config)
+        props.update({
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": self.metrics_url,
+            "grpc_inference_port": str(self.ports.grpc_inference),
+            "grpc_management_port": str(self.ports.grpc_management),
+            "model_store": str(self.model_store),
+            "load_models": ",".join(self.models),
+        })
+        path = self.workdir / "config.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def start(self, timeout: float = 180.0) -> "TorchServe":
+        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            # torchserve --stop and the pid file live in the temp dir.
+            "TEMP": str(self.workdir / "tmp"),
+            "TMPDIR": str(self.workdir / "tmp"),
+            "LOG_LOCATION": str(self.workdir / "logs"),
+            "METRICS_LOCATION": str(self.workdir / "logs"),
+            # The workers must find the venv's python and this package.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **self.env,
+        }
+        self.log = open(self.workdir / "logs" / "torchserve.out", "wb")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs",
+             "--ts-config", str(self.runtime_config()), "--model-store", str(self.model_store)],
+            cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """/ping answers before workers load: wait for every model's workers to be READY."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.process.returncode}; see {self.workdir}/logs")
+            try:
+                if requests.get(f"{self.inference_url}/ping", timeout=2).ok and self.all_workers_ready():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"TorchServe not ready after {timeout} s; see {self.workdir}/logs")
+
+    def all_workers_ready(self) -> bool:
+        models = requests.get(f"{self.management_url}/models", timeout=5).json().get("models", [])
+        if len(models) < len({m.split("=")[0] for m in self.models}):
+            return False
+        for model in models:
+            for version in self.describe(model["modelName"], "all"):
+                workers = version.get("workers", [])
+                if not workers or any(w.get("status") != "READY" for w in workers):
+                    return False
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+    def __enter__(self) -> "TorchServe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- management API -----------------------------------------------------------
+    def describe(self, name: str, version: str | None = None) -> list[dict]:
+        url = f"{self.management_url}/models/{name}" + (f"/{version}" if version else "")
+        response = requests.get(url, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def register(self, mar_file: str, workers: int = 1, timeout: float = 300.0) -> dict:
+        response = requests.post(
+            f"{self.management_url}/models",
+            params={"url": mar_file, "initial_workers": workers, "synchronous": "true"},
+            timeout=timeout,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def set_default(self, name: str, version: str) -> dict:
+        response = requests.put(f"{self.management_url}/models/{name}/{version}/set-default", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def worker_pids(self, name: str, version: str | None = None) -> list[int]:
+        return [int(w["pid"]) for d in self.describe(name, version) for w in d.get("workers", []) if w.get("pid")]
