@@ -21,11 +21,14 @@ class Prediction:
         return 200 <= self.status < 300
 
 
-def _json_or_text(raw: bytes) -> dict:
+def _json_or_text(raw: bytes, reason: str = "") -> dict:
+    """The JSON body, or an error in our schema for bodies the server itself wrote as text or left empty
+    (TorchServe's transport answers 413 above max_request_size with an empty body)."""
     try:
         body = json.loads(raw)
     except ValueError:
-        return {"error": {"code": "non_json_response", "message": raw.decode("utf-8", "replace")[:500]}}
+        text = raw.decode("utf-8", "replace")[:500]
+        return {"error": {"code": "non_json_response", "message": text or reason or "empty response body"}}
     return body if isinstance(body, dict) else {"result": body}
 
 
@@ -39,7 +42,7 @@ class RestClient:
         path = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
         response = self.session.post(path, data=data, timeout=self.timeout,
                                      headers={"Content-Type": "application/octet-stream"})
-        return Prediction(response.status_code, _json_or_text(response.content))
+        return Prediction(response.status_code, _json_or_text(response.content, response.reason))
 
 
 class GrpcClient:

@@ -1,0 +1,149 @@
+"""A real TorchServe serving real archives: REST, gRPC, versions, batching, bad inputs."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+import media
+from conftest import box_inside
+from deepfake_serving import samples
+from deepfake_serving.serving.archive import build_archive
+from deepfake_serving.serving.client import GrpcClient, RestClient
+from deepfake_serving.serving.torchserve import Ports, TorchServe
+
+pytestmark = pytest.mark.server
+MODEL = "b4-mobile"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("model_store")
+    v1 = build_archive(MODEL, "1.0", export_path=store, seed=0)
+    v2 = build_archive(MODEL, "2.0", export_path=store, seed=1)
+    ts = TorchServe(store, tmp_path_factory.mktemp("ts"), models=[f"{MODEL}={v1.name}"], ports=Ports.free())
+    ts.start()
+    ts.register(v2.name)  # over the management API, next to the serving version
+    yield ts
+    ts.stop()
+
+
+@pytest.fixture(scope="module")
+def rest(server):
+    return RestClient(server.inference_url)
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    client = GrpcClient(server.grpc_target)
+    yield client
+    client.close()
+
+
+def test_rest_astronaut(rest, astronaut_jpeg):
+    answer = rest.predict(MODEL, astronaut_jpeg)
+    assert answer.status == 200
+    body = answer.body
+    assert body["model"] == MODEL and body["version"] == "1.0" and body["weights_trained"] is False
+    assert body["face_count"] == 1 and box_inside(body["faces"][0]["box"], samples.ASTRONAUT_FACE_REGION)
+    assert body["label"] in ("FAKE", "REAL") and 0 <= body["fake_probability"] <= 1
+
+
+def test_content_type_is_json(server, astronaut_jpeg):
+    response = requests.put(f"{server.inference_url}/predictions/{MODEL}", data=astronaut_jpeg, timeout=60)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
+
+
+def test_grpc_gives_the_rest_answer(rest, grpc_client, astronaut_jpeg, two_faces_jpeg, no_face_jpeg):
+    for image, faces in ((astronaut_jpeg, 1), (two_faces_jpeg, 2), (no_face_jpeg, 0)):
+        over_rest, over_grpc = rest.predict(MODEL, image), grpc_client.predict(MODEL, image)
+        assert over_rest.status == over_grpc.status == 200
+        assert over_grpc.body["face_count"] == faces
+        assert [f["box"] for f in over_grpc.body["faces"]] == [f["box"] for f in over_rest.body["faces"]]
+        assert over_grpc.body["fake_probability"] == pytest.approx(over_rest.body["fake_probability"], abs=1e-6)
+
+
+def test_two_faces_and_no_face(rest, two_faces_jpeg, no_face_jpeg):
+    two = rest.predict(MODEL, two_faces_jpeg).body
+    assert two["face_count"] == 2
+    assert sorted((f["box"][0] + f["box"][2]) / 2 < 512 for f in two["faces"]) == [False, True]
+    none = rest.predict(MODEL, no_face_jpeg)
+    assert none.status == 200 and none.body["label"] == "NO_FACE" and none.body["fake_probability"] is None
+
+
+def test_two_versions_and_set_default(server, rest, astronaut_jpeg):
+    v1 = rest.predict(MODEL, astronaut_jpeg, version="1.0").body
+    v2 = rest.predict(MODEL, astronaut_jpeg, version="2.0").body
+    assert (v1["version"], v2["version"]) == ("1.0", "2.0")
+    assert v1["fake_probability"] != v2["fake_probability"]  # different weights
+    assert rest.predict(MODEL, astronaut_jpeg).body["version"] == "1.0"  # the first registered is default
+    try:
+        server.set_default(MODEL, "2.0")
+        assert rest.predict(MODEL, astronaut_jpeg).body["version"] == "2.0"
+    finally:
+        server.set_default(MODEL, "1.0")
+    assert rest.predict(MODEL, astronaut_jpeg).body["version"] == "1.0"
+
+
+BAD_INPUTS = {
+    "empty body": (b"", 400, "empty_body"),
+    "not an image": (b"%PDF-1.4 definitely not a picture", 415, "unsupported_media"),
+    "truncated jpeg": (media.truncated_jpeg(), 400, "corrupt_image"),
+    "decompression bomb": (media.decompression_bomb_png(), 413, "image_too_large"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_gets_json_error_and_worker_survives(server, rest, grpc_client, astronaut_jpeg, name):
+    data, status, code = BAD_INPUTS[name]
+    pids = server.worker_pids(MODEL, "1.0")
+    for client in (rest, grpc_client):
+        answer = client.predict(MODEL, data, version="1.0")
+        assert (answer.status, answer.body["error"]["code"]) == (status, code), answer.body
+        assert answer.body["error"]["message"]
+    assert rest.predict(MODEL, astronaut_jpeg, version="1.0").status == 200
+    assert server.worker_pids(MODEL, "1.0") == pids
+
+
+@pytest.mark.parametrize("make", [media.grayscale_png, media.rgba_png, media.gray16_png, media.exif_rotated_jpeg])
+def test_awkward_images_get_correct_answers(rest, make):
+    answer = rest.predict(MODEL, make(), version="1.0")
+    assert answer.status == 200 and answer.body["face_count"] == 1
+    assert box_inside(answer.body["faces"][0]["box"], samples.ASTRONAUT_FACE_REGION)
+
+
+def test_bodies_over_the_size_limits_are_refused_and_server_survives(server, rest, grpc_client, astronaut_jpeg):
+    pids = server.worker_pids(MODEL, "1.0")
+    # Over the handler's image limit (20 MB): our JSON 413.
+    answer = rest.predict(MODEL, astronaut_jpeg + b"\0" * (21 * 1024 * 1024), version="1.0")
+    assert (answer.status, answer.body["error"]["code"]) == (413, "body_too_large")
+    # Over TorchServe's max_request_size (100 MB): its transport answers 413 before any handler runs.
+    oversize = b"\0" * (100 * 1024 * 1024 + 1)
+    assert rest.predict(MODEL, oversize, version="1.0").status == 413
+    assert grpc_client.predict(MODEL, oversize, version="1.0").status == 413
+    assert rest.predict(MODEL, astronaut_jpeg, version="1.0").status == 200
+    assert server.worker_pids(MODEL, "1.0") == pids
+
+
+def test_a_bad_request_in_a_server_side_batch_fails_alone(server, astronaut_jpeg):
+    url = f"{server.inference_url}/predictions/{MODEL}/1.0"
+    payloads = [astronaut_jpeg, b"", astronaut_jpeg, media.truncated_jpeg()] * 4
+
+    def send(data):
+        return requests.post(url, data=data, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        responses = list(pool.map(send, payloads))
+    for data, response in zip(payloads, responses):
+        if data is astronaut_jpeg:
+            assert response.status_code == 200 and response.json()["face_count"] == 1
+        else:
+            assert response.status_code == 400 and "error" in response.json()
+    # The good requests shared forward passes with others.
+    assert max(r.json().get("batch_size", 1) for r in responses if r.status_code == 200) > 1
+
+
+def test_prometheus_metrics(server, rest, astronaut_jpeg):
+    rest.predict(MODEL, astronaut_jpeg)
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    assert "ts_inference_requests_total" in text and f'model_name="{MODEL}"' in text
