@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+import torch
 
 import media
 from conftest import box_inside
@@ -11,19 +12,32 @@ from deepfake_serving import samples
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import GrpcClient, RestClient
 from deepfake_serving.serving.torchserve import Ports, TorchServe
+from deepfake_serving.pipeline import ImagePipeline
+from deepfake_serving.variants import create_model, get_variant
 
 pytestmark = pytest.mark.server
 MODEL = "b4-mobile"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def ff_checkpoint(tmp_path_factory):
+    """A user checkpoint in seed 003/004's {'model_state_dict': ...} layout."""
+    torch.manual_seed(11)
+    path = tmp_path_factory.mktemp("ckpt") / "best_deepfake_detector.pth"
+    torch.save({"epoch": 9, "model_state_dict": create_model("b4-ff").state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ff_checkpoint):
     store = tmp_path_factory.mktemp("model_store")
     v1 = build_archive(MODEL, "1.0", export_path=store, seed=0)
     v2 = build_archive(MODEL, "2.0", export_path=store, seed=1)
+    ff = build_archive("b4-ff", "1.0", checkpoint=str(ff_checkpoint), export_path=store)
     ts = TorchServe(store, tmp_path_factory.mktemp("ts"), models=[f"{MODEL}={v1.name}"], ports=Ports.free())
     ts.start()
     ts.register(v2.name)  # over the management API, next to the serving version
+    ts.register(ff.name)
     yield ts
     ts.stop()
 
@@ -147,3 +161,14 @@ def test_prometheus_metrics(server, rest, astronaut_jpeg):
     rest.predict(MODEL, astronaut_jpeg)
     text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
     assert "ts_inference_requests_total" in text and f'model_name="{MODEL}"' in text
+
+
+def test_served_checkpoint_answers_like_the_in_process_pipeline(rest, ff_checkpoint, two_faces_jpeg):
+    served = rest.predict("b4-ff", two_faces_jpeg)
+    assert served.status == 200 and served.body["weights_trained"] is True
+    local = ImagePipeline(get_variant("b4-ff"), create_model("b4-ff", checkpoint=str(ff_checkpoint)))
+    expected = local.predict(two_faces_jpeg)
+    assert [f["box"] for f in served.body["faces"]] == [f["box"] for f in expected["faces"]]
+    for got, want in zip(served.body["faces"], expected["faces"]):
+        assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-5)
+    assert served.body["label"] == expected["label"]

@@ -1,0 +1,35 @@
+# deepfake-serving: every task installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Two cores: one torch thread per process unless a task says otherwise.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install serve test bench archives grpc-stubs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[serve,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install  ## build the demo archive, start TorchServe on loopback, print a real prediction
+	$(VENV)/bin/deepfake-serving demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install  ## TorchServe vs in-process throughput, RSS and cold start (prints a table)
+	$(PY) benchmarks/bench_image.py
+
+archives: install  ## demo archives (random weights, flagged untrained) for all five variants
+	for v in b4-mobile b7-dfdc b4-keras-head b4-enhanced b4-ff; do \
+		$(VENV)/bin/deepfake-serving archive --variant $$v --version 1.0 || exit 1; done
+
+grpc-stubs: install  ## regenerate the committed stubs from TorchServe's own protos
+	$(PY) -m deepfake_serving.serving.grpc_codegen
+
+clean:
+	rm -rf runtime model_store/*.mar

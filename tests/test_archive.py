@@ -1,0 +1,81 @@
+"""Archives built with torch-model-archiver from checkpoints in the real formats."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake_serving.bundle import MANIFEST_NAME, load_bundle, write_bundle
+from deepfake_serving.checkpoints import sha256_of
+from deepfake_serving.cli import main
+from deepfake_serving.errors import CheckpointError
+from deepfake_serving.variants import create_model
+
+DFDC_NAME = "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36"
+
+
+@pytest.fixture(scope="module")
+def dfdc_checkpoint(tmp_path_factory):
+    torch.manual_seed(7)
+    model = create_model("b7-dfdc")
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["module.encoder.classifier.weight"] = torch.zeros(1000, 2560)
+    state["module.encoder.classifier.bias"] = torch.zeros(1000)
+    path = tmp_path_factory.mktemp("ckpt") / DFDC_NAME
+    torch.save({"epoch": 36, "state_dict": state, "bce_best": np.float64(0.19)}, path)
+    return path
+
+
+def test_cli_archives_a_dfdc_checkpoint_with_a_manifest(tmp_path, dfdc_checkpoint):
+    store = tmp_path / "store"
+    assert main(["archive", "--variant", "b7-dfdc", "--checkpoint", str(dfdc_checkpoint),
+                 "--version", "1.1", "--export-path", str(store)]) == 0
+    mar = store / "b7-dfdc-v1.1.mar"
+    with zipfile.ZipFile(mar) as z:
+        ts_manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        ours = json.loads(z.read(MANIFEST_NAME))
+        weights = z.read("weights.safetensors")
+        assert "model-config.yaml" in z.namelist() and "deepfake_handler.py" in z.namelist()
+    assert ts_manifest["model"]["modelName"] == "b7-dfdc" and ts_manifest["model"]["modelVersion"] == "1.1"
+    assert ours["variant"] == "b7-dfdc" and ours["version"] == "1.1" and ours["input_size"] == 380
+    assert ours["trained"] is True
+    assert ours["source_checkpoint"] == {"name": DFDC_NAME, "sha256": sha256_of(dfdc_checkpoint)}
+    assert ours["preprocessing"]["faces"]["crop_margin"] == "1/3"
+    import hashlib
+    assert hashlib.sha256(weights).hexdigest() == ours["weights_sha256"]
+
+
+def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
+    torch.manual_seed(5)
+    source = create_model("b4-ff")
+    ckpt = tmp_path / "best.pth"
+    torch.save({"model_state_dict": source.state_dict(), "epoch": 3}, ckpt)
+    write_bundle(tmp_path / "bundle", "b4-ff", "3.0", checkpoint=ckpt)
+    pipeline = load_bundle(tmp_path / "bundle")
+    assert pipeline.weights_trained and pipeline.version == "3.0"
+    answer = pipeline.predict(astronaut_jpeg)
+    prepared = pipeline.prepare([astronaut_jpeg])[0]
+    from deepfake_serving.crops import to_tensor
+    with torch.inference_mode():
+        expected = torch.softmax(source(to_tensor(prepared.crops, pipeline.variant.preprocessing.mean,
+                                                  pipeline.variant.preprocessing.std)), 1)[:, 1]
+    assert answer["fake_probability"] == pytest.approx(float(expected.max()), abs=1e-6)
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    write_bundle(tmp_path, "b4-mobile", "1.0")
+    weights = tmp_path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_bundle(tmp_path)
+
+
+def test_a_checkpoint_for_another_variant_is_refused_before_archiving(tmp_path, dfdc_checkpoint):
+    with pytest.raises(CheckpointError, match="missing keys"):
+        main(["archive", "--variant", "b4-mobile", "--checkpoint", str(dfdc_checkpoint),
+              "--version", "1.0", "--export-path", str(tmp_path)])
+    assert not list(tmp_path.glob("*.mar"))
