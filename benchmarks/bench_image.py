@@ -16,8 +16,11 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -44,42 +47,83 @@ def memory_mb(pid: int) -> dict:
             "pss_mb": round(info.pss / 2**20, 1)}
 
 
-def load(url: str, image: bytes, requests_total: int, concurrency: int) -> dict:
-    """Closed loop: ``concurrency`` clients send ``requests_total`` requests; returns req/s and latencies."""
-    session_per_thread: dict[int, requests.Session] = {}
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    times = {}
+    for name, proc in processes.items():
+        t = proc.cpu_times()
+        times[name] = t.user + t.system
+    return times
+
+
+def load(url: str, image: bytes, requests_total: int, concurrency: int,
+         processes: dict[str, psutil.Process] | None = None) -> dict:
+    """Closed loop: ``concurrency`` clients send ``requests_total`` requests.
+
+    Returns req/s, latency percentiles, the server-side batch sizes seen, and the
+    CPU milliseconds each process spent per request (where the time goes).
+    """
+    local = threading.local()
 
     def one(_):
-        import threading
-        session = session_per_thread.setdefault(threading.get_ident(), requests.Session())
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
         start = time.perf_counter()
-        response = session.post(url, data=image, timeout=300)
+        response = local.session.post(url, data=image, timeout=300)
         response.raise_for_status()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, response.json().get("batch_size", 1)
 
+    processes = {**(processes or {}), "client": psutil.Process()}
+    cpu_before = cpu_seconds(processes)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, range(requests_total)))
+        results = list(pool.map(one, range(requests_total)))
     elapsed = time.perf_counter() - start
+    cpu_after = cpu_seconds(processes)
+    latencies = [r[0] for r in results]
     return {"rps": requests_total / elapsed, "p50_ms": percentile(latencies, 50) * 1000,
-            "p95_ms": percentile(latencies, 95) * 1000}
+            "p95_ms": percentile(latencies, 95) * 1000,
+            "batch_sizes": dict(sorted(Counter(r[1] for r in results).items())),
+            "cpu_ms_per_request": {k: round((cpu_after[k] - cpu_before[k]) * 1000 / requests_total, 1)
+                                   for k in processes}}
 
 
-def in_process(variant: str, image: bytes, requests_total: int, batch: int, threads: int) -> dict:
+_PIPELINE = None
+
+
+def _init_worker(variant: str, threads: int) -> None:
+    global _PIPELINE
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         write_bundle(tmp, variant, "bench")
-        pipeline = load_bundle(tmp)
-    pipeline.predict(image)  # warm-up
-    singles = []
-    for _ in range(15):
+        _PIPELINE = load_bundle(tmp)
+
+
+def _run_batch(images: list[bytes]) -> int:
+    return len(_PIPELINE.predict_batch(images))
+
+
+def in_process(variant: str, image: bytes, requests_total: int, batch: int, processes: int, threads: int) -> dict:
+    """The same pipeline without a server: ``processes`` processes of ``threads`` torch threads
+    take batches of ``batch`` images from one queue, as TorchServe's workers do."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
+                             initargs=(variant, threads)) as pool:
+        list(pool.map(_run_batch, [[image] * batch] * processes * 3))  # load and warm every process
+        singles = []
+        for _ in range(15):
+            start = time.perf_counter()
+            pool.submit(_run_batch, [image]).result()
+            singles.append(time.perf_counter() - start)
+        pids = [p.pid for p in pool._processes.values()]
+        procs = {f"proc{i}": psutil.Process(pid) for i, pid in enumerate(pids)}
+        cpu_before = cpu_seconds(procs)
         start = time.perf_counter()
-        pipeline.predict(image)
-        singles.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    for _ in range(requests_total // batch):
-        pipeline.predict_batch([image] * batch)
-    elapsed = time.perf_counter() - start
-    return {"rps": (requests_total // batch) * batch / elapsed, "single_p50_ms": statistics.median(singles) * 1000}
+        done = sum(pool.map(_run_batch, [[image] * batch] * (requests_total // batch)))
+        elapsed = time.perf_counter() - start
+        cpu_after = cpu_seconds(procs)
+    return {"rps": done / elapsed, "single_p50_ms": statistics.median(singles) * 1000,
+            "processes": processes, "threads": threads, "batch": batch,
+            "cpu_ms_per_request": {k: round((cpu_after[k] - cpu_before[k]) * 1000 / done, 1) for k in procs}}
 
 
 def served(variant: str, image: bytes, store: Path, workers: int, threads: int, batch: int,
@@ -94,13 +138,20 @@ def served(variant: str, image: bytes, store: Path, workers: int, threads: int, 
             url = f"{server.inference_url}/predictions/{variant}"
             requests.post(url, data=image, timeout=300).raise_for_status()
             cold_start = time.perf_counter() - start
+            # Warm-up: Java's JIT and the worker's allocator settle over the first ~20 requests.
+            for _ in range(20):
+                requests.post(url, data=image, timeout=300).raise_for_status()
+            load(url, image, 2 * concurrency, concurrency)
             singles = []
             for _ in range(15):
                 t = time.perf_counter()
                 requests.post(url, data=image, timeout=300).raise_for_status()
                 singles.append(time.perf_counter() - t)
-            result = load(url, image, requests_total, concurrency)
             pids = server.worker_pids(variant)
+            java = [p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java"]
+            processes = {f"worker{i}": psutil.Process(pid) for i, pid in enumerate(pids)}
+            processes.update({"java": p for p in java})
+            result = load(url, image, requests_total, concurrency, processes)
             result.update(single_p50_ms=statistics.median(singles) * 1000, cold_start_s=cold_start,
                           workers=workers, threads=threads, batch=batch,
                           worker_memory=[memory_mb(p) for p in pids])
@@ -136,8 +187,9 @@ def main() -> int:
     parser.add_argument("--variants", default="", help="'all' or a comma list for the per-variant table")
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--settings", default="1x2b8,1x2b1,2x1b8",
-                        help="workers x threads b batch, comma separated")
+    parser.add_argument("--settings", default="local:1x2b8,local:2x1b8,ts:1x2b8,ts:2x1b8,ts:1x2b1",
+                        help="local|ts : workers x threads b batch, comma separated")
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds (the machine is noisy)")
     args = parser.parse_args()
     image = samples.astronaut_jpeg()
     out: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0]},
@@ -151,27 +203,40 @@ def main() -> int:
             for row in out["variants"]:
                 print(f"{row['variant']:<14}{row['parameters']:>12,}{row['archive_mb']:>12}{row['rss_mb']:>9}"
                       f"{row['uss_mb']:>9}{row['cold_start_s']:>8}")
-        # In-process first (server stopped), then each served setting, all in this one run.
+        # Every setting, in-process and served, in this one run; --repeat interleaves rounds.
         cores = os.cpu_count() or 2
-        local = {b: in_process(args.variant, image, args.requests, b, cores) for b in (1, 8)}
-        limit = max(v["rps"] for v in local.values())
-        out["in_process"] = local
-        out["served"] = []
-        for setting in args.settings.split(","):
-            wt, batch = setting.split("b")
-            workers, threads = (int(x) for x in wt.split("x"))
-            out["served"].append(served(args.variant, image, store, workers, threads, int(batch),
-                                        args.requests, args.concurrency))
-    print(f"\n{args.variant}: {args.requests} requests, {args.concurrency} concurrent clients, {cores} cores")
-    print(f"{'setting':<26}{'req/s':>8}{'ratio':>7}{'p50 ms':>9}{'p95 ms':>9}{'single p50':>12}{'RSS MB':>9}{'cold s':>8}")
-    for b, r in local.items():
-        print(f"{f'in-process batch {b}':<26}{r['rps']:>8.2f}{r['rps'] / limit:>7.2f}{'':>9}{'':>9}"
-              f"{r['single_p50_ms']:>12.1f}")
-    for r in out["served"]:
-        name = f"TorchServe {r['workers']}w x {r['threads']}t b{r['batch']}"
-        rss = "/".join(str(m["rss_mb"]) for m in r["worker_memory"])
-        print(f"{name:<26}{r['rps']:>8.2f}{r['rps'] / limit:>7.2f}{r['p50_ms']:>9.0f}{r['p95_ms']:>9.0f}"
-              f"{r['single_p50_ms']:>12.1f}{rss:>9}{r['cold_start_s']:>8.1f}")
+        rows = []
+        for _ in range(args.repeat):
+            for setting in args.settings.split(","):
+                where, spec = setting.split(":")
+                wt, batch = spec.split("b")
+                workers, threads = (int(x) for x in wt.split("x"))
+                if where == "local":
+                    row = in_process(args.variant, image, args.requests, int(batch), workers, threads)
+                else:
+                    row = served(args.variant, image, store, workers, threads, int(batch), args.requests,
+                                 args.concurrency)
+                rows.append({"where": where, "setting": spec, **row})
+    out["rows"] = rows
+    by_setting: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by_setting.setdefault((row["where"], row["setting"]), []).append(row)
+    medians = {k: statistics.median(r["rps"] for r in v) for k, v in by_setting.items()}
+    limit = max(v for (where, _), v in medians.items() if where == "local")
+    out["in_process_limit_rps"] = limit
+    print(f"\n{args.variant}: {args.requests} requests per round, {args.repeat} rounds, "
+          f"{args.concurrency} concurrent clients, {cores} cores; medians over rounds")
+    print(f"{'setting (workers x threads, batch)':<36}{'req/s':>7}{'ratio':>7}{'p50 ms':>8}{'p95 ms':>8}"
+          f"{'1-img p50':>10}{'RSS MB':>10}  CPU ms/request, batch sizes (last round)")
+    for (where, setting), group in by_setting.items():
+        last = group[-1]
+        name = ("in-process " if where == "local" else "TorchServe ") + setting
+        p50 = statistics.median(r["p50_ms"] for r in group) if "p50_ms" in last else float("nan")
+        p95 = statistics.median(r["p95_ms"] for r in group) if "p95_ms" in last else float("nan")
+        single = statistics.median(r["single_p50_ms"] for r in group)
+        rss = "/".join(str(round(m["rss_mb"])) for m in last.get("worker_memory", []))
+        print(f"{name:<36}{medians[(where, setting)]:>7.2f}{medians[(where, setting)] / limit:>7.2f}{p50:>8.0f}"
+              f"{p95:>8.0f}{single:>10.1f}{rss:>10}  {last['cpu_ms_per_request']} {last.get('batch_sizes', '')}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_image.json").write_text(json.dumps(out, indent=2))
     return 0

@@ -52,7 +52,7 @@ def build_archive(
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
             [
-                sys.executable, "-m", "model_archiver.model_packaging",
+                str(Path(sys.executable).parent / "torch-model-archiver"),
                 "--model-name", model_name,
                 "--version", version,
                 "--handler", str(HANDLER),

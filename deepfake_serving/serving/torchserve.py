@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +122,7 @@ class TorchServe:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"TorchServe exited with {self.process.returncode}; see {self.workdir}/logs")
+            self.raise_on_load_failure()
             try:
                 if requests.get(f"{self.inference_url}/ping", timeout=2).ok and self.all_workers_ready():
                     return
@@ -128,6 +130,15 @@ class TorchServe:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"TorchServe not ready after {timeout} s; see {self.workdir}/logs")
+
+    def raise_on_load_failure(self) -> None:
+        """TorchServe retries a model whose worker dies while loading, forever: fail fast, with the cause."""
+        ts_log = self.workdir / "logs" / "ts_log.log"
+        if ts_log.exists() and "Load model failed" in ts_log.read_text(errors="replace"):
+            model_log = (self.workdir / "logs" / "model_log.log").read_text(errors="replace").splitlines()
+            cause = "\n".join(line.split("MODEL_LOG - ")[-1] for line in model_log[-15:])
+            self.stop()
+            raise RuntimeError(f"a model failed to load; last worker output:\n{cause}")
 
     def all_workers_ready(self) -> bool:
         models = requests.get(f"{self.management_url}/models", timeout=5).json().get("models", [])
@@ -141,14 +152,25 @@ class TorchServe:
         return True
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Stop the launcher, Java and every worker (the whole process group), and wait for all of them:
+        ``torchserve --stop`` returns seconds before Java exits and leaves its pid file behind."""
+        if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            group = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            group = []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            _, alive = psutil.wait_procs(group, timeout=timeout)
+            if not alive:
+                break
+        self.process.wait()
+        self.process = None
+        (self.workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
         self.log.close()
 
     def __enter__(self) -> "TorchServe":
