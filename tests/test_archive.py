@@ -1,15 +1,17 @@
 """Archives built with torch-model-archiver from checkpoints in the real formats."""
 
+import hashlib
 import json
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 
+from checkpoint_formats import save_dfdc_checkpoint
 from deepfake_serving.bundle import MANIFEST_NAME, load_bundle, write_bundle
 from deepfake_serving.checkpoints import sha256_of
 from deepfake_serving.cli import main
+from deepfake_serving.crops import to_tensor
 from deepfake_serving.errors import CheckpointError
 from deepfake_serving.variants import create_model
 
@@ -19,12 +21,8 @@ DFDC_NAME = "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36"
 @pytest.fixture(scope="module")
 def dfdc_checkpoint(tmp_path_factory):
     torch.manual_seed(7)
-    model = create_model("b7-dfdc")
-    state = {f"module.{k}": v for k, v in model.state_dict().items()}
-    state["module.encoder.classifier.weight"] = torch.zeros(1000, 2560)
-    state["module.encoder.classifier.bias"] = torch.zeros(1000)
     path = tmp_path_factory.mktemp("ckpt") / DFDC_NAME
-    torch.save({"epoch": 36, "state_dict": state, "bce_best": np.float64(0.19)}, path)
+    save_dfdc_checkpoint(create_model("b7-dfdc"), path)
     return path
 
 
@@ -43,7 +41,6 @@ def test_cli_archives_a_dfdc_checkpoint_with_a_manifest(tmp_path, dfdc_checkpoin
     assert ours["trained"] is True
     assert ours["source_checkpoint"] == {"name": DFDC_NAME, "sha256": sha256_of(dfdc_checkpoint)}
     assert ours["preprocessing"]["faces"]["crop_margin"] == "1/3"
-    import hashlib
     assert hashlib.sha256(weights).hexdigest() == ours["weights_sha256"]
 
 
@@ -57,7 +54,6 @@ def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
     assert pipeline.weights_trained and pipeline.version == "3.0"
     answer = pipeline.predict(astronaut_jpeg)
     prepared = pipeline.prepare([astronaut_jpeg])[0]
-    from deepfake_serving.crops import to_tensor
     with torch.inference_mode():
         expected = torch.softmax(source(to_tensor(prepared.crops, pipeline.variant.preprocessing.mean,
                                                   pipeline.variant.preprocessing.std)), 1)[:, 1]

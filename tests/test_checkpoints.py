@@ -3,11 +3,11 @@
 import os
 import pickle
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from checkpoint_formats import save_dfdc_checkpoint
 from deepfake_serving.checkpoints import load_checkpoint_into
 from deepfake_serving.errors import CheckpointError
 from deepfake_serving.variants import create_model, get_variant
@@ -40,11 +40,8 @@ def test_safetensors(tmp_path, mobile):
 def test_dfdc_format_with_module_prefix_timm_head_and_numpy_scalar(tmp_path):
     torch.manual_seed(2)
     source = create_model("b7-dfdc")
-    state = {f"module.{k}": v for k, v in source.state_dict().items()}
-    state["module.encoder.classifier.weight"] = torch.zeros(1000, 2560)
-    state["module.encoder.classifier.bias"] = torch.zeros(1000)
     path = tmp_path / "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36"
-    torch.save({"epoch": 36, "state_dict": state, "bce_best": np.float64(0.2134)}, path)
+    save_dfdc_checkpoint(source, path)
     loaded = create_model("b7-dfdc", checkpoint=str(path))
     assert same_weights(loaded, source)
 

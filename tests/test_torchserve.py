@@ -11,8 +11,8 @@ from conftest import box_inside
 from deepfake_serving import samples
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import GrpcClient, RestClient
-from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.pipeline import ImagePipeline
+from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
 
 pytestmark = pytest.mark.server
