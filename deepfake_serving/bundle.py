@@ -1,7 +1,7 @@
-"""A model bundle: one variant's weights (safetensors) plus a manifest saying what they are.
+"""A model bundle: one variant's weights (safetensors, one file per checkpoint) plus a manifest.
 
-Both backends serve bundles: a TorchServe archive carries one, a Triton
-classifier version directory holds one. Loading checks the weights' sha256.
+Both backends serve bundles: a TorchServe archive carries one, a Triton model
+version directory holds one. Loading checks every weights file's sha256.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,7 +22,6 @@ from .pipeline import ImagePipeline
 from .variants import get_variant
 
 MANIFEST_NAME = "deepfake_manifest.json"
-WEIGHTS_NAME = "weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,9 @@ class BundleManifest:
     preprocessing: dict
     output: str
     threshold: float
-    weights_file: str
-    weights_sha256: str
+    # One entry per checkpoint: {"file", "sha256", "source_checkpoint": {"name", "sha256"} | None}
+    weights: list[dict]
     trained: bool
-    source_checkpoint: dict | None  # {"name", "sha256"} of the file the weights came from
     created_at: str
     package_version: str
 
@@ -46,26 +45,42 @@ class BundleManifest:
     def read(cls, directory: str | Path) -> "BundleManifest":
         return cls(**json.loads((Path(directory) / MANIFEST_NAME).read_text()))
 
+    @property
+    def weight_files(self) -> list[str]:
+        return [w["file"] for w in self.weights]
+
+
+def weights_file_name(i: int) -> str:
+    return "weights.safetensors" if i == 0 else f"weights_{i}.safetensors"
+
 
 def write_bundle(
     directory: str | Path,
     variant_name: str,
     version: str,
-    checkpoint: str | Path | None = None,
+    checkpoints: Sequence[str | Path] = (),
     seed: int = 0,
 ) -> BundleManifest:
-    """Write weights and manifest. Without a checkpoint the weights are random and flagged untrained."""
+    """Write weights and manifest. Without checkpoints the weights are random (seeded) and flagged untrained.
+
+    Every checkpoint is loaded into the variant before anything is written.
+    """
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = variant.build().eval()
-    source = None
-    if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint, variant)
-        source = {"name": Path(checkpoint).name, "sha256": sha256_of(checkpoint)}
-    weights = directory / WEIGHTS_NAME
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    models = []
+    for checkpoint in checkpoints or [None]:
+        torch.manual_seed(seed)
+        model = variant.build().eval()
+        if checkpoint is not None:
+            load_checkpoint_into(model, checkpoint, variant)
+        models.append((model, checkpoint))
+    entries = []
+    for i, (model, checkpoint) in enumerate(models):
+        path = directory / weights_file_name(i)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        source = {"name": Path(checkpoint).name, "sha256": sha256_of(checkpoint)} if checkpoint else None
+        entries.append({"file": path.name, "sha256": sha256_of(path), "source_checkpoint": source})
     manifest = BundleManifest(
         variant=variant.name,
         version=version,
@@ -73,10 +88,8 @@ def write_bundle(
         preprocessing=variant.preprocessing.to_dict(),
         output=variant.output,
         threshold=variant.threshold,
-        weights_file=WEIGHTS_NAME,
-        weights_sha256=sha256_of(weights),
-        trained=checkpoint is not None,
-        source_checkpoint=source,
+        weights=entries,
+        trained=bool(checkpoints),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         package_version=__version__,
     )
@@ -84,17 +97,32 @@ def write_bundle(
     return manifest
 
 
-def load_bundle(directory: str | Path, weights_path: str | Path | None = None, **pipeline_options) -> ImagePipeline:
-    """Build the image pipeline of a bundle, refusing weights whose sha256 differs from the manifest's."""
+def load_models(directory: str | Path) -> tuple[BundleManifest, list[torch.nn.Module]]:
+    """The bundle's models, refusing any weights file whose sha256 differs from the manifest's."""
     directory = Path(directory)
     manifest = BundleManifest.read(directory)
-    weights = Path(weights_path) if weights_path else directory / manifest.weights_file
-    digest = sha256_of(weights)
-    if digest != manifest.weights_sha256:
-        raise CheckpointError(f"{weights.name} has sha256 {digest}, the manifest says {manifest.weights_sha256}")
     variant = get_variant(manifest.variant)
-    model = variant.build()
-    load_state_dict_strict(model, load_file(str(weights)), weights.name)
-    return ImagePipeline(
-        variant, model, version=manifest.version, weights_trained=manifest.trained, **pipeline_options
-    )
+    models = []
+    for entry in manifest.weights:
+        path = directory / entry["file"]
+        digest = sha256_of(path)
+        if digest != entry["sha256"]:
+            raise CheckpointError(f"{path.name} has sha256 {digest}, the manifest says {entry['sha256']}")
+        model = variant.build()
+        load_state_dict_strict(model, load_file(str(path)), path.name)
+        models.append(model.eval())
+    return manifest, models
+
+
+def load_bundle(directory: str | Path, **pipeline_options) -> ImagePipeline:
+    manifest, models = load_models(directory)
+    return ImagePipeline(get_variant(manifest.variant), models, version=manifest.version,
+                         weights_trained=manifest.trained, **pipeline_options)
+
+
+def load_video_bundle(directory: str | Path, **pipeline_options):
+    from .video_pipeline import VideoPipeline
+
+    manifest, models = load_models(directory)
+    return VideoPipeline(get_variant(manifest.variant), models, version=manifest.version,
+                         weights_trained=manifest.trained, **pipeline_options)

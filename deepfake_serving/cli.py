@@ -23,17 +23,17 @@ def cmd_variants(args) -> int:
 
 
 def cmd_archive(args) -> int:
-    from .serving.archive import DEFAULT_MODEL_CONFIG, build_archive
+    from .serving.archive import build_archive
 
-    config = dict(DEFAULT_MODEL_CONFIG)
+    config = {}
     if args.workers:
         config.update(minWorkers=args.workers, maxWorkers=args.workers)
     if args.batch_size:
         config["batchSize"] = args.batch_size
     if args.threads:
         config["handler"] = {"torch_threads": args.threads}
-    path = build_archive(args.variant, args.version, checkpoint=args.checkpoint, export_path=args.export_path,
-                         model_name=args.model_name, model_config=config)
+    path = build_archive(args.variant, args.version, checkpoints=args.checkpoint or (), export_path=args.export_path,
+                         model_name=args.model_name, model_config=config, media=args.media)
     print(path)
     return 0
 
@@ -110,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("archive", help="package a variant as a versioned .mar")
     p.add_argument("--variant", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--checkpoint", help="user checkpoint; without one the weights are random and flagged untrained")
-    p.add_argument("--model-name", help="TorchServe model name (default: the variant name)")
+    p.add_argument("--checkpoint", action="append",
+                   help="user checkpoint; repeat to average several checkpoints of the variant; "
+                        "without one the weights are random and flagged untrained")
+    p.add_argument("--media", choices=["image", "video"], default="image",
+                   help="video archives are served as {variant}-video")
+    p.add_argument("--model-name", help="TorchServe model name (default: the variant, or {variant}-video)")
     p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
     p.add_argument("--workers", type=int)
     p.add_argument("--threads", type=int, help="torch threads per worker")

@@ -42,7 +42,7 @@ class FaceDetector:
             thresholds=list(params.thresholds),
             min_face_size=params.min_face_size,
             keep_all=True,
-            select_largest=False,
+            select_largest=True,  # the DFDC reference's default: boxes come largest first
             post_process=False,
             device="cpu",
         )

@@ -21,6 +21,13 @@ class ImageLimits:
     min_side: int = 16
 
 
+def looks_like_video(data: bytes) -> bool:
+    """Container magic: MP4/MOV (ftyp at 4), AVI (RIFF....AVI), Matroska/WebM (EBML), Ogg, FLV."""
+    head = data[:12]
+    return (head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:11] == b"AVI")
+            or head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS") or head[:3] == b"FLV")
+
+
 def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in SIXTEEN_BIT_MODES:
         # PIL's convert("RGB") clips 16-bit values at 255; rescale instead.
@@ -42,6 +49,9 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
         raise InputError(400, "empty_body", "the request body is empty; send the image bytes as the body")
     if len(data) > limits.max_bytes:
         raise InputError(413, "body_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    if looks_like_video(data):
+        raise InputError(415, "video_sent_to_image_endpoint",
+                         "the body is a video; send videos to the video model ({variant}-video)")
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # PIL refuses > 2x its own pixel limit while opening

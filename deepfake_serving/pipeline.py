@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
-from .crops import center_square, fit_to_input, padded_crop, to_tensor
+from .classifier import FaceClassifier
+from .crops import center_square, fit_to_input, padded_crop
 from .errors import InputError
 from .faces import FaceDetector, image_detect_scale
 from .imaging import ImageLimits, decode_image
@@ -42,7 +42,7 @@ class ImagePipeline:
     def __init__(
         self,
         variant: Variant,
-        model: nn.Module,
+        model: nn.Module | Sequence[nn.Module],
         *,
         version: str = "0",
         weights_trained: bool = False,
@@ -51,7 +51,7 @@ class ImagePipeline:
         max_faces: int = 32,
     ):
         self.variant = variant
-        self.model = model.eval()
+        self.classifier = FaceClassifier(variant, [model] if isinstance(model, nn.Module) else model)
         self.version = version
         self.weights_trained = weights_trained
         self.model_name = model_name or variant.name
@@ -107,14 +107,9 @@ class ImagePipeline:
             item.crops.append(fit_to_input(crop, pre.input_size, pre.resize))
             item.source = "center_crop"
 
-    @torch.inference_mode()
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """P(fake) for each crop, in one forward pass."""
-        if not crops:
-            return np.zeros(0, dtype=np.float64)
-        pre = self.variant.preprocessing
-        output = self.model(to_tensor(crops, pre.mean, pre.std))
-        return self.variant.fake_probability(output).double().cpu().numpy()
+        """P(fake) for each crop (the mean over the archive's checkpoints)."""
+        return self.classifier.scores(crops).mean(axis=0)
 
     def respond(self, item: PreparedImage, scores: Sequence[float]) -> dict:
         faces = [

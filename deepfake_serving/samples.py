@@ -39,3 +39,68 @@ def encode(image: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
 
 def astronaut_jpeg() -> bytes:
     return encode(astronaut(), quality=95)
+
+
+# -- videos made from the real photographs ------------------------------------------------
+VIDEO_CODECS = {"mp4": "libx264", "mov": "libx264", "mkv": "libx264", "avi": "mpeg4", "webm": "libvpx"}
+
+
+def _place(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
+    h, w = image.shape[:2]
+    canvas[y:y + h, x:x + w] = image[: canvas.shape[0] - y, : canvas.shape[1] - x]
+
+
+def _resized(image: np.ndarray, height: int) -> np.ndarray:
+    width = round(image.shape[1] * height / image.shape[0])
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+
+
+def moving_face_frames(count: int = 60, size: tuple[int, int] = (640, 480), faces: int = 1,
+                       no_face_between: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The astronaut drifting across the frame and growing/shrinking; ``faces=2`` adds her mirror image;
+    frames in ``no_face_between`` (start, stop) show scikit-image's coffee cup instead."""
+    width, height = size
+    coffee = _resized(no_face(), height)
+    frames = []
+    for i in range(count):
+        canvas = np.full((height, width, 3), 40, dtype=np.uint8)
+        if no_face_between and no_face_between[0] <= i < no_face_between[1]:
+            _place(canvas, coffee[:, :width], 0, 0)
+            frames.append(canvas)
+            continue
+        phase = i / max(1, count - 1)
+        side = int(height * (0.55 + 0.25 * np.sin(2 * np.pi * phase)))  # scaling
+        face = _resized(astronaut(), side)
+        slot = width // faces
+        for k in range(faces):
+            image = face if k == 0 else face[:, ::-1]
+            x = k * slot + int((slot - side) * (0.5 + 0.4 * np.sin(2 * np.pi * phase + k)))  # moving
+            _place(canvas, image, max(0, x), (height - side) // 2)
+        frames.append(canvas)
+    return frames
+
+
+def encode_video(frames: list[np.ndarray], fmt: str = "mp4", fps: float = 25, timestamps: list[float] | None = None,
+                 codec: str | None = None) -> bytes:
+    """Encode RGB frames with FFmpeg (PyAV). ``timestamps`` (seconds) gives variable frame rate."""
+    import fractions
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format={"mkv": "matroska", "mov": "mov"}.get(fmt, fmt)) as container:
+        stream = container.add_stream(codec or VIDEO_CODECS[fmt], rate=fractions.Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        time_base = fractions.Fraction(1, 1000)
+        if timestamps is not None:
+            stream.codec_context.time_base = time_base
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if timestamps is not None:
+                frame.pts, frame.time_base = int(timestamps[i] * 1000), time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()

@@ -1,7 +1,9 @@
-"""TorchServe handler: a thin adapter from BaseHandler's life cycle to deepfake_serving's pipeline.
+"""TorchServe handler: a thin adapter from BaseHandler's life cycle to deepfake_serving's pipelines.
 
-Batch-aware: the faces of every request in a server-side batch share one
-forward pass. A bad request fails alone with its own 4xx and JSON error.
+The archive's model-config.yaml says ``handler.media``: ``image`` archives are
+batch-aware (the faces of every request in a server-side batch share one
+forward pass), ``video`` archives analyse one clip per request and can stream
+progress. A bad request fails alone with its own 4xx and JSON error.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import logging
 import os
 
 import torch
+from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
-from deepfake_serving.bundle import load_bundle
+from deepfake_serving.bundle import load_bundle, load_video_bundle
 from deepfake_serving.errors import InputError
+from deepfake_serving.video import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,26 @@ def request_bytes(row: dict) -> bytes:
                      "send the image as the raw request body or a multipart file, not as text or JSON")
 
 
+def request_field(row: dict, headers: dict[str, str], name: str, default: str) -> str:
+    """A multipart or gRPC input field, else the ``X-{name}`` header (TorchServe does not pass query strings)."""
+    value = row.get(name, headers.get(f"x-{name}", default))
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def video_request(row: dict, headers: dict[str, str]) -> tuple[bytes, Sampling, bool]:
+    """Body, per-request sampling (sampling=linspace|every_nth|all, frames=, every=) and stream=true|false."""
+    try:
+        sampling = Sampling(
+            strategy=request_field(row, headers, "sampling", "linspace"),
+            frames=int(request_field(row, headers, "frames", "32")),
+            every=int(request_field(row, headers, "every", "10")),
+        )
+    except ValueError:
+        raise InputError(400, "bad_sampling", "frames and every must be integers") from None
+    stream = request_field(row, headers, "stream", "false").lower() in ("1", "true", "yes")
+    return request_bytes(row), sampling, stream
+
+
 class DeepfakeHandler(BaseHandler):
     def initialize(self, context):
         properties = context.system_properties
@@ -48,31 +72,52 @@ class DeepfakeHandler(BaseHandler):
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set in this process
             pass
+        self.media = config.get("media", "image")
         model_dir = properties.get("model_dir")
-        serialized = context.manifest["model"].get("serializedFile")
-        self.pipeline = load_bundle(model_dir, os.path.join(model_dir, serialized) if serialized else None)
-        self.pipeline.model_name = context.model_name
+        load = load_video_bundle if self.media == "video" else load_bundle
+        self.pipeline = load(model_dir, model_name=context.model_name)
         self.context = context
         self.initialized = True
         logger.info("deepfake handler ready: %s v%s, %d torch threads, trained weights: %s",
                     context.model_name, self.pipeline.version, threads, self.pipeline.weights_trained)
 
     def preprocess(self, data):
-        payloads: list[bytes | InputError] = []
-        for row in data:
+        payloads = []
+        for idx, row in enumerate(data):
             try:
-                payloads.append(request_bytes(row))
+                if self.media == "video":
+                    headers = {k.lower(): v for k, v in self.context.get_all_request_header(idx).items()
+                               if isinstance(v, str)}
+                    payloads.append(video_request(row, headers))
+                else:
+                    payloads.append(request_bytes(row))
             except InputError as err:
                 payloads.append(err)
         return payloads
 
     def inference(self, payloads, *args, **kwargs):
+        if self.media == "video":
+            return [p if isinstance(p, InputError) else self._analyze_video(i, *p) for i, p in enumerate(payloads)]
         valid = [i for i, p in enumerate(payloads) if not isinstance(p, InputError)]
         answers = self.pipeline.predict_batch([payloads[i] for i in valid])
         results = list(payloads)
         for i, answer in zip(valid, answers):
             results[i] = answer
         return results
+
+    def _analyze_video(self, idx: int, data: bytes, sampling: Sampling, stream: bool):
+        """One video; with stream=true each progress event goes out as an intermediate response
+        (HTTP chunked transfer, gRPC StreamPredictions) before the final result."""
+
+        def send(event: dict) -> None:
+            self.context.set_response_content_type(idx, JSON)
+            send_intermediate_predict_response([json.dumps(event) + "\n"], self.context.request_ids,
+                                               "Intermediate Prediction success", 200, self.context)
+
+        try:
+            return self.pipeline.analyze(data, sampling, progress=send if stream else None)
+        except InputError as err:
+            return err
 
     def postprocess(self, results):
         out = []
@@ -82,5 +127,5 @@ class DeepfakeHandler(BaseHandler):
                 self.context.set_response_status(result.status, result.code, idx=idx)
                 out.append(json.dumps(result.to_dict()))
             else:
-                out.append(json.dumps(result))
+                out.append(json.dumps(result) + ("\n" if self.media == "video" else ""))
         return out

@@ -39,9 +39,10 @@ def test_cli_archives_a_dfdc_checkpoint_with_a_manifest(tmp_path, dfdc_checkpoin
     assert ts_manifest["model"]["modelName"] == "b7-dfdc" and ts_manifest["model"]["modelVersion"] == "1.1"
     assert ours["variant"] == "b7-dfdc" and ours["version"] == "1.1" and ours["input_size"] == 380
     assert ours["trained"] is True
-    assert ours["source_checkpoint"] == {"name": DFDC_NAME, "sha256": sha256_of(dfdc_checkpoint)}
+    (entry,) = ours["weights"]
+    assert entry["source_checkpoint"] == {"name": DFDC_NAME, "sha256": sha256_of(dfdc_checkpoint)}
     assert ours["preprocessing"]["faces"]["crop_margin"] == "1/3"
-    assert hashlib.sha256(weights).hexdigest() == ours["weights_sha256"]
+    assert hashlib.sha256(weights).hexdigest() == entry["sha256"]
 
 
 def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
@@ -49,7 +50,7 @@ def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
     source = create_model("b4-ff")
     ckpt = tmp_path / "best.pth"
     torch.save({"model_state_dict": source.state_dict(), "epoch": 3}, ckpt)
-    write_bundle(tmp_path / "bundle", "b4-ff", "3.0", checkpoint=ckpt)
+    write_bundle(tmp_path / "bundle", "b4-ff", "3.0", checkpoints=[ckpt])
     pipeline = load_bundle(tmp_path / "bundle")
     assert pipeline.weights_trained and pipeline.version == "3.0"
     answer = pipeline.predict(astronaut_jpeg)

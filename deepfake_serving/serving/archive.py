@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..bundle import MANIFEST_NAME, WEIGHTS_NAME, write_bundle
+from ..bundle import MANIFEST_NAME, write_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLER = REPO_ROOT / "handlers" / "deepfake_handler.py"
@@ -24,31 +24,46 @@ DEFAULT_MODEL_CONFIG = {
     "batchSize": 8,
     "maxBatchDelay": 10,
     "responseTimeout": 300,
-    "handler": {"torch_threads": 2},
+    "handler": {"media": "image", "torch_threads": 2},
 }
+# A video is already a batch of faces: one request per forward pass, a longer timeout.
+VIDEO_MODEL_CONFIG = {**DEFAULT_MODEL_CONFIG, "batchSize": 1, "maxBatchDelay": 0, "responseTimeout": 900,
+                      "handler": {"media": "video", "torch_threads": 2}}
 
 
 def archive_file_name(model_name: str, version: str) -> str:
     return f"{model_name}-v{version}.mar"
 
 
+def default_model_name(variant: str, media: str = "image") -> str:
+    """Images are served as ``{variant}``, videos as ``{variant}-video``."""
+    return variant if media == "image" else f"{variant}-{media}"
+
+
 def build_archive(
     variant: str,
     version: str,
-    checkpoint: str | None = None,
+    checkpoints: list[str] | tuple[str, ...] = (),
     export_path: str | Path = "model_store",
     model_name: str | None = None,
     model_config: dict | None = None,
+    media: str = "image",
     seed: int = 0,
 ) -> Path:
-    """Package a variant (random weights when no checkpoint is given) as ``{name}-v{version}.mar``."""
-    model_name = model_name or variant
+    """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
+    several checkpoints of one variant averaged (as the DFDC winner did)."""
+    if media not in ("image", "video"):
+        raise ValueError("media must be image or video")
+    model_name = model_name or default_model_name(variant, media)
     export_path = Path(export_path)
     export_path.mkdir(parents=True, exist_ok=True)
-    config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
+    base = DEFAULT_MODEL_CONFIG if media == "image" else VIDEO_MODEL_CONFIG
+    config = {**base, **(model_config or {})}
+    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media}
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         tmp = Path(tmp)
-        write_bundle(tmp / "bundle", variant, version, checkpoint=checkpoint, seed=seed)
+        manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed)
+        files = [tmp / "bundle" / name for name in manifest.weight_files]
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
             [
@@ -56,8 +71,8 @@ def build_archive(
                 "--model-name", model_name,
                 "--version", version,
                 "--handler", str(HANDLER),
-                "--serialized-file", str(tmp / "bundle" / WEIGHTS_NAME),
-                "--extra-files", str(tmp / "bundle" / MANIFEST_NAME),
+                "--serialized-file", str(files[0]),
+                "--extra-files", ",".join(str(f) for f in [tmp / "bundle" / MANIFEST_NAME, *files[1:]]),
                 "--config-file", str(tmp / "model-config.yaml"),
                 "--export-path", str(tmp),
                 "--force",
