@@ -123,7 +123,12 @@ def decode_video(data: bytes, sampling: Sampling = Sampling(), limits: VideoLimi
         if len(wanted) > limits.max_frames_analyzed:
             raise InputError(413, "too_many_frames", f"the sampling selects {len(wanted)} frames; the limit is "
                              f"{limits.max_frames_analyzed} (use sampling=linspace or a larger every=)")
-        return _decode_frames(container, stream, wanted, frame_count, fps, duration, width, height)
+        video = _decode_frames(container, stream, wanted, frame_count, fps, duration, width, height)
+        announced = round(duration * fps)
+        if frame_count < announced - 1:
+            video.notes.append(f"the stream holds {frame_count} frames but its header announces about {announced} "
+                               f"({duration:.2f} s at {fps:g} fps): the file looks truncated")
+        return video
     finally:
         container.close()
 

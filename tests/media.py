@@ -56,3 +56,46 @@ def decompression_bomb_png(side: int = 100_000) -> bytes:
     compressor = zlib.compressobj(9)
     body = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+
+
+def audio_only(fmt: str = "mp4") -> bytes:
+    """One second of a 440 Hz tone, AAC in MP4: a container with no video stream."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as container:
+        stream = container.add_stream("aac", rate=16000)
+        t = np.arange(16000) / 16000
+        samples_ = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples_, format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def zero_frame_video() -> bytes:
+    """An MP4 with a video stream declared but no frame written."""
+    import av
+
+    buf = io.BytesIO()
+    container = av.open(buf, mode="w", format="mp4")
+    stream = container.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+    container.start_encoding()  # write the header although no frame follows
+    container.close()
+    return buf.getvalue()
+
+
+def rotated_video() -> tuple[bytes, list[np.ndarray]]:
+    """Portrait frames stored turned 90 degrees counter-clockwise (landscape), with an MP4 display
+    matrix that says "turn 90 degrees clockwise to show" (what phones write). Returns the clip and
+    the upright frames a viewer sees."""
+    upright = samples.moving_face_frames(8, size=(240, 320))
+    stored = [np.ascontiguousarray(np.rot90(f, k=1)) for f in upright]
+    clip = samples.encode_video(stored, "mp4")
+    matrix_at = clip.index(b"tkhd") + 4 + 40  # version/flags, times, track id, duration, layer... then matrix
+    rotate_cw = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 0x40000000)
+    return clip[:matrix_at] + rotate_cw + clip[matrix_at + 36:], upright
