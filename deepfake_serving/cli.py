@@ -89,16 +89,63 @@ def cmd_demo(args) -> int:
     return _wait_forever(server)
 
 
+def _predict_video(client, model: str, data: bytes, args):
+    """Send a clip; with --stream, show the server's progress events as a progress bar."""
+    from tqdm import tqdm
+
+    options = {"sampling": args.sampling, "frames": args.frames, "every": args.every}
+    if not args.stream:
+        return client.predict(model, data, args.version, options)
+    bar, prediction = None, None
+    for prediction in client.stream(model, data, args.version, options):
+        event = prediction.body
+        if event.get("event") == "decoded":
+            bar = tqdm(total=event["frames_total"], unit="frame", desc="analysing", file=sys.stderr)
+        elif event.get("phase") == "detect" and bar is not None:
+            bar.update(event["frames_done"] - bar.n)
+            bar.set_postfix(faces=event["faces_so_far"])
+    if bar is not None:
+        bar.close()
+    return prediction
+
+
 def cmd_predict(args) -> int:
+    from .imaging import looks_like_video
     from .serving.client import make_client
 
     client = make_client(args.protocol, args.url)
     worst = 0
     for path in args.files:
-        prediction = client.predict(args.model, Path(path).read_bytes(), args.version)
-        print(json.dumps({"file": path, "status": prediction.status, **prediction.body}))
+        data = Path(path).read_bytes()
+        if looks_like_video(data):
+            model = args.model if args.model.endswith("-video") else f"{args.model}-video"
+            prediction = _predict_video(client, model, data, args)
+        else:
+            prediction = client.predict(args.model, data, args.version)
+        answer = {"file": path, "status": prediction.status, **prediction.body}
+        print(json.dumps(answer))
+        if args.save:
+            Path(args.save).write_text(json.dumps(answer, indent=2))
         worst = max(worst, 0 if prediction.ok else 1)
     return worst
+
+
+def cmd_visualize(args) -> int:
+    """Render seed 001's overlay video and a score plot from a saved response, without the model."""
+    from tqdm import tqdm
+
+    from .visualize import plot_scores, render_overlay
+
+    response = json.loads(Path(args.response).read_text())
+    if response.get("media_type") != "video":
+        print("the response is not a video analysis (save one with predict --save)", file=sys.stderr)
+        return 2
+    stem = Path(args.out or Path(args.clip).with_suffix(""))
+    png = plot_scores(response, f"{stem}_scores.png")
+    with tqdm(total=response["frame_count"], unit="frame", desc="rendering", file=sys.stderr) as bar:
+        video = render_overlay(response, Path(args.clip).read_bytes(), f"{stem}_overlay.mp4", bar.update)
+    print(json.dumps({"overlay": str(video), "plot": str(png)}))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,13 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["demo"].add_argument("--variant", default="b4-mobile")
     sub.choices["demo"].add_argument("--exit", action="store_true", help="stop the server after the prediction")
 
-    p = sub.add_parser("predict", help="send images to a running server")
+    p = sub.add_parser("predict", help="send images or videos to a running server")
     p.add_argument("files", nargs="+")
-    p.add_argument("--model", default="b4-mobile")
+    p.add_argument("--model", default="b4-mobile", help="videos go to {model}-video")
     p.add_argument("--version")
     p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
     p.add_argument("--url", help="REST base URL or gRPC host:port")
+    p.add_argument("--sampling", choices=["linspace", "every_nth", "all"], default="linspace")
+    p.add_argument("--frames", type=int, default=32, help="frames for linspace sampling")
+    p.add_argument("--every", type=int, default=10, help="N for every_nth sampling")
+    p.add_argument("--stream", action="store_true", help="show the server's progress while a video runs")
+    p.add_argument("--save", help="write the (last) response to this JSON file")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("visualize", help="overlay video and score plot from a saved video response")
+    p.add_argument("response")
+    p.add_argument("clip")
+    p.add_argument("--out", help="output path stem (default: next to the clip)")
+    p.set_defaults(func=cmd_visualize)
     return parser
 
 

@@ -165,3 +165,16 @@ def _decode_frames(container, stream, wanted, frame_count, fps, duration, width,
         notes.append(f"the stream ended after {index + 1} of {frame_count} announced frames")
     h, w = frames[0].shape[:2]
     return DecodedVideo(frames, indices, timestamps, frame_count, fps, duration, w, h, rotation, notes)
+
+
+def iter_frames(data: bytes):
+    """Every frame of a video, upright, in order (for rendering; nothing is kept in memory)."""
+    container = _open(data)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            yield _upright(frame.to_ndarray(format="rgb24"), int(getattr(frame, "rotation", 0) or 0)), \
+                float(stream.average_rate or 25)
+    finally:
+        container.close()

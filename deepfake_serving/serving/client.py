@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Iterator
 
 import grpc
 import requests
@@ -38,11 +39,26 @@ class RestClient:
         self.timeout = timeout
         self.session = requests.Session()
 
-    def predict(self, model: str, data: bytes, version: str | None = None) -> Prediction:
+    def _post(self, model: str, data: bytes, version: str | None, options: dict | None, stream: bool):
         path = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
-        response = self.session.post(path, data=data, timeout=self.timeout,
-                                     headers={"Content-Type": "application/octet-stream"})
+        headers = {"Content-Type": "application/octet-stream"}
+        # Per-request video options travel as X- headers: TorchServe does not pass query strings on.
+        headers.update({f"X-{k.capitalize()}": str(v) for k, v in (options or {}).items()})
+        if stream:
+            headers["X-Stream"] = "true"
+        return self.session.post(path, data=data, timeout=self.timeout, headers=headers, stream=stream)
+
+    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+        response = self._post(model, data, version, options, stream=False)
         return Prediction(response.status_code, _json_or_text(response.content, response.reason))
+
+    def stream(self, model: str, data: bytes, version: str | None = None,
+               options: dict | None = None) -> Iterator[Prediction]:
+        """Progress events as they arrive (newline-delimited JSON over chunked HTTP); the last is the result."""
+        response = self._post(model, data, version, options, stream=True)
+        for line in response.iter_lines():
+            if line.strip():
+                yield Prediction(response.status_code, _json_or_text(line))
 
 
 class GrpcClient:
@@ -57,15 +73,39 @@ class GrpcClient:
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
         self.timeout = timeout
 
-    def predict(self, model: str, data: bytes, version: str | None = None) -> Prediction:
-        request = inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input={"data": data})
-        try:
-            response = self.stub.Predictions(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            return Prediction(_http_status(err.code()), {"error": {"code": err.code().name, "message": err.details()}})
-        body = _json_or_text(response.prediction)
-        status = body.get("error", {}).get("status", 200) if isinstance(body.get("error"), dict) else 200
+    @staticmethod
+    def _request(model: str, data: bytes, version: str | None, options: dict | None, stream: bool = False):
+        fields = {"data": data, **{k: str(v).encode() for k, v in (options or {}).items()}}
+        if stream:
+            fields["stream"] = b"true"
+        return inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input=fields)
+
+    @staticmethod
+    def _prediction(raw: bytes) -> Prediction:
+        body = _json_or_text(raw)
+        status = body["error"].get("status", 500) if isinstance(body.get("error"), dict) else 200
         return Prediction(int(status), body)
+
+    @staticmethod
+    def _failure(err: grpc.RpcError) -> Prediction:
+        return Prediction(_http_status(err.code()), {"error": {"code": err.code().name, "message": err.details()}})
+
+    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+        try:
+            response = self.stub.Predictions(self._request(model, data, version, options), timeout=self.timeout)
+        except grpc.RpcError as err:
+            return self._failure(err)
+        return self._prediction(response.prediction)
+
+    def stream(self, model: str, data: bytes, version: str | None = None,
+               options: dict | None = None) -> Iterator[Prediction]:
+        """StreamPredictions: progress events, then the result."""
+        try:
+            for response in self.stub.StreamPredictions(self._request(model, data, version, options, True),
+                                                        timeout=self.timeout):
+                yield self._prediction(response.prediction)
+        except grpc.RpcError as err:
+            yield self._failure(err)
 
     def close(self) -> None:
         self.channel.close()

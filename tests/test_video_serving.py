@@ -1,0 +1,141 @@
+"""Videos through a real TorchServe: REST body and multipart, gRPC, streamed progress, bad input,
+and the CLI's visualisation of a served answer."""
+
+import json
+
+import pytest
+import requests
+
+import media
+from deepfake_serving import samples
+from deepfake_serving.cli import main
+from deepfake_serving.serving.archive import build_archive
+from deepfake_serving.serving.client import GrpcClient, RestClient
+from deepfake_serving.serving.torchserve import Ports, TorchServe
+
+pytestmark = pytest.mark.server
+VIDEO = "b4-mobile-video"
+IMAGE = "b4-mobile"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("model_store")
+    video = build_archive(IMAGE, "1.0", export_path=store, media="video")
+    image = build_archive(IMAGE, "1.0", export_path=store)
+    ts = TorchServe(store, tmp_path_factory.mktemp("ts"), models=[f"{VIDEO}={video.name}", f"{IMAGE}={image.name}"],
+                    ports=Ports.free())
+    yield ts.start()
+    ts.stop()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return samples.encode_video(samples.moving_face_frames(48, faces=2, no_face_between=(16, 24)), "mp4")
+
+
+@pytest.fixture(scope="module")
+def rest(server):
+    return RestClient(server.inference_url)
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    client = GrpcClient(server.grpc_target)
+    yield client
+    client.close()
+
+
+def test_rest_and_grpc_give_the_same_video_answer(rest, grpc_client, clip):
+    over_rest = rest.predict(VIDEO, clip)
+    over_grpc = grpc_client.predict(VIDEO, clip)
+    assert over_rest.status == over_grpc.status == 200
+    body = over_rest.body
+    assert body["media_type"] == "video" and body["frame_count"] == 48 and body["frames_analyzed"] == 32
+    assert body["label"] in ("FAKE", "REAL") and body["metrics"]["total_faces_detected"] > 40
+    assert [f["index"] for f in body["frames"]] == [f["index"] for f in over_grpc.body["frames"]]
+    assert over_grpc.body["fake_probability"] == pytest.approx(body["fake_probability"], abs=1e-6)
+    no_face_frames = [f for f in body["frames"] if 16 <= f["index"] < 24]
+    assert no_face_frames and all(f["score"] is None for f in no_face_frames)
+
+
+def test_sampling_per_request_over_headers_multipart_and_grpc(server, rest, grpc_client, clip):
+    assert rest.predict(VIDEO, clip, options={"sampling": "every_nth", "every": 6}).body["frames_analyzed"] == 8
+    url = f"{server.inference_url}/predictions/{VIDEO}"
+    multipart = requests.post(url, files={"data": ("clip.mp4", clip)}, data={"sampling": "all"}, timeout=300)
+    assert multipart.status_code == 200 and multipart.json()["frames_analyzed"] == 48
+    assert grpc_client.predict(VIDEO, clip, options={"frames": 4}).body["frames_analyzed"] == 4
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_progress_is_streamed_and_the_last_message_is_the_result(rest, grpc_client, clip, protocol):
+    client = rest if protocol == "rest" else grpc_client
+    messages = [m.body for m in client.stream(VIDEO, clip, options={"sampling": "all"})]
+    assert messages[0]["event"] == "decoded" and messages[0]["frames_total"] == 48
+    detect = [m["frames_done"] for m in messages if m.get("phase") == "detect"]
+    assert detect == [8, 16, 24, 32, 40, 48]
+    final = messages[-1]
+    assert final["media_type"] == "video" and final["frames_analyzed"] == 48
+
+
+BAD_VIDEOS = {
+    "truncated": (lambda clip: clip[: len(clip) // 3], 400, "corrupt_video"),
+    "not a video": (lambda clip: b"plain text " * 50, 415, "unsupported_media"),
+    "audio only": (lambda clip: media.audio_only(), 422, "no_video_stream"),
+    "zero frames": (lambda clip: media.zero_frame_video(), 422, None),
+    "an image": (lambda clip: samples.astronaut_jpeg(), 415, "image_sent_to_video_endpoint"),
+    "empty": (lambda clip: b"", 400, "empty_body"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_VIDEOS)
+def test_bad_videos_get_json_errors_and_the_worker_survives(server, rest, clip, name):
+    make, status, code = BAD_VIDEOS[name]
+    pids = server.worker_pids(VIDEO)
+    answer = rest.predict(VIDEO, make(clip))
+    assert answer.status == status and answer.body["error"]["message"]
+    if code:
+        assert answer.body["error"]["code"] == code
+    assert rest.predict(VIDEO, clip, options={"frames": 2}).status == 200
+    assert server.worker_pids(VIDEO) == pids
+
+
+def test_a_video_sent_to_the_image_model_is_refused(rest, clip, astronaut_jpeg):
+    answer = rest.predict(IMAGE, clip)
+    assert (answer.status, answer.body["error"]["code"]) == (415, "video_sent_to_image_endpoint")
+    assert rest.predict(IMAGE, astronaut_jpeg).status == 200
+
+
+def test_bad_sampling_and_limits(rest, clip):
+    assert rest.predict(VIDEO, clip, options={"sampling": "sometimes"}).body["error"]["code"] == "bad_sampling"
+    assert rest.predict(VIDEO, clip, options={"frames": "many"}).status == 400
+    assert rest.predict(VIDEO, clip, options={"sampling": "every_nth", "every": 0}).status == 400
+
+
+def test_rotated_and_variable_frame_rate_clips(rest):
+    rotated, _ = media.rotated_video()
+    body = rest.predict(VIDEO, rotated, options={"frames": 4}).body
+    assert body["video"]["rotation"] == -90 and (body["video"]["width"], body["video"]["height"]) == (240, 320)
+    stamps = [i * 0.04 + (0.5 if i >= 10 else 0.0) for i in range(20)]
+    vfr = samples.encode_video(samples.moving_face_frames(20), "mkv", timestamps=stamps)
+    body = rest.predict(VIDEO, vfr, options={"sampling": "all"}).body
+    assert body["frames"][10]["timestamp"] == pytest.approx(0.90, abs=1e-3)
+
+
+def test_cli_predicts_with_progress_and_visualises_the_saved_answer(server, clip, tmp_path, capsys):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(clip)
+    saved = tmp_path / "answer.json"
+    assert main(["predict", str(path), "--url", server.inference_url, "--stream", "--save", str(saved)]) == 0
+    answer = json.loads(saved.read_text())
+    assert answer["model"] == VIDEO and answer["status"] == 200
+    assert "analysing" in capsys.readouterr().err  # the progress bar
+    assert main(["visualize", str(saved), str(path), "--out", str(tmp_path / "vis")]) == 0
+    import av
+    with av.open(str(tmp_path / "vis_overlay.mp4")) as rendered:
+        frames = [f.to_ndarray(format="rgb24") for f in rendered.decode(video=0)]
+    assert len(frames) == 48
+    # The suspicion bar: grey where no face was found, coloured elsewhere.
+    assert abs(int(frames[20][-5, 5, 0]) - 128) < 12 and abs(int(frames[20][-5, 5, 1]) - 128) < 12
+    assert abs(int(frames[2][-5, 5, 0]) - int(frames[2][-5, 5, 1])) > 40 or frames[2][-5, 5, 2] < 40
+    assert (tmp_path / "vis_scores.png").stat().st_size > 5000
