@@ -76,3 +76,31 @@ def test_a_checkpoint_for_another_variant_is_refused_before_archiving(tmp_path, 
         main(["archive", "--variant", "b4-mobile", "--checkpoint", str(dfdc_checkpoint),
               "--version", "1.0", "--export-path", str(tmp_path)])
     assert not list(tmp_path.glob("*.mar"))
+
+
+def test_several_checkpoints_are_averaged_after_the_confident_strategy(tmp_path):
+    from deepfake_serving import samples
+    from deepfake_serving.bundle import load_video_bundle
+    from deepfake_serving.video_pipeline import VideoPipeline
+    from deepfake_serving.variants import get_variant
+
+    paths, models = [], []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        models.append(create_model("b4-mobile"))
+        paths.append(tmp_path / f"fold{seed}.pth")
+        torch.save(models[-1].state_dict(), paths[-1])
+    assert main(["archive", "--variant", "b4-mobile", "--media", "video", "--version", "1.0",
+                 "--checkpoint", str(paths[0]), "--checkpoint", str(paths[1]),
+                 "--export-path", str(tmp_path / "store")]) == 0
+    mar = tmp_path / "store" / "b4-mobile-video-v1.0.mar"
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(tmp_path / "unpacked")
+        config = z.read("model-config.yaml").decode()
+    assert "media: video" in config and "batchSize: 1" in config
+    ensemble = load_video_bundle(tmp_path / "unpacked")
+    clip = samples.encode_video(samples.moving_face_frames(16, size=(320, 240)), "mp4")
+    both = ensemble.analyze(clip)
+    singles = [VideoPipeline(get_variant("b4-mobile"), m).analyze(clip)["fake_probability"] for m in models]
+    assert both["checkpoints_averaged"] == 2 and both["weights_trained"] is True
+    assert both["fake_probability"] == pytest.approx(sum(singles) / 2, abs=1e-9)
