@@ -74,8 +74,12 @@ class DeepfakeHandler(BaseHandler):
             pass
         self.media = config.get("media", "image")
         model_dir = properties.get("model_dir")
-        load = load_video_bundle if self.media == "video" else load_bundle
-        self.pipeline = load(model_dir, model_name=context.model_name)
+        if self.media == "video":
+            # The face pool cap (DFDC: 127) can be set per archive in model-config.yaml.
+            self.pipeline = load_video_bundle(model_dir, model_name=context.model_name,
+                                              max_faces=int(config.get("max_faces", 127)))
+        else:
+            self.pipeline = load_bundle(model_dir, model_name=context.model_name)
         self.context = context
         self.initialized = True
         logger.info("deepfake handler ready: %s v%s, %d torch threads, trained weights: %s",
