@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deepfake_serving import samples
+from deepfake_serving.serving.client import GrpcClient, RestClient
 
 torch.set_num_threads(2)
 
@@ -29,3 +30,16 @@ def box_inside(box, region) -> bool:
     """True when the box's centre lies inside the region (x1, y1, x2, y2)."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return region[0] <= cx <= region[2] and region[1] <= cy <= region[3]
+
+
+# Clients of the ``server`` fixture that each server test module defines.
+@pytest.fixture(scope="module")
+def rest(server):
+    return RestClient(server.inference_url)
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    client = GrpcClient(server.grpc_target)
+    yield client
+    client.close()

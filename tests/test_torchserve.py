@@ -10,7 +10,6 @@ import media
 from conftest import box_inside
 from deepfake_serving import samples
 from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import GrpcClient, RestClient
 from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
@@ -40,18 +39,6 @@ def server(tmp_path_factory, ff_checkpoint):
     ts.register(ff.name)
     yield ts
     ts.stop()
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    return RestClient(server.inference_url)
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    client = GrpcClient(server.grpc_target)
-    yield client
-    client.close()
 
 
 def test_rest_astronaut(rest, astronaut_jpeg):

@@ -10,7 +10,6 @@ import media
 from deepfake_serving import samples
 from deepfake_serving.cli import main
 from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import GrpcClient, RestClient
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 
 pytestmark = pytest.mark.server
@@ -32,18 +31,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip():
     return samples.encode_video(samples.moving_face_frames(48, faces=2, no_face_between=(16, 24)), "mp4")
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    return RestClient(server.inference_url)
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    client = GrpcClient(server.grpc_target)
-    yield client
-    client.close()
 
 
 def test_rest_and_grpc_give_the_same_video_answer(rest, grpc_client, clip):
