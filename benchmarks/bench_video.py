@@ -85,7 +85,7 @@ def main() -> int:
     local_s, local = timed(lambda: pipeline.analyze(clip, sampling), args.repeat)
     out["in_process"] = {"seconds": local_s, "timings_ms": local["timings_ms"],
                          "faces": local["metrics"]["faces_classified"], "rss_mb": psutil.Process().memory_info().rss / 2**20}
-    del pipeline
+    pipeline = None  # free this copy of the model before the server loads its own
 
     # Served.
     with tempfile.TemporaryDirectory() as store, tempfile.TemporaryDirectory() as work:
