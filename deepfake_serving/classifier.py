@@ -19,7 +19,8 @@ class FaceClassifier:
     checkpoints of one variant, and callers decide how to combine their scores.
     """
 
-    def __init__(self, variant: Variant, models: Sequence[nn.Module], batch_size: int = 32):
+    def __init__(self, variant: Variant, models: nn.Module | Sequence[nn.Module], batch_size: int = 32):
+        models = [models] if isinstance(models, nn.Module) else list(models)
         if not models:
             raise ValueError("a classifier needs at least one model")
         self.variant = variant

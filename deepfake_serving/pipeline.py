@@ -51,7 +51,7 @@ class ImagePipeline:
         max_faces: int = 32,
     ):
         self.variant = variant
-        self.classifier = FaceClassifier(variant, [model] if isinstance(model, nn.Module) else model)
+        self.classifier = FaceClassifier(variant, model)
         self.version = version
         self.weights_trained = weights_trained
         self.model_name = model_name or variant.name

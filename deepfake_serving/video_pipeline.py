@@ -36,8 +36,7 @@ class VideoPipeline:
         classify_batch: int = 16,
     ):
         self.variant = variant
-        self.classifier = FaceClassifier(variant, [models] if isinstance(models, nn.Module) else models,
-                                         batch_size=classify_batch)
+        self.classifier = FaceClassifier(variant, models, batch_size=classify_batch)
         self.face_detector = FaceDetector(variant.preprocessing.faces)
         self.version = version
         self.weights_trained = weights_trained
