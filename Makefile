@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[serve,test]'
+	$(PY) -m pip install --quiet -e '.[serve,triton,load,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

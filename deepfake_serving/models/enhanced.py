@@ -7,6 +7,8 @@ their layers; the layers below are this project's definition of them.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import timm
 import torch
 from torch import nn
@@ -29,6 +31,18 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=1, keepdim=True)
 
 
+@lru_cache(maxsize=8)
+def centred_dft(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin parts of the n-point DFT matrix with fftshift's row order folded in.
+
+    ``fftshift(fft(v)) == (cos - i·sin) @ v``. Matrix products export to ONNX
+    (``torch.fft`` does not), so both backends run the same graph.
+    """
+    frequencies = (torch.arange(n, dtype=torch.float64) - n // 2) % n
+    angles = 2 * torch.pi * torch.outer(frequencies, torch.arange(n, dtype=torch.float64)) / n
+    return angles.cos().float(), angles.sin().float()
+
+
 class FrequencyBranch(nn.Module):
     """Log-magnitude of the centred 2-D Fourier spectrum, encoded by a small CNN."""
 
@@ -37,8 +51,13 @@ class FrequencyBranch(nn.Module):
         self.encoder = _conv_stack([1, 32, 64, 128, width])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.fft.fftshift(torch.fft.fft2(_grayscale(x).float()), dim=(-2, -1))
-        return self.encoder(torch.log1p(spectrum.abs()))
+        gray = _grayscale(x).float()
+        cos_h, sin_h = centred_dft(gray.shape[-2])
+        cos_w, sin_w = centred_dft(gray.shape[-1])
+        # (C_h − iS_h) X (C_w − iS_w)ᵀ, real and imaginary parts
+        real = cos_h @ gray @ cos_w.T - sin_h @ gray @ sin_w.T
+        imag = sin_h @ gray @ cos_w.T + cos_h @ gray @ sin_w.T
+        return self.encoder(torch.log1p(torch.sqrt(real * real + imag * imag)))
 
 
 class EdgeBranch(nn.Module):
