@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -10,6 +10,12 @@ from torch import nn
 
 from .crops import to_tensor
 from .variants import Variant
+
+
+class FaceScorer(Protocol):
+    """What the pipelines need from a classifier: P(fake) with shape (models, faces)."""
+
+    def scores(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 class FaceClassifier:
@@ -37,3 +43,10 @@ class FaceClassifier:
             for m, model in enumerate(self.models):
                 out[m, start:start + len(batch)] = self.variant.fake_probability(model(batch)).double().cpu().numpy()
         return out
+
+
+def as_scorer(variant: Variant, models: nn.Module | Sequence[nn.Module] | FaceScorer, batch_size: int = 32) -> FaceScorer:
+    """Models run in this process, or a scorer that runs them elsewhere (a Triton classifier)."""
+    if hasattr(models, "scores"):
+        return models
+    return FaceClassifier(variant, models, batch_size=batch_size)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from .classifier import FaceClassifier
+from .classifier import FaceScorer, as_scorer
 from .crops import center_square, fit_to_input, padded_crop
 from .errors import InputError
 from .faces import FaceDetector, image_detect_scale
@@ -33,33 +33,30 @@ class PreparedImage:
     source: str = "mtcnn"
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    def metadata(self) -> dict:
+        """Everything but the crops: what travels beside the face tensor between Triton models."""
+        return {"width": self.width, "height": self.height, "boxes": [list(map(int, b)) for b in self.boxes],
+                "confidences": self.confidences, "source": self.source, "timings_ms": self.timings_ms}
+
+    @classmethod
+    def from_metadata(cls, data: dict) -> "PreparedImage":
+        return cls(data["width"], data["height"], [tuple(b) for b in data["boxes"]], list(data["confidences"]),
+                   source=data["source"], timings_ms=dict(data["timings_ms"]))
+
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
 
 
-class ImagePipeline:
-    def __init__(
-        self,
-        variant: Variant,
-        model: nn.Module | Sequence[nn.Module],
-        *,
-        version: str = "0",
-        weights_trained: bool = False,
-        model_name: str | None = None,
-        limits: ImageLimits = ImageLimits(),
-        max_faces: int = 32,
-    ):
+class ImageFaceStage:
+    """Decode → batched MTCNN → model-ready crops (what Triton's preprocess model runs)."""
+
+    def __init__(self, variant: Variant, limits: ImageLimits = ImageLimits(), max_faces: int = 32):
         self.variant = variant
-        self.classifier = FaceClassifier(variant, model)
-        self.version = version
-        self.weights_trained = weights_trained
-        self.model_name = model_name or variant.name
         self.limits = limits
         self.max_faces = max_faces
         self.face_detector = FaceDetector(variant.preprocessing.faces)
 
-    # -- stages ---------------------------------------------------------------
     def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | InputError]:
         """Decode every payload and detect faces over the whole batch; failures stay per item."""
         prepared: list[PreparedImage | InputError] = []
@@ -107,25 +104,48 @@ class ImagePipeline:
             item.crops.append(fit_to_input(crop, pre.input_size, pre.resize))
             item.source = "center_crop"
 
+
+def image_result(item: PreparedImage, scores: Sequence[float], *, model: str, version: str, threshold: float,
+                 weights_trained: bool) -> dict:
+    """The response for one prepared image and its faces' P(fake)."""
+    faces = [
+        face_entry(box, conf, score, item.source)
+        for box, conf, score in zip(item.boxes, item.confidences, scores)
+    ]
+    return image_response(model=model, version=version, threshold=threshold, faces=faces,
+                          weights_trained=weights_trained, width=item.width, height=item.height,
+                          timings_ms=item.timings_ms)
+
+
+class ImagePipeline:
+    def __init__(
+        self,
+        variant: Variant,
+        model: nn.Module | Sequence[nn.Module] | FaceScorer,
+        *,
+        version: str = "0",
+        weights_trained: bool = False,
+        model_name: str | None = None,
+        limits: ImageLimits = ImageLimits(),
+        max_faces: int = 32,
+    ):
+        self.variant = variant
+        self.classifier = as_scorer(variant, model)
+        self.version = version
+        self.weights_trained = weights_trained
+        self.model_name = model_name or variant.name
+        self.face_stage = ImageFaceStage(variant, limits, max_faces)
+
+    def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | InputError]:
+        return self.face_stage.prepare(payloads)
+
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """P(fake) for each crop (the mean over the archive's checkpoints)."""
         return self.classifier.scores(crops).mean(axis=0)
 
     def respond(self, item: PreparedImage, scores: Sequence[float]) -> dict:
-        faces = [
-            face_entry(box, conf, score, item.source)
-            for box, conf, score in zip(item.boxes, item.confidences, scores)
-        ]
-        return image_response(
-            model=self.model_name,
-            version=self.version,
-            threshold=self.variant.threshold,
-            faces=faces,
-            weights_trained=self.weights_trained,
-            width=item.width,
-            height=item.height,
-            timings_ms=item.timings_ms,
-        )
+        return image_result(item, scores, model=self.model_name, version=self.version,
+                            threshold=self.variant.threshold, weights_trained=self.weights_trained)
 
     # -- whole pipeline -------------------------------------------------------
     def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | InputError]:

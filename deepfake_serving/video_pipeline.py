@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from .aggregation import confident_strategy, label_for
-from .classifier import FaceClassifier
+from .classifier import FaceScorer, as_scorer
 from .crops import fit_to_input, padded_crop
 from .faces import FaceDetector
 from .schema import SCHEMA_VERSION, face_entry
@@ -25,7 +25,7 @@ class VideoPipeline:
     def __init__(
         self,
         variant: Variant,
-        models: nn.Module | Sequence[nn.Module],
+        models: nn.Module | Sequence[nn.Module] | FaceScorer,
         *,
         version: str = "0",
         weights_trained: bool = False,
@@ -36,7 +36,7 @@ class VideoPipeline:
         classify_batch: int = 16,
     ):
         self.variant = variant
-        self.classifier = FaceClassifier(variant, models, batch_size=classify_batch)
+        self.classifier = as_scorer(variant, models, batch_size=classify_batch)
         self.face_detector = FaceDetector(variant.preprocessing.faces)
         self.version = version
         self.weights_trained = weights_trained

@@ -1,0 +1,225 @@
+"""Start, check and stop the tritonserver binary that the nvidia-pytriton wheel bundles.
+
+No Docker engine here, so the launcher builds what the official container has:
+a backend directory with the python backend and the stub for this Python, the
+wheel's shared libraries on LD_LIBRARY_PATH, and this venv first on PATH (the
+stub finds its packages through the ``python3`` it runs). Models load in
+explicit mode; the repository API loads and unloads them later.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import requests
+
+from .triton_repository import REPOSITORY
+
+SHM_DIR = Path("/dev/shm")
+# The python backend's shared memory per stub starts here and grows in steps; a 100 MB clip
+# needs ~100 growth steps at the 1 MB default, so both are raised (launcher only: machine-specific).
+SHM_DEFAULT_BYTES = 16 * 1024 * 1024
+SHM_GROWTH_BYTES = 16 * 1024 * 1024
+
+
+def pytriton_paths() -> dict[str, Path]:
+    """Where the wheel keeps the server, the python backend, the stubs and the libraries (without importing it)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: pip install -e '.[triton]'")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    server = package / "tritonserver"
+    return {
+        "binary": server / "bin" / "tritonserver",
+        "python_backend": server / "backends" / "python",
+        "stub": server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        / "triton_python_backend_stub",
+        "libs": package.parent / "nvidia_pytriton.libs",
+    }
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> "TritonPorts":
+        sockets = [socket.socket() for _ in range(3)]
+        try:
+            for s in sockets:
+                s.bind(("127.0.0.1", 0))
+            return cls(*(s.getsockname()[1] for s in sockets))
+        finally:
+            for s in sockets:
+                s.close()
+
+
+class Triton:
+    def __init__(
+        self,
+        workdir: str | Path,
+        models: list[str],
+        repository: str | Path = REPOSITORY,
+        ports: TritonPorts = TritonPorts(),
+        torch_threads: int = 1,
+        ort_threads: int = 2,
+        env: dict[str, str] | None = None,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.repository = Path(repository).resolve()
+        self.models = models
+        self.ports = ports
+        self.env = {"DEEPFAKE_TORCH_THREADS": str(torch_threads), "DEEPFAKE_ORT_THREADS": str(ort_threads),
+                    "OMP_NUM_THREADS": str(max(torch_threads, ort_threads)), **(env or {})}
+        self.http_url = f"http://127.0.0.1:{ports.http}"
+        self.grpc_target = f"127.0.0.1:{ports.grpc}"
+        self.metrics_url = f"http://127.0.0.1:{ports.metrics}/metrics"
+        # Our own shared-memory prefix: a leftover segment can be told apart from another server's.
+        self.shm_prefix = f"deepfake_triton_{ports.http}_"
+        self.process: subprocess.Popen | None = None
+
+    # -- life cycle -------------------------------------------------------------
+    def backend_directory(self) -> Path:
+        paths = pytriton_paths()
+        python = self.workdir / "backends" / "python"
+        python.mkdir(parents=True, exist_ok=True)
+        for source in (paths["python_backend"] / "libtriton_python.so",
+                       paths["python_backend"] / "triton_python_backend_utils.py", paths["stub"]):
+            link = python / source.name
+            if not link.exists():
+                link.symlink_to(source)
+        return python.parent
+
+    def command(self) -> list[str]:
+        binary = pytriton_paths()["binary"]
+        return [
+            str(binary), f"--model-repository={self.repository}",
+            f"--backend-directory={self.backend_directory()}",
+            "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models),
+            "--disable-auto-complete-config", "--strict-readiness=true", "--exit-timeout-secs=30",
+            f"--http-address=127.0.0.1", f"--http-port={self.ports.http}",
+            f"--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
+            "--allow-metrics=true", "--allow-cpu-metrics=true",
+            f"--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+        ]
+
+    def start(self, timeout: float = 240.0) -> "Triton":
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        libs = str(pytriton_paths()["libs"])
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libs, os.environ.get("LD_LIBRARY_PATH")])),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **self.env,
+        }
+        self.log_path = self.workdir / "logs" / "tritonserver.log"
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"Triton not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def shm_segments(self) -> list[Path]:
+        return [Path(p) for p in glob.glob(str(SHM_DIR / f"{self.shm_prefix}*"))]
+
+    def stop(self, timeout: float = 45.0) -> list[Path]:
+        """SIGTERM (Triton unloads every model and its stubs release their shared memory), SIGKILL after
+        ``timeout``. Returns the shared-memory segments a forced stop left behind, after removing them."""
+        if self.process is None:
+            return []
+        try:
+            group = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            group = []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            _, alive = psutil.wait_procs(group, timeout=timeout)
+            if not alive:
+                break
+        self.process.wait()
+        self.process = None
+        self.log.close()
+        leftovers = self.shm_segments()
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
+
+    def __enter__(self) -> "Triton":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- health and the repository API -------------------------------------------
+    def live(self) -> bool:
+        return requests.get(f"{self.http_url}/v2/health/live", timeout=5).status_code == 200
+
+    def model_ready(self, name: str, version: int | None = None) -> bool:
+        url = f"{self.http_url}/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
+        return requests.get(url, timeout=5).status_code == 200
+
+    def repository_index(self) -> list[dict]:
+        response = requests.post(f"{self.http_url}/v2/repository/index", json={}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def load(self, name: str, timeout: float = 300.0) -> None:
+        response = requests.post(f"{self.http_url}/v2/repository/models/{name}/load", json={}, timeout=timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"loading {name} failed: {response.text}")
+
+    def unload(self, name: str, dependents: bool = False, timeout: float = 120.0) -> None:
+        body = {"parameters": {"unload_dependents": dependents}}
+        response = requests.post(f"{self.http_url}/v2/repository/models/{name}/unload", json=body, timeout=timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"unloading {name} failed: {response.text}")
+
+    def statistics(self, name: str, version: int | str = "") -> dict:
+        url = f"{self.http_url}/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/stats"
+        response = requests.get(url, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def metrics(self) -> str:
+        return requests.get(self.metrics_url, timeout=10).text
+
+    def stub_pids(self) -> list[int]:
+        if self.process is None:
+            return []
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        return [p.pid for p in children if "triton_python_backend_stub" in " ".join(p.cmdline()[:1])]

@@ -1,0 +1,70 @@
+"""Triton python-backend models: thin adapters from ``TritonPythonModel`` to deepfake_serving's core.
+
+The repository's ``model.py`` files import these classes, so the code lives in
+the installed package (one copy for all variants) and a model's config.pbtxt
+says which variant it serves. They import ``triton_python_backend_utils``,
+which exists only inside Triton's python-backend stub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from deepfake_serving.errors import InputError
+
+
+def parameters(args: dict) -> dict[str, str]:
+    """config.pbtxt ``parameters`` as a plain dict."""
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def set_torch_threads() -> int:
+    """Threads per instance come from the launcher's environment, never from config.pbtxt (machine-specific)."""
+    import torch
+
+    threads = int(os.environ.get("DEEPFAKE_TORCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    return threads
+
+
+def input_bytes(request, name: str) -> bytes:
+    """The single bytes element of a TYPE_STRING input of shape [1]."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InputError(400, "missing_input", f"the request has no {name} input")
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise InputError(400, "bad_input_shape", f"{name} must hold exactly one element, got {values.size}")
+    value = values[0]
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def optional_scalar(request, name: str, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else value.item()
+
+
+def error_response(err: Exception) -> "pb_utils.InferenceResponse":
+    """A client error keeps our code/message/status as JSON in Triton's message (Triton answers 400);
+    anything else is an internal error that fails this request only."""
+    if isinstance(err, InputError):
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(json.dumps(err.to_dict()["error"]), pb_utils.TritonError.INVALID_ARG))
+    body = {"code": "internal_error", "message": f"{type(err).__name__}: {err}", "status": 500}
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(json.dumps(body)))
+
+
+def json_tensor(name: str, value) -> "pb_utils.Tensor":
+    return pb_utils.Tensor(name, np.array([json.dumps(value).encode()], dtype=np.object_))

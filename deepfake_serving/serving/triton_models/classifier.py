@@ -1,0 +1,69 @@
+"""Image ensemble step 2 (and the video model's BLS target): ONNX Runtime over normalised faces.
+
+Dynamic batching hands this model the faces of several requests at once; they
+run as one ONNX call. Imports no torch: this stub stays small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from . import error_response
+
+MANIFEST_NAME = "deepfake_manifest.json"  # the same file name as a bundle's (deepfake_serving.bundle)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_session(directory: Path) -> tuple[ort.InferenceSession, dict]:
+    """The version directory's ONNX graph, refused when its sha256 differs from the manifest's."""
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    (entry,) = manifest["weights"]
+    path = directory / entry["file"]
+    if _sha256(path) != entry["sha256"]:
+        raise RuntimeError(f"{path} does not match the sha256 in {MANIFEST_NAME}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("DEEPFAKE_ORT_THREADS", "0"))  # 0: ONNX Runtime decides
+    options.inter_op_num_threads = 1
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(str(path), options, providers=providers), manifest
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        directory = Path(args["model_repository"]) / args["model_version"]
+        self.session, manifest = open_session(directory)
+        self.input_name = self.session.get_inputs()[0].name
+        self.checkpoint = {"version": manifest["version"], "trained": manifest["trained"],
+                           "variant": manifest["variant"]}
+
+    def execute(self, requests):
+        try:
+            faces = [pb_utils.get_input_tensor_by_name(r, "FACES").as_numpy() for r in requests]
+            probabilities = self.session.run(None, {self.input_name: np.concatenate(faces)})[0]
+        except Exception as err:  # noqa: BLE001 - fails this batch, never the stub
+            return [error_response(err) for _ in requests]
+        responses, offset = [], 0
+        for batch in faces:
+            n = len(batch)
+            checkpoint = np.array([[json.dumps(self.checkpoint).encode()]] * n, dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("FAKE_PROBABILITY", probabilities[offset:offset + n].astype(np.float32)),
+                pb_utils.Tensor("CHECKPOINT", checkpoint),
+            ]))
+            offset += n
+        return responses
+

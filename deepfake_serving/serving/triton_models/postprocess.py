@@ -1,0 +1,33 @@
+"""Image ensemble step 3: per-face P(fake) → the same response as TorchServe's (the core's image_result)."""
+
+from __future__ import annotations
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from deepfake_serving.pipeline import PreparedImage, image_result
+from deepfake_serving.variants import get_variant
+
+from . import error_response, input_bytes, json_tensor, parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.variant = get_variant(parameters(args)["variant"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                item = PreparedImage.from_metadata(json.loads(input_bytes(request, "METADATA")))
+                per_checkpoint = pb_utils.get_input_tensor_by_name(request, "FAKE_PROBABILITY").as_numpy()
+                checkpoint = json.loads(pb_utils.get_input_tensor_by_name(request, "CHECKPOINT").as_numpy().flat[0])
+                scores = per_checkpoint[:len(item.boxes)].mean(axis=1)  # drops the no-face placeholder
+                item.timings_ms["total"] = sum(item.timings_ms.values())
+                answer = image_result(item, scores, model=self.variant.name, version=checkpoint["version"],
+                                      threshold=self.variant.threshold, weights_trained=checkpoint["trained"])
+                responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer)]))
+            except Exception as err:  # noqa: BLE001 - answered per request
+                responses.append(error_response(err))
+        return responses

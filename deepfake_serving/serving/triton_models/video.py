@@ -1,0 +1,69 @@
+"""Video over BLS: the core's VideoPipeline, with the faces scored by this variant's classifier model.
+
+Decoding, sampling, MTCNN, the 127-face pool and the confident strategy are the
+same code TorchServe's handler runs; only the forward pass goes to Triton.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from deepfake_serving.errors import InputError
+from deepfake_serving.variants import get_variant
+from deepfake_serving.video import Sampling
+from deepfake_serving.video_pipeline import VideoPipeline
+
+from . import error_response, input_bytes, json_tensor, optional_scalar, parameters, set_torch_threads
+from .preprocess import face_tensor
+
+
+class TritonClassifier:
+    """A FaceScorer that sends faces to a classifier model in chunks of its max batch size."""
+
+    def __init__(self, variant, model_name: str, max_batch: int):
+        self.variant, self.model_name, self.max_batch = variant, model_name, max_batch
+        self.checkpoint: dict = {}
+
+    def scores(self, crops) -> np.ndarray:
+        faces = face_tensor(crops, self.variant)  # a placeholder when empty: the answer still names the version
+        parts = []
+        for start in range(0, len(faces), self.max_batch):
+            response = pb_utils.InferenceRequest(
+                model_name=self.model_name, requested_output_names=["FAKE_PROBABILITY", "CHECKPOINT"],
+                inputs=[pb_utils.Tensor("FACES", faces[start:start + self.max_batch])],
+            ).exec()
+            if response.has_error():
+                raise RuntimeError(f"{self.model_name}: {response.error().message()}")
+            parts.append(pb_utils.get_output_tensor_by_name(response, "FAKE_PROBABILITY").as_numpy())
+            self.checkpoint = json.loads(pb_utils.get_output_tensor_by_name(response, "CHECKPOINT").as_numpy().flat[0])
+        return np.concatenate(parts)[:len(crops)].T.astype(np.float64)  # (checkpoints, faces)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = parameters(args)
+        set_torch_threads()
+        variant = get_variant(params["variant"])
+        self.classifier = TritonClassifier(variant, params["classifier"], int(params.get("classifier_batch", 16)))
+        self.pipeline = VideoPipeline(variant, self.classifier, max_faces=int(params.get("max_faces", 127)))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                try:
+                    sampling = Sampling(strategy=optional_scalar(request, "SAMPLING", "linspace"),
+                                        frames=int(optional_scalar(request, "FRAMES", 32)),
+                                        every=int(optional_scalar(request, "EVERY", 10)))
+                except ValueError:
+                    raise InputError(400, "bad_sampling", "frames and every must be integers") from None
+                answer = self.pipeline.analyze(input_bytes(request, "VIDEO"), sampling)
+                answer["version"] = self.classifier.checkpoint["version"]
+                answer["weights_trained"] = self.classifier.checkpoint["trained"]
+                responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer)]))
+            except Exception as err:  # noqa: BLE001 - answered per request
+                responses.append(error_response(err))
+        return responses

@@ -1,0 +1,180 @@
+"""The Triton model repository: config.pbtxt/model.py files (committed) and classifier versions (built).
+
+Per variant ``v`` (``b4-mobile`` → ``b4_mobile``):
+
+- ``v``             ensemble: IMAGE → preprocess → classifier → postprocess → RESPONSE (JSON)
+- ``v_preprocess``  python: decode, MTCNN, crops, normalisation
+- ``v_classifier``  python + ONNX Runtime, dynamic batching over faces, two versions side by side
+- ``v_postprocess`` python: per-face P(fake) → verdict
+- ``v_video``       python + BLS: a clip → the classifier → confident strategy
+
+Everything here is generated from the variant registry, so input sizes and
+parameters live in one place; ``write_configs`` rewrites the committed files and
+a test checks they are current. Nothing machine-specific goes into a config:
+instance kind is KIND_AUTO, threads come from the launcher's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from ..bundle import MANIFEST_NAME, load_models, write_bundle
+from ..checkpoints import sha256_of
+from ..onnx_export import export_onnx
+from ..variants import Variant, get_variant, list_variants
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+CLASSIFIER_MAX_BATCH = 32  # also the image face cap: one image's faces always fit one classifier batch
+CLASSIFIER_VERSIONS_SERVED = 2  # version_policy: the two newest versions load side by side
+ROLES = ("preprocess", "classifier", "postprocess", "video")
+
+
+def model_names(variant: str | Variant) -> dict[str, str]:
+    """Triton model names for one variant, by role (``ensemble`` is the image entry point)."""
+    name = variant if isinstance(variant, str) else variant.name
+    base = name.replace("-", "_")
+    return {"ensemble": base, **{role: f"{base}_{role}" for role in ROLES}}
+
+
+def _params(**values) -> str:
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
+
+
+def _tensor(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> str:
+    extra = " optional: true" if optional else ""
+    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+
+
+def _io(kind: str, tensors: Sequence[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(tensors) + "\n]"
+
+
+def _python_model(name: str, inputs, outputs, *, max_batch: int = 0, extra: str = "", **params) -> str:
+    return "\n".join(filter(None, [
+        f'name: "{name}"', 'backend: "python"', f"max_batch_size: {max_batch}",
+        _io("input", inputs), _io("output", outputs), extra,
+        "instance_group [ { count: 1 kind: KIND_AUTO } ]", _params(**params),
+    ])) + "\n"
+
+
+def render_configs(variant: Variant) -> dict[str, str]:
+    """Relative path → text of every committed file for one variant."""
+    names = model_names(variant)
+    size = variant.preprocessing.input_size
+    face = [3, size, size]
+    files = {}
+    files[f"{names['preprocess']}/config.pbtxt"] = _python_model(
+        names["preprocess"], [_tensor("IMAGE", "TYPE_STRING", [1])],
+        [_tensor("FACES", "TYPE_FP32", [-1, *face]), _tensor("METADATA", "TYPE_STRING", [1])],
+        variant=variant.name, max_faces=CLASSIFIER_MAX_BATCH)
+    files[f"{names['classifier']}/config.pbtxt"] = _python_model(
+        names["classifier"], [_tensor("FACES", "TYPE_FP32", face)],
+        [_tensor("FAKE_PROBABILITY", "TYPE_FP32", [-1]), _tensor("CHECKPOINT", "TYPE_STRING", [1])],
+        max_batch=CLASSIFIER_MAX_BATCH,
+        extra=f"version_policy: {{ latest: {{ num_versions: {CLASSIFIER_VERSIONS_SERVED} }} }}\n"
+              "dynamic_batching { max_queue_delay_microseconds: 2000 }",
+        variant=variant.name)
+    files[f"{names['postprocess']}/config.pbtxt"] = _python_model(
+        names["postprocess"],
+        [_tensor("METADATA", "TYPE_STRING", [1]), _tensor("FAKE_PROBABILITY", "TYPE_FP32", [-1, -1]),
+         _tensor("CHECKPOINT", "TYPE_STRING", [-1, 1])],
+        [_tensor("RESPONSE", "TYPE_STRING", [1])], variant=variant.name)
+    files[f"{names['video']}/config.pbtxt"] = _python_model(
+        names["video"],
+        [_tensor("VIDEO", "TYPE_STRING", [1]), _tensor("SAMPLING", "TYPE_STRING", [1], optional=True),
+         _tensor("FRAMES", "TYPE_INT32", [1], optional=True), _tensor("EVERY", "TYPE_INT32", [1], optional=True)],
+        [_tensor("RESPONSE", "TYPE_STRING", [1])],
+        variant=variant.name, classifier=names["classifier"], classifier_batch=16, max_faces=127)
+    steps = [
+        (names["preprocess"], {"IMAGE": "IMAGE"}, {"FACES": "faces", "METADATA": "metadata"}),
+        (names["classifier"], {"FACES": "faces"}, {"FAKE_PROBABILITY": "probabilities", "CHECKPOINT": "checkpoint"}),
+        (names["postprocess"], {"METADATA": "metadata", "FAKE_PROBABILITY": "probabilities",
+                                "CHECKPOINT": "checkpoint"}, {"RESPONSE": "RESPONSE"}),
+    ]
+    step_text = ",\n".join(
+        f'    {{\n      model_name: "{model}"\n      model_version: -1\n'
+        + "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())
+        + "".join(f'      output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in outputs.items())
+        + "    }"
+        for model, inputs, outputs in steps)
+    files[f"{names['ensemble']}/config.pbtxt"] = "\n".join([
+        f'name: "{names["ensemble"]}"', 'platform: "ensemble"', "max_batch_size: 0",
+        _io("input", [_tensor("IMAGE", "TYPE_STRING", [1])]), _io("output", [_tensor("RESPONSE", "TYPE_STRING", [1])]),
+        "ensemble_scheduling {\n  step [\n" + step_text + "\n  ]\n}",
+    ]) + "\n"
+    files[f"{names['ensemble']}/1/.gitkeep"] = ""  # Triton wants a version directory even for an ensemble
+    for role in ("preprocess", "postprocess", "video"):
+        files[f"{names[role]}/1/model.py"] = _model_py(role)
+    files[f"{names['classifier']}/model.py"] = _model_py("classifier")  # copied into each built version
+    return files
+
+
+def _model_py(role: str) -> str:
+    return (f'"""Generated by deepfake_serving.serving.triton_repository: the code is in the installed package."""\n\n'
+            f"from deepfake_serving.serving.triton_models.{role} import TritonPythonModel  # noqa: F401\n")
+
+
+def write_configs(repository: str | Path = REPOSITORY, variants: Sequence[str] | None = None) -> list[Path]:
+    """(Re)write the committed files of every variant's models."""
+    written = []
+    for name in variants or list_variants():
+        for relative, text in render_configs(get_variant(name)).items():
+            path = Path(repository) / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+def build_classifier_version(
+    variant_name: str,
+    version: int,
+    checkpoints: Sequence[str | Path] = (),
+    *,
+    label: str | None = None,
+    seed: int = 0,
+    repository: str | Path = REPOSITORY,
+) -> Path:
+    """Export one classifier version (all checkpoints in one ONNX graph) into ``<classifier>/<version>/``.
+
+    ``label`` is the version the responses report (an archive's ``--version``,
+    e.g. "2.0"); the same checkpoints and seed give the same weights as
+    ``deepfake-serving archive``.
+    """
+    if version < 1:
+        raise ValueError("Triton model versions are positive integers")
+    variant = get_variant(variant_name)
+    model_dir = Path(repository) / model_names(variant)["classifier"]
+    if not (model_dir / "config.pbtxt").exists():
+        raise FileNotFoundError(f"{model_dir}/config.pbtxt is missing: run write_configs first")
+    target = model_dir / str(version)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = write_bundle(tmp, variant.name, label or f"{version}.0", checkpoints, seed)
+        _, models = load_models(tmp)
+        staging = Path(tmp) / "version"
+        staging.mkdir()
+        onnx_path = export_onnx(variant, models, staging / "model.onnx")
+        sources = [w["source_checkpoint"] for w in bundle.weights]
+        manifest = replace(bundle, weights=[{"file": onnx_path.name, "sha256": sha256_of(onnx_path),
+                                             "checkpoints": len(models), "source_checkpoints": sources}])
+        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        shutil.copy(model_dir / "model.py", staging / "model.py")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(staging), target)
+    return target
+
+
+def built_versions(variant_name: str, repository: str | Path = REPOSITORY) -> list[int]:
+    model_dir = Path(repository) / model_names(variant_name)["classifier"]
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "model.onnx").exists())
+
+
+def version_label(variant_name: str, version: int, repository: str | Path = REPOSITORY) -> str:
+    directory = Path(repository) / model_names(variant_name)["classifier"] / str(version)
+    return json.loads((directory / MANIFEST_NAME).read_text())["version"]
