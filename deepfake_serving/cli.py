@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_MODEL_STORE = "model_store"
 DEFAULT_WORKDIR = "runtime/torchserve"
+DEFAULT_TRITON_WORKDIR = "runtime/triton"
 
 
 def cmd_variants(args) -> int:
@@ -109,11 +110,49 @@ def _predict_video(client, model: str, data: bytes, args):
     return prediction
 
 
+def cmd_triton_build(args) -> int:
+    """Write the variant's configs into the repository (if missing) and export one classifier version."""
+    from .serving.triton_repository import build_classifier_version, model_names, write_configs
+
+    if not (Path(args.repository) / model_names(args.variant)["classifier"] / "config.pbtxt").exists():
+        write_configs(args.repository, [args.variant])
+    print(build_classifier_version(args.variant, args.version, args.checkpoint or (), label=args.label,
+                                   seed=args.seed, repository=args.repository))
+    return 0
+
+
+def cmd_triton_serve(args) -> int:
+    """Build classifier version 1 when it is missing (or from --checkpoint), then serve the variant."""
+    from .serving.triton import Triton
+    from .serving.triton_repository import built_versions, model_names
+
+    if args.checkpoint or not built_versions(args.variant, args.repository):
+        args.version, args.label, args.seed = 1, None, 0
+        cmd_triton_build(args)
+    names = model_names(args.variant)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,
+                    torch_threads=args.threads, ort_threads=args.threads).start()
+    print(f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on {server.http_url} "
+          f"(HTTP) and {server.grpc_target} (gRPC), metrics on {server.metrics_url}. Ctrl-C stops it.")
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .imaging import looks_like_video
     from .serving.client import make_client
 
-    client = make_client(args.protocol, args.url)
+    if args.backend == "triton" and args.stream:
+        print("--stream needs TorchServe (Triton's video model answers once)", file=sys.stderr)
+        return 2
+    client = make_client(args.protocol, args.url, backend=args.backend)
     worst = 0
     for path in args.files:
         data = Path(path).read_bytes()
@@ -179,12 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["demo"].add_argument("--variant", default="b4-mobile")
     sub.choices["demo"].add_argument("--exit", action="store_true", help="stop the server after the prediction")
 
+    from .serving.triton_repository import REPOSITORY
+
+    triton = sub.add_parser("triton", help="build and serve the Triton model repository").add_subparsers(
+        dest="triton_command", required=True)
+    for name, func, helptext in (
+            ("build", cmd_triton_build, "export a classifier version (ONNX) from checkpoints"),
+            ("serve", cmd_triton_serve, "build version 1 if missing, then start Triton on loopback")):
+        p = triton.add_parser(name, help=helptext)
+        p.add_argument("--variant", default="b4-mobile")
+        p.add_argument("--checkpoint", action="append", help="as for archive: repeat to average checkpoints")
+        p.add_argument("--repository", default=str(REPOSITORY))
+        p.set_defaults(func=func)
+    build = triton.choices["build"]
+    build.add_argument("--version", type=int, required=True, help="Triton version directory (1, 2, ...)")
+    build.add_argument("--label", help="the version responses report, as an archive's --version (default N.0)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
+    serve = triton.choices["serve"]
+    serve.add_argument("--workdir", default=DEFAULT_TRITON_WORKDIR)
+    serve.add_argument("--threads", type=int, default=2, help="torch/ONNX Runtime threads per model instance")
+
     p = sub.add_parser("predict", help="send images or videos to a running server")
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="b4-mobile", help="videos go to {model}-video")
     p.add_argument("--version")
-    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
-    p.add_argument("--url", help="REST base URL or gRPC host:port")
+    p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
+    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest", help="rest is HTTP on Triton")
+    p.add_argument("--url", help="REST base URL or gRPC host:port (defaults: the backend's own ports)")
     p.add_argument("--sampling", choices=["linspace", "every_nth", "all"], default="linspace")
     p.add_argument("--frames", type=int, default=32, help="frames for linspace sampling")
     p.add_argument("--every", type=int, default=10, help="N for every_nth sampling")

@@ -99,3 +99,21 @@ def rotated_video() -> tuple[bytes, list[np.ndarray]]:
     matrix_at = clip.index(b"tkhd") + 4 + 40  # version/flags, times, track id, duration, layer... then matrix
     rotate_cw = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 0x40000000)
     return clip[:matrix_at] + rotate_cw + clip[matrix_at + 36:], upright
+
+
+# Bad requests every backend must answer with a JSON error: payload, HTTP status, error code.
+BAD_IMAGES = {
+    "empty body": (b"", 400, "empty_body"),
+    "not an image": (b"%PDF-1.4 definitely not a picture", 415, "unsupported_media"),
+    "truncated jpeg": (truncated_jpeg(), 400, "corrupt_image"),
+    "decompression bomb": (decompression_bomb_png(), 413, "image_too_large"),
+}
+
+BAD_VIDEOS = {
+    "truncated": (lambda clip: clip[: len(clip) // 3], 400, "corrupt_video"),
+    "not a video": (lambda clip: b"plain text " * 50, 415, "unsupported_media"),
+    "audio only": (lambda clip: audio_only(), 422, "no_video_stream"),
+    "zero frames": (lambda clip: zero_frame_video(), 422, None),
+    "an image": (lambda clip: samples.astronaut_jpeg(), 415, "image_sent_to_video_endpoint"),
+    "empty": (lambda clip: b"", 400, "empty_body"),
+}

@@ -86,17 +86,9 @@ def test_two_versions_and_set_default(server, rest, astronaut_jpeg):
     assert rest.predict(MODEL, astronaut_jpeg).body["version"] == "1.0"
 
 
-BAD_INPUTS = {
-    "empty body": (b"", 400, "empty_body"),
-    "not an image": (b"%PDF-1.4 definitely not a picture", 415, "unsupported_media"),
-    "truncated jpeg": (media.truncated_jpeg(), 400, "corrupt_image"),
-    "decompression bomb": (media.decompression_bomb_png(), 413, "image_too_large"),
-}
-
-
-@pytest.mark.parametrize("name", BAD_INPUTS)
+@pytest.mark.parametrize("name", media.BAD_IMAGES)
 def test_bad_input_gets_json_error_and_worker_survives(server, rest, grpc_client, astronaut_jpeg, name):
-    data, status, code = BAD_INPUTS[name]
+    data, status, code = media.BAD_IMAGES[name]
     pids = server.worker_pids(MODEL, "1.0")
     for client in (rest, grpc_client):
         answer = client.predict(MODEL, data, version="1.0")

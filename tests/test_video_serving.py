@@ -65,19 +65,9 @@ def test_progress_is_streamed_and_the_last_message_is_the_result(rest, grpc_clie
     assert final["media_type"] == "video" and final["frames_analyzed"] == 48
 
 
-BAD_VIDEOS = {
-    "truncated": (lambda clip: clip[: len(clip) // 3], 400, "corrupt_video"),
-    "not a video": (lambda clip: b"plain text " * 50, 415, "unsupported_media"),
-    "audio only": (lambda clip: media.audio_only(), 422, "no_video_stream"),
-    "zero frames": (lambda clip: media.zero_frame_video(), 422, None),
-    "an image": (lambda clip: samples.astronaut_jpeg(), 415, "image_sent_to_video_endpoint"),
-    "empty": (lambda clip: b"", 400, "empty_body"),
-}
-
-
-@pytest.mark.parametrize("name", BAD_VIDEOS)
+@pytest.mark.parametrize("name", media.BAD_VIDEOS)
 def test_bad_videos_get_json_errors_and_the_worker_survives(server, rest, clip, name):
-    make, status, code = BAD_VIDEOS[name]
+    make, status, code = media.BAD_VIDEOS[name]
     pids = server.worker_pids(VIDEO)
     answer = rest.predict(VIDEO, make(clip))
     assert answer.status == status and answer.body["error"]["message"]

@@ -1,4 +1,5 @@
-"""REST and gRPC clients for the predictions API (TorchServe's inference endpoints)."""
+"""Clients that answer with one ``Prediction`` whatever the server: TorchServe over REST or gRPC,
+Triton over HTTP or gRPC (KServe v2 / Open Inference Protocol, through tritonclient)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,88 @@ def _http_status(code: grpc.StatusCode) -> int:
     }.get(code, 500)
 
 
-def make_client(protocol: str, url: str | None = None, timeout: float = 300.0):
+def triton_model_name(model: str) -> str:
+    """TorchServe's names map onto the repository's: b4-mobile → b4_mobile, b4-mobile-video → b4_mobile_video."""
+    return model.replace("-", "_")
+
+
+class TritonClient:
+    """Triton over HTTP (``protocol="http"``) or gRPC. Images go to the variant's ensemble, videos
+    (``*-video``) to its BLS model with SAMPLING/FRAMES/EVERY inputs. Triton answers a client error
+    with 400 (HTTP) or INVALID_ARGUMENT; our models put the error's own code and status in the
+    message, so ``Prediction.status`` is the same as TorchServe's (415, 413, 422, ...)."""
+
+    INTEGER_OPTIONS = {"frames": "FRAMES", "every": "EVERY"}
+
+    def __init__(self, url: str | None = None, protocol: str = "http", timeout: float = 300.0):
+        if protocol == "http":
+            import tritonclient.http as module
+        elif protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            raise ValueError(f"unknown Triton protocol {protocol!r} (http or grpc)")
+        self.module, self.protocol, self.timeout = module, protocol, timeout
+        default = "127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001"
+        target = (url or default).removeprefix("http://")
+        options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
+        self.client = module.InferenceServerClient(target, **options)
+
+    def _inputs(self, model: str, data: bytes, options: dict | None) -> list:
+        import numpy as np
+
+        def tensor(name: str, value, dtype: str):
+            array = np.array([value], dtype=np.object_ if dtype == "BYTES" else np.int32)
+            item = self.module.InferInput(name, [1], dtype)
+            item.set_data_from_numpy(array)
+            return item
+
+        video = model.endswith("_video")
+        inputs = [tensor("VIDEO" if video else "IMAGE", data, "BYTES")]
+        for key, value in (options or {}).items():
+            if not video:
+                continue
+            if key in self.INTEGER_OPTIONS:
+                try:
+                    inputs.append(tensor(self.INTEGER_OPTIONS[key], int(value), "INT32"))
+                except ValueError:
+                    return [Prediction(400, {"error": {"code": "bad_sampling",
+                                                       "message": "frames and every must be integers"}})]
+            elif key == "sampling":
+                inputs.append(tensor("SAMPLING", str(value).encode(), "BYTES"))
+        return inputs
+
+    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+        name = triton_model_name(model)
+        inputs = self._inputs(name, data, options)
+        if inputs and isinstance(inputs[0], Prediction):
+            return inputs[0]
+        extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        try:
+            result = self.client.infer(name, inputs, model_version=version or "", **extra)
+        except self.module.InferenceServerException as err:
+            return self._failure(err)
+        return Prediction(200, json.loads(result.as_numpy("RESPONSE").reshape(-1)[0]))
+
+    @staticmethod
+    def _failure(err) -> Prediction:
+        message = err.message() or str(err)
+        try:
+            error = json.loads(message[message.index("{"):])  # our models' JSON, after Triton's own prefix
+            return Prediction(int(error.get("status", 500)), {"error": error})
+        except ValueError:
+            status = err.status() or ""
+            wire = int(status) if status.isdigit() else {"StatusCode.INVALID_ARGUMENT": 400,
+                                                         "StatusCode.NOT_FOUND": 404,
+                                                         "StatusCode.UNAVAILABLE": 503}.get(status, 500)
+            return Prediction(wire, {"error": {"code": "triton_error", "message": message}})
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_client(protocol: str, url: str | None = None, timeout: float = 300.0, backend: str = "torchserve"):
+    if backend == "triton":
+        return TritonClient(url, "http" if protocol == "rest" else protocol, timeout)
     if protocol == "rest":
         return RestClient(url or "http://127.0.0.1:8080", timeout)
     if protocol == "grpc":

@@ -1,0 +1,248 @@
+"""A real Triton (the tritonserver that nvidia-pytriton bundles) serving the committed repository:
+parity with a real TorchServe on the same checkpoints, classifier versions side by side, explicit
+model control, dynamic batching, bad input, health/metrics and a clean shutdown."""
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton_http
+
+import media
+from deepfake_serving import samples
+from deepfake_serving.classifier import FaceClassifier
+from deepfake_serving.crops import to_tensor
+from deepfake_serving.pipeline import ImageFaceStage
+from deepfake_serving.serving.archive import build_archive
+from deepfake_serving.serving.client import RestClient, TritonClient
+from deepfake_serving.serving.torchserve import Ports, TorchServe
+from deepfake_serving.serving.triton import Triton, TritonPorts
+from deepfake_serving.serving.triton_repository import (
+    REPOSITORY, build_classifier_version, render_configs, write_configs,
+)
+from deepfake_serving.variants import create_model, get_variant, list_variants
+
+pytestmark = pytest.mark.server
+VARIANT = "b4-mobile"
+ENSEMBLE, CLASSIFIER, VIDEO = "b4_mobile", "b4_mobile_classifier", "b4_mobile_video"
+IMAGES = {"astronaut": samples.astronaut_jpeg, "two faces": lambda: samples.encode(samples.two_faces(), quality=95),
+          "no face": lambda: samples.encode(samples.no_face(), quality=95)}
+
+
+# -- the committed repository -------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list_variants())
+def test_committed_repository_is_what_the_registry_generates(variant):
+    for relative, text in render_configs(get_variant(variant)).items():
+        path = REPOSITORY / relative
+        assert path.exists() and path.read_text() == text, f"{relative} is stale: run `make triton-configs`"
+
+
+def test_configs_carry_nothing_machine_specific():
+    for config in REPOSITORY.glob("*/config.pbtxt"):
+        text = config.read_text()
+        assert "KIND_GPU" not in text and "KIND_CPU" not in text, config
+        assert not re.search(r'"/|/work|/home|/tmp', text), config
+        if 'backend: "python"' in text:
+            assert "kind: KIND_AUTO" in text, config
+
+
+# -- servers on the same checkpoints ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two checkpoints of the variant (plain state dicts): version 1 and version 2."""
+    directory = tmp_path_factory.mktemp("checkpoints")
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = directory / f"seed{seed}.pt"
+        torch.save(get_variant(VARIANT).build().state_dict(), path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return samples.encode_video(samples.moving_face_frames(40, faces=2, no_face_between=(10, 16)), "mp4")
+
+
+@pytest.fixture(scope="module")
+def torchserve_answers(tmp_path_factory, checkpoints, clip):
+    """What TorchServe answers with version 2's checkpoint (started, asked, stopped: one server at a time)."""
+    store = tmp_path_factory.mktemp("store")
+    image = build_archive(VARIANT, "2.0", checkpoints=[checkpoints[1]], export_path=store)
+    video = build_archive(VARIANT, "2.0", checkpoints=[checkpoints[1]], export_path=store, media="video")
+    ts = TorchServe(store, tmp_path_factory.mktemp("ts"), ports=Ports.free(),
+                    models=[f"{VARIANT}={image.name}", f"{VARIANT}-video={video.name}"])
+    with ts:
+        client = RestClient(ts.inference_url)
+        answers = {name: client.predict(VARIANT, make()) for name, make in IMAGES.items()}
+        answers["clip"] = client.predict(f"{VARIANT}-video", clip)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, checkpoints):
+    root = tmp_path_factory.mktemp("model_repository")
+    write_configs(root, [VARIANT])
+    build_classifier_version(VARIANT, 1, [checkpoints[0]], label="1.0", repository=root)
+    build_classifier_version(VARIANT, 2, [checkpoints[1]], label="2.0", repository=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, repository, torchserve_answers):
+    triton = Triton(tmp_path_factory.mktemp("triton"), [ENSEMBLE, VIDEO], repository=repository,
+                    ports=TritonPorts.free(), torch_threads=2, ort_threads=2)
+    with triton:
+        yield triton
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def client(request, server):
+    target = server.http_url if request.param == "http" else server.grpc_target
+    triton = TritonClient(target, request.param)
+    yield triton
+    triton.close()
+
+
+def assert_same_image_answer(ours: dict, reference: dict):
+    assert ours["label"] == reference["label"] and ours["face_count"] == reference["face_count"]
+    assert ours["version"] == reference["version"] == "2.0"
+    if reference["fake_probability"] is None:
+        assert ours["fake_probability"] is None
+    else:
+        assert ours["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-4)
+    for face, expected in zip(ours["faces"], reference["faces"]):
+        assert face["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-4)
+        assert np.abs(np.subtract(face["box"], expected["box"])).max() <= 1
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_images_get_torchserves_answer(client, torchserve_answers, name):
+    reference = torchserve_answers[name]
+    assert reference.status == 200
+    answer = client.predict(VARIANT, IMAGES[name]())
+    assert answer.status == 200, answer.body
+    assert set(answer.body) >= set(reference.body) - {"batch_size"}
+    assert_same_image_answer(answer.body, reference.body)
+
+
+def test_videos_get_torchserves_answer(client, torchserve_answers, clip):
+    reference = torchserve_answers["clip"].body
+    answer = client.predict(f"{VARIANT}-video", clip)
+    assert answer.status == 200, answer.body
+    body = answer.body
+    assert (body["label"], body["version"], body["model"]) == (reference["label"], "2.0", reference["model"])
+    assert body["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-4)
+    assert [f["index"] for f in body["frames"]] == [f["index"] for f in reference["frames"]]
+    for frame, expected in zip(body["frames"], reference["frames"]):
+        assert len(frame["faces"]) == len(expected["faces"])
+        if expected["score"] is None:
+            assert frame["score"] is None
+        else:
+            assert frame["score"] == pytest.approx(expected["score"], abs=1e-4)
+    assert body["metrics"]["faces_classified"] == reference["metrics"]["faces_classified"] > 40
+
+
+def test_video_sampling_options(client, clip):
+    assert client.predict(f"{VARIANT}-video", clip, options={"frames": 4}).body["frames_analyzed"] == 4
+    answer = client.predict(f"{VARIANT}-video", clip, options={"sampling": "every_nth", "every": 5})
+    assert answer.body["frames_analyzed"] == 8
+    assert client.predict(f"{VARIANT}-video", clip, options={"sampling": "sometimes"}).status == 400
+
+
+# -- versions and explicit model control ---------------------------------------------------------
+def classify_directly(server, version: str, faces: np.ndarray) -> np.ndarray:
+    http = triton_http.InferenceServerClient(server.http_url.removeprefix("http://"))
+    tensor = triton_http.InferInput("FACES", list(faces.shape), "FP32")
+    tensor.set_data_from_numpy(faces)
+    return http.infer(CLASSIFIER, [tensor], model_version=version).as_numpy("FAKE_PROBABILITY")
+
+
+def test_both_classifier_versions_serve_their_own_weights(server, checkpoints):
+    variant = get_variant(VARIANT)
+    item = ImageFaceStage(variant).prepare([samples.astronaut_jpeg()])[0]
+    faces = to_tensor(item.crops, variant.preprocessing.mean, variant.preprocessing.std).numpy()
+    for version, checkpoint in (("1", checkpoints[0]), ("2", checkpoints[1])):
+        assert server.model_ready(CLASSIFIER, int(version))
+        expected = FaceClassifier(variant, create_model(VARIANT, checkpoint=str(checkpoint))).scores(item.crops)
+        np.testing.assert_allclose(classify_directly(server, version, faces).T, expected, atol=1e-4)
+    assert not np.allclose(classify_directly(server, "1", faces), classify_directly(server, "2", faces), atol=1e-3)
+
+
+def test_models_load_and_unload_through_the_repository_api(server, clip):
+    states = {(m["name"], m.get("version")): m.get("state") for m in server.repository_index()}
+    assert states[(CLASSIFIER, "1")] == states[(CLASSIFIER, "2")] == "READY"
+    server.unload(VIDEO)
+    assert not server.model_ready(VIDEO)
+    gone = TritonClient(server.http_url).predict(f"{VARIANT}-video", clip, options={"frames": 2})
+    assert gone.status >= 400 and "error" in gone.body
+    assert server.model_ready(ENSEMBLE)  # the image ensemble shares the classifier and keeps serving
+    server.load(VIDEO)
+    assert server.model_ready(VIDEO)
+    assert TritonClient(server.http_url).predict(f"{VARIANT}-video", clip, options={"frames": 2}).status == 200
+
+
+def test_dynamic_batching_forms_batches_over_faces(server):
+    size = get_variant(VARIANT).preprocessing.input_size
+    faces = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
+    before = server.statistics(CLASSIFIER, 2)["model_stats"][0]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: classify_directly(server, "2", faces), range(16)))
+    after = server.statistics(CLASSIFIER, 2)["model_stats"][0]
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 16 and executions < inferences
+    assert any(stat["batch_size"] > 1 for stat in after["batch_stats"])
+
+
+# -- bad input never takes down a stub ------------------------------------------------------------
+@pytest.mark.parametrize("name", media.BAD_IMAGES)
+def test_bad_images_get_clear_errors_and_stubs_survive(server, client, name):
+    data, status, code = media.BAD_IMAGES[name]
+    stubs = server.stub_pids()
+    answer = client.predict(VARIANT, data)
+    assert (answer.status, answer.body["error"]["code"]) == (status, code), answer.body
+    assert answer.body["error"]["message"]
+    assert client.predict(VARIANT, samples.astronaut_jpeg()).status == 200
+    assert server.stub_pids() == stubs
+
+
+@pytest.mark.parametrize("name", media.BAD_VIDEOS)
+def test_bad_videos_get_clear_errors_and_stubs_survive(server, client, clip, name):
+    make, status, code = media.BAD_VIDEOS[name]
+    stubs = server.stub_pids()
+    answer = client.predict(f"{VARIANT}-video", make(clip))
+    assert answer.status == status and answer.body["error"]["message"], answer.body
+    if code:
+        assert answer.body["error"]["code"] == code
+    assert client.predict(f"{VARIANT}-video", clip, options={"frames": 2}).status == 200
+    assert server.stub_pids() == stubs
+
+
+def test_a_video_sent_to_the_image_ensemble_is_refused(client, clip):
+    answer = client.predict(VARIANT, clip)
+    assert (answer.status, answer.body["error"]["code"]) == (415, "video_sent_to_image_endpoint")
+
+
+def test_health_readiness_and_metrics(server):
+    assert server.live() and server.model_ready(ENSEMBLE) and server.model_ready(VIDEO)
+    metrics = server.metrics()
+    assert re.search(rf'nv_inference_request_success{{model="{ENSEMBLE}",version="1"}} [1-9]', metrics)
+    assert f'nv_inference_exec_count{{model="{CLASSIFIER}",version="2"}}' in metrics
+
+
+def test_a_clean_shutdown_leaves_no_shared_memory(tmp_path, repository):
+    triton = Triton(tmp_path, [CLASSIFIER], repository=repository, ports=TritonPorts.free()).start()
+    try:
+        assert triton.shm_segments(), "the python backend should hold shared memory while serving"
+        stubs = triton.stub_pids()
+        assert stubs
+    finally:
+        leftovers = triton.stop()
+    assert leftovers == [] and not triton.shm_segments()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in stubs)
