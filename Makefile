@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Two cores: one torch thread per process unless a task says otherwise.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install serve test bench archives grpc-stubs clean
+.PHONY: install serve test bench archives grpc-stubs triton triton-configs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ bench: install  ## TorchServe vs in-process throughput, RSS and cold start (prin
 archives: install  ## demo archives (random weights, flagged untrained) for all five variants
 	for v in b4-mobile b7-dfdc b4-keras-head b4-enhanced b4-ff; do \
 		$(VENV)/bin/deepfake-serving archive --variant $$v --version 1.0 || exit 1; done
+
+triton: install  ## build classifier version 1 (random weights unless CHECKPOINT=...) and serve b4-mobile on Triton
+	$(VENV)/bin/deepfake-serving triton serve --variant $(or $(VARIANT),b4-mobile) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+triton-configs: install  ## regenerate model_repository/*/config.pbtxt and model.py from the variant registry
+	$(PY) -c "from deepfake_serving.serving.triton_repository import write_configs; write_configs()"
 
 grpc-stubs: install  ## regenerate the committed stubs from TorchServe's own protos
 	$(PY) -m deepfake_serving.serving.grpc_codegen

@@ -1,9 +1,13 @@
-"""Image serving benchmark: TorchServe against the same pipeline in-process, on the same cores.
+"""Image serving benchmark: TorchServe and Triton against the same pipeline in-process, on the same cores.
 
 Prints (and writes to benchmarks/results/bench_image.json):
   * per variant: parameters, archive size, worker RSS/USS after load, cold start to first prediction;
   * for one variant: single-image median latency and throughput with N concurrent clients,
-    served (for each worker x thread x batch setting) and in-process, with the ratio.
+    in-process (the limit), TorchServe and Triton for each setting, with the ratio to the limit;
+    server-side batch sizes (TorchServe: from the responses; Triton: the classifier's statistics).
+
+Settings: local:WxTbB and ts:WxTbB (processes or workers x torch threads, batch B);
+triton:PpCcTt (P preprocess instances, C classifier instances, T threads per instance).
 
 Run: python benchmarks/bench_image.py [--variants all] [--variant b4-mobile] [--requests 96]
 """
@@ -30,7 +34,10 @@ import torch
 from deepfake_serving import samples
 from deepfake_serving.bundle import load_bundle, write_bundle
 from deepfake_serving.serving.archive import DEFAULT_MODEL_CONFIG, build_archive
+from deepfake_serving.serving.client import TritonClient
 from deepfake_serving.serving.torchserve import Ports, TorchServe
+from deepfake_serving.serving.triton import Triton, TritonPorts
+from deepfake_serving.serving.triton_repository import build_classifier_version, model_names, write_configs
 from deepfake_serving.variants import create_model, list_variants
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,22 +62,43 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     return times
 
 
-def load(url: str, image: bytes, requests_total: int, concurrency: int,
-         processes: dict[str, psutil.Process] | None = None) -> dict:
-    """Closed loop: ``concurrency`` clients send ``requests_total`` requests.
+def rest_sender(url: str, image: bytes):
+    """A per-thread TorchServe REST call returning the server-side batch size."""
+    local = threading.local()
+
+    def send() -> int:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        response = local.session.post(url, data=image, timeout=300)
+        response.raise_for_status()
+        return response.json().get("batch_size", 1)
+    return send
+
+
+def triton_sender(url: str, model: str, image: bytes):
+    """A per-thread Triton HTTP call (tritonclient, binary tensors) through the image ensemble."""
+    local = threading.local()
+
+    def send() -> int:
+        if not hasattr(local, "client"):
+            local.client = TritonClient(url, "http")
+        answer = local.client.predict(model, image)
+        if not answer.ok:
+            raise RuntimeError(answer.body)
+        return 1
+    return send
+
+
+def load(send, requests_total: int, concurrency: int, processes: dict[str, psutil.Process] | None = None) -> dict:
+    """Closed loop: ``concurrency`` clients call ``send`` ``requests_total`` times.
 
     Returns req/s, latency percentiles, the server-side batch sizes seen, and the
     CPU milliseconds each process spent per request (where the time goes).
     """
-    local = threading.local()
-
     def one(_):
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
         start = time.perf_counter()
-        response = local.session.post(url, data=image, timeout=300)
-        response.raise_for_status()
-        return time.perf_counter() - start, response.json().get("batch_size", 1)
+        batch = send()
+        return time.perf_counter() - start, batch
 
     processes = {**(processes or {}), "client": psutil.Process()}
     cpu_before = cpu_seconds(processes)
@@ -135,23 +163,15 @@ def served(variant: str, image: bytes, store: Path, workers: int, threads: int, 
         start = time.perf_counter()
         server = TorchServe(store, work, models=[f"{variant}={mar.name}"], ports=Ports.free()).start()
         try:
-            url = f"{server.inference_url}/predictions/{variant}"
-            requests.post(url, data=image, timeout=300).raise_for_status()
+            send = rest_sender(f"{server.inference_url}/predictions/{variant}", image)
+            send()
             cold_start = time.perf_counter() - start
-            # Warm-up: Java's JIT and the worker's allocator settle over the first ~20 requests.
-            for _ in range(20):
-                requests.post(url, data=image, timeout=300).raise_for_status()
-            load(url, image, 2 * concurrency, concurrency)
-            singles = []
-            for _ in range(15):
-                t = time.perf_counter()
-                requests.post(url, data=image, timeout=300).raise_for_status()
-                singles.append(time.perf_counter() - t)
+            singles = warm_up(send, concurrency)
             pids = server.worker_pids(variant)
             java = [p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java"]
             processes = {f"worker{i}": psutil.Process(pid) for i, pid in enumerate(pids)}
             processes.update({"java": p for p in java})
-            result = load(url, image, requests_total, concurrency, processes)
+            result = load(send, requests_total, concurrency, processes)
             result.update(single_p50_ms=statistics.median(singles) * 1000, cold_start_s=cold_start,
                           workers=workers, threads=threads, batch=batch,
                           worker_memory=[memory_mb(p) for p in pids])
@@ -159,6 +179,60 @@ def served(variant: str, image: bytes, store: Path, workers: int, threads: int, 
         finally:
             server.stop()
             mar.unlink()
+
+
+def warm_up(send, concurrency: int) -> list[float]:
+    """The first ~20 requests after a start are slow (JIT, allocators): send them, one concurrent round,
+    then time 15 single requests."""
+    for _ in range(20):
+        send()
+    load(send, 2 * concurrency, concurrency)
+    singles = []
+    for _ in range(15):
+        start = time.perf_counter()
+        send()
+        singles.append(time.perf_counter() - start)
+    return singles
+
+
+def classifier_batches(server: Triton, model: str) -> Counter:
+    """Executions per batch size so far (Triton's statistics for every loaded version)."""
+    counts: Counter = Counter()
+    for stats in server.statistics(model)["model_stats"]:
+        for entry in stats.get("batch_stats", []):
+            counts[int(entry["batch_size"])] += int(entry["compute_infer"]["count"])
+    return counts
+
+
+def triton_served(variant: str, image: bytes, repository: Path, preprocess: int, classifiers: int, threads: int,
+                  requests_total: int, concurrency: int) -> dict:
+    """The image ensemble with ``preprocess`` and ``classifiers`` instances of ``threads`` threads each."""
+    names = model_names(variant)
+    write_configs(repository, [variant], instances={"preprocess": preprocess, "classifier": classifiers})
+    with tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
+        server = Triton(work, [names["ensemble"]], repository=repository, ports=TritonPorts.free(),
+                        torch_threads=threads, ort_threads=threads).start()
+        try:
+            send = triton_sender(server.http_url, variant, image)
+            send()
+            cold_start = time.perf_counter() - start
+            singles = warm_up(send, concurrency)
+            stubs = psutil.Process(server.process.pid).children(recursive=True)
+            processes = {"tritonserver": psutil.Process(server.process.pid)}
+            for i, stub in enumerate(stubs):
+                role = next((r for r in ("preprocess", "classifier", "postprocess")
+                             if f"{names['ensemble']}_{r}" in " ".join(stub.cmdline())), "stub")
+                processes[f"{role}{i}"] = stub
+            batches_before = classifier_batches(server, names["classifier"])
+            result = load(send, requests_total, concurrency, processes)
+            batches = classifier_batches(server, names["classifier"]) - batches_before
+            result.update(single_p50_ms=statistics.median(singles) * 1000, cold_start_s=cold_start,
+                          batch_sizes=dict(sorted(batches.items())),
+                          worker_memory=[memory_mb(p.pid) for p in stubs])
+            return result
+        finally:
+            server.stop()
 
 
 def variant_figures(variant: str, image: bytes, store: Path) -> dict:
@@ -187,8 +261,9 @@ def main() -> int:
     parser.add_argument("--variants", default="", help="'all' or a comma list for the per-variant table")
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--settings", default="local:1x2b8,local:2x1b8,ts:1x2b8,ts:2x1b8,ts:1x2b1",
-                        help="local|ts : workers x threads b batch, comma separated")
+    parser.add_argument("--settings",
+                        default="local:1x2b8,local:2x1b8,ts:1x2b8,ts:2x1b8,triton:1p1c2t,triton:2p1c1t",
+                        help="local|ts:WxTbB, triton:PpCcTt; comma separated")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds (the machine is noisy)")
     args = parser.parse_args()
     image = samples.astronaut_jpeg()
@@ -196,6 +271,10 @@ def main() -> int:
                  "variant": args.variant, "requests": args.requests, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory() as store_dir:
         store = Path(store_dir)
+        repository = store / "model_repository"
+        if "triton:" in args.settings:  # the same weights as the archives: seed 0, no checkpoint
+            write_configs(repository, [args.variant])
+            build_classifier_version(args.variant, 1, repository=repository)
         if args.variants:
             names = list_variants() if args.variants == "all" else args.variants.split(",")
             out["variants"] = [variant_figures(v, image, store) for v in names]
@@ -209,6 +288,13 @@ def main() -> int:
         for _ in range(args.repeat):
             for setting in args.settings.split(","):
                 where, spec = setting.split(":")
+                if where == "triton":
+                    pre, rest = spec.split("p")
+                    cls, threads = rest.rstrip("t").split("c")
+                    row = triton_served(args.variant, image, repository, int(pre), int(cls), int(threads),
+                                        args.requests, args.concurrency)
+                    rows.append({"where": where, "setting": spec, **row})
+                    continue
                 wt, batch = spec.split("b")
                 workers, threads = (int(x) for x in wt.split("x"))
                 if where == "local":
@@ -226,11 +312,11 @@ def main() -> int:
     out["in_process_limit_rps"] = limit
     print(f"\n{args.variant}: {args.requests} requests per round, {args.repeat} rounds, "
           f"{args.concurrency} concurrent clients, {cores} cores; medians over rounds")
-    print(f"{'setting (workers x threads, batch)':<36}{'req/s':>7}{'ratio':>7}{'p50 ms':>8}{'p95 ms':>8}"
+    print(f"{'setting':<36}{'req/s':>7}{'ratio':>7}{'p50 ms':>8}{'p95 ms':>8}"
           f"{'1-img p50':>10}{'RSS MB':>10}  CPU ms/request, batch sizes (last round)")
     for (where, setting), group in by_setting.items():
         last = group[-1]
-        name = ("in-process " if where == "local" else "TorchServe ") + setting
+        name = {"local": "in-process ", "ts": "TorchServe ", "triton": "Triton "}[where] + setting
         p50 = statistics.median(r["p50_ms"] for r in group) if "p50_ms" in last else float("nan")
         p95 = statistics.median(r["p95_ms"] for r in group) if "p95_ms" in last else float("nan")
         single = statistics.median(r["single_p50_ms"] for r in group)

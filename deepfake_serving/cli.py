@@ -132,7 +132,7 @@ def cmd_triton_serve(args) -> int:
     names = model_names(args.variant)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,
-                    torch_threads=args.threads, ort_threads=args.threads).start()
+                    torch_threads=args.torch_threads, ort_threads=args.ort_threads).start()
     print(f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on {server.http_url} "
           f"(HTTP) and {server.grpc_target} (gRPC), metrics on {server.metrics_url}. Ctrl-C stops it.")
     try:
@@ -236,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     serve = triton.choices["serve"]
     serve.add_argument("--workdir", default=DEFAULT_TRITON_WORKDIR)
-    serve.add_argument("--threads", type=int, default=2, help="torch/ONNX Runtime threads per model instance")
+    # One thread per instance: two preprocess instances + one classifier fill two cores (see the README).
+    serve.add_argument("--torch-threads", type=int, default=1, help="torch threads per preprocess/video instance")
+    serve.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime threads per classifier instance")
 
     p = sub.add_parser("predict", help="send images or videos to a running server")
     p.add_argument("files", nargs="+")

@@ -61,6 +61,9 @@ class RestClient:
             if line.strip():
                 yield Prediction(response.status_code, _json_or_text(line))
 
+    def close(self) -> None:
+        self.session.close()
+
 
 class GrpcClient:
     """TorchServe's gRPC Predictions call. Its per-request status does not cross gRPC (the call

@@ -74,7 +74,7 @@ class Triton:
         repository: str | Path = REPOSITORY,
         ports: TritonPorts = TritonPorts(),
         torch_threads: int = 1,
-        ort_threads: int = 2,
+        ort_threads: int = 1,
         env: dict[str, str] | None = None,
     ):
         self.workdir = Path(workdir).resolve()

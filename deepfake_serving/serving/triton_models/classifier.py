@@ -38,6 +38,8 @@ def open_session(directory: Path) -> tuple[ort.InferenceSession, dict]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("DEEPFAKE_ORT_THREADS", "0"))  # 0: ONNX Runtime decides
     options.inter_op_num_threads = 1
+    # Idle ONNX Runtime threads spin by default, burning the CPU that preprocess instances need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     return ort.InferenceSession(str(path), options, providers=providers), manifest
 

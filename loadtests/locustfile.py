@@ -1,0 +1,135 @@
+"""Locust load tests for deepfake-serving: TorchServe REST/gRPC and Triton HTTP/gRPC users,
+image and video tasks (weighted), real media, and a pass/fail verdict against thresholds.
+
+    locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 60s \
+        --host http://127.0.0.1:8080 --scenario torchserve-rest TorchServeRestUser \
+        --csv loadtests/reports/torchserve-rest --html loadtests/reports/torchserve-rest.html
+
+Hosts: TorchServeRestUser http://host:8080, TorchServeGrpcUser host:7070,
+TritonHttpUser http://host:8000, TritonGrpcUser host:8001. The run exits 1 when a
+threshold of ``--scenario`` (loadtests/thresholds.yaml) is breached; in distributed
+mode the master decides on the aggregated figures.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from grpc.experimental import gevent as grpc_gevent
+from locust import User, between, events, tag, task
+from locust.runners import WorkerRunner
+
+from deepfake_serving import samples
+from deepfake_serving.serving.client import GrpcClient, RestClient, TritonClient
+from deepfake_serving.serving.thresholds import Observed, breaches, load_thresholds
+
+grpc_gevent.init_gevent()  # gRPC's own threads would block Locust's gevent loop
+
+THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
+IMAGES = [samples.astronaut_jpeg(), samples.encode(samples.two_faces(), quality=90)]
+CLIP = samples.encode_video(samples.moving_face_frames(24), "mp4")
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser):
+    parser.add_argument("--model", default="b4-mobile", help="variant served (videos go to {model}-video)")
+    parser.add_argument("--video-frames", type=int, default=8, help="frames sampled per video request")
+    parser.add_argument("--scenario", default="", help="thresholds.yaml scenario that decides pass/fail")
+    parser.add_argument("--thresholds", default=str(THRESHOLDS))
+
+
+class PredictionUser(User):
+    """Sends images (weight 9) and clips (weight 1) through one of our clients and reports every
+    call to Locust; a call fails when the server's answer is not a 200 with a verdict."""
+
+    abstract = True
+    wait_time = between(0.0, 0.05)
+    request_type = ""
+
+    def make_client(self):
+        raise NotImplementedError
+
+    def on_start(self):
+        self.client = self.make_client()
+        self.model = self.environment.parsed_options.model
+        self.image_index = 0
+
+    def on_stop(self):
+        self.client.close()  # an open tritonclient gRPC channel keeps the process from exiting
+
+    def _call(self, name: str, send) -> None:
+        start = time.perf_counter()
+        exception, length = None, 0
+        try:
+            prediction = send()
+            length = len(str(prediction.body))
+            if not prediction.ok or prediction.body.get("label") not in ("FAKE", "REAL", "NO_FACE"):
+                exception = RuntimeError(f"{prediction.status}: {str(prediction.body)[:200]}")
+        except Exception as err:  # noqa: BLE001 - a failed request, reported as such
+            exception = err
+        self.environment.events.request.fire(
+            request_type=self.request_type, name=name, response_time=(time.perf_counter() - start) * 1000,
+            response_length=length, exception=exception, context={})
+
+    @tag("image")
+    @task(9)
+    def image(self):
+        data = IMAGES[self.image_index % len(IMAGES)]
+        self.image_index += 1
+        self._call("image", lambda: self.client.predict(self.model, data))
+
+    @tag("video")
+    @task(1)
+    def video(self):
+        frames = self.environment.parsed_options.video_frames
+        self._call("video", lambda: self.client.predict(f"{self.model}-video", CLIP, options={"frames": frames}))
+
+
+class TorchServeRestUser(PredictionUser):
+    request_type = "torchserve-rest"
+
+    def make_client(self):
+        return RestClient(self.host or "http://127.0.0.1:8080")
+
+
+class TorchServeGrpcUser(PredictionUser):
+    request_type = "torchserve-grpc"
+
+    def make_client(self):
+        return GrpcClient(self.host or "127.0.0.1:7070")
+
+
+class TritonHttpUser(PredictionUser):
+    request_type = "triton-http"
+
+    def make_client(self):
+        return TritonClient(self.host or "http://127.0.0.1:8000", "http")
+
+
+class TritonGrpcUser(PredictionUser):
+    request_type = "triton-grpc"
+
+    def make_client(self):
+        return TritonClient(self.host or "127.0.0.1:8001", "grpc")
+
+
+@events.quitting.add_listener
+def _verdict(environment, **_):
+    """Pass/fail on the whole run's figures (on the master when distributed)."""
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) or not options.scenario:
+        return
+    total = environment.stats.total
+    observed = Observed(requests=total.num_requests, failures=total.num_failures, rps=total.total_rps,
+                        p95_ms=total.get_response_time_percentile(0.95) or 0.0,
+                        p99_ms=total.get_response_time_percentile(0.99) or 0.0)
+    found = breaches(observed, load_thresholds(options.thresholds, options.scenario))
+    figures = (f"{observed.requests} requests, {observed.rps:.2f} req/s, failure ratio {observed.failure_ratio:.3f}, "
+               f"p95 {observed.p95_ms:.0f} ms, p99 {observed.p99_ms:.0f} ms")
+    if found:
+        print(f"LOADTEST FAIL [{options.scenario}] {figures}: " + "; ".join(found), flush=True)
+        environment.process_exit_code = 1
+    else:
+        print(f"LOADTEST PASS [{options.scenario}] {figures}", flush=True)
+        environment.process_exit_code = 0
