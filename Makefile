@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Two cores: one torch thread per process unless a task says otherwise.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install serve test bench archives grpc-stubs triton triton-configs clean
+.PHONY: install serve test bench archives grpc-stubs triton triton-configs loadtest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ triton: install  ## build classifier version 1 (random weights unless CHECKPOINT
 
 triton-configs: install  ## regenerate model_repository/*/config.pbtxt and model.py from the variant registry
 	$(PY) -c "from deepfake_serving.serving.triton_repository import write_configs; write_configs()"
+
+loadtest: install  ## Locust vs a demo server: make loadtest TARGET=torchserve-rest|torchserve-grpc|triton-http|triton-grpc [WORKERS=2]
+	$(PY) loadtests/run.py --target $(or $(TARGET),torchserve-rest) --workers $(or $(WORKERS),0)
 
 grpc-stubs: install  ## regenerate the committed stubs from TorchServe's own protos
 	$(PY) -m deepfake_serving.serving.grpc_codegen

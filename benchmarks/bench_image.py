@@ -262,7 +262,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--settings",
-                        default="local:1x2b8,local:2x1b8,ts:1x2b8,ts:2x1b8,triton:1p1c2t,triton:2p1c1t",
+                        default="local:1x2b8,local:2x1b8,ts:1x2b8,ts:2x1b8,ts:1x2b4,ts:1x2b1,"
+                                "triton:1p1c1t,triton:2p1c1t,triton:3p1c1t",
                         help="local|ts:WxTbB, triton:PpCcTt; comma separated")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds (the machine is noisy)")
     args = parser.parse_args()
