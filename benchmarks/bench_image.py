@@ -314,7 +314,7 @@ def main() -> int:
     print(f"\n{args.variant}: {args.requests} requests per round, {args.repeat} rounds, "
           f"{args.concurrency} concurrent clients, {cores} cores; medians over rounds")
     print(f"{'setting':<36}{'req/s':>7}{'ratio':>7}{'p50 ms':>8}{'p95 ms':>8}"
-          f"{'1-img p50':>10}{'RSS MB':>10}  CPU ms/request, batch sizes (last round)")
+          f"{'1-img p50':>10}{'RSS MB':>20}  CPU ms/request, batch sizes (last round)")
     for (where, setting), group in by_setting.items():
         last = group[-1]
         name = {"local": "in-process ", "ts": "TorchServe ", "triton": "Triton "}[where] + setting
@@ -323,7 +323,7 @@ def main() -> int:
         single = statistics.median(r["single_p50_ms"] for r in group)
         rss = "/".join(str(round(m["rss_mb"])) for m in last.get("worker_memory", []))
         print(f"{name:<36}{medians[(where, setting)]:>7.2f}{medians[(where, setting)] / limit:>7.2f}{p50:>8.0f}"
-              f"{p95:>8.0f}{single:>10.1f}{rss:>10}  {last['cpu_ms_per_request']} {last.get('batch_sizes', '')}")
+              f"{p95:>8.0f}{single:>10.1f}{rss:>20}  {last['cpu_ms_per_request']} {last.get('batch_sizes', '')}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_image.json").write_text(json.dumps(out, indent=2))
     return 0
