@@ -145,6 +145,33 @@ def cmd_triton_serve(args) -> int:
     return 0
 
 
+def cmd_rollout(args) -> int:
+    """Register the candidate archive next to the serving version and take it through every step."""
+    from . import samples
+    from .rollout.audit import AuditLog
+    from .rollout.controller import Rollout, RolloutError, RolloutPolicy
+    from .rollout.servers import TorchServeTarget
+
+    target = TorchServeTarget(args.model, args.inference_url, args.management_url, args.metrics_url)
+    probes = [p.read_bytes() for p in sorted(Path(args.probes).iterdir()) if p.is_file()] if args.probes \
+        else [samples.astronaut_jpeg()]
+    policy = RolloutPolicy(canary_weight=args.weight, watch_s=args.watch, gate_metric=args.gate_metric,
+                           gate_tolerance=args.gate_tolerance, max_latency_ratio=args.max_latency_ratio,
+                           max_error_ratio_increase=args.max_error_ratio_increase)
+    state = Path(args.state_dir)
+    job = Rollout(target, AuditLog(state / "audit.jsonl"), state / f"{args.model}.split.json", policy=policy,
+                  probes=probes, labelled_folder=Path(args.labelled) if args.labelled else None,
+                  reports=state / "reports")
+    try:
+        version = job.run(args.candidate)
+    except RolloutError as err:
+        print(f"rollout stopped at {err.step}: {err}; the serving version keeps serving "
+              f"(audit: {state / 'audit.jsonl'})", file=sys.stderr)
+        return 1
+    print(json.dumps({"serving": version, "audit": str(state / "audit.jsonl"), "figures": job.figures}, default=str))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .imaging import looks_like_video
     from .serving.client import make_client
@@ -239,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     # One thread per instance: two preprocess instances + one classifier fill two cores (see the README).
     serve.add_argument("--torch-threads", type=int, default=1, help="torch threads per preprocess/video instance")
     serve.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime threads per classifier instance")
+
+    p = sub.add_parser("rollout", help="A/B rollout of a candidate archive: shadow, gate, canary, promote/rollback")
+    p.add_argument("candidate", help="the candidate .mar, already in the server's model store")
+    p.add_argument("--model", default="b4-mobile")
+    p.add_argument("--inference-url", default="http://127.0.0.1:8080")
+    p.add_argument("--management-url", default="http://127.0.0.1:8081")
+    p.add_argument("--metrics-url", default="http://127.0.0.1:8082")
+    p.add_argument("--probes", help="folder of probe images for the shadow comparison (default: the astronaut)")
+    p.add_argument("--labelled", help="folder with Real/ and Fake/ for the promotion gate")
+    p.add_argument("--weight", type=float, default=10.0, help="canary share of keys, percent")
+    p.add_argument("--watch", type=float, default=60.0, help="seconds the canary is watched")
+    p.add_argument("--gate-metric", default="f1", choices=["f1", "accuracy", "roc_auc", "recall", "precision"])
+    p.add_argument("--gate-tolerance", type=float, default=0.02)
+    p.add_argument("--max-latency-ratio", type=float, default=2.0)
+    p.add_argument("--max-error-ratio-increase", type=float, default=0.01)
+    p.add_argument("--state-dir", default="runtime/rollout", help="split file, audit log, reports")
+    p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("predict", help="send images or videos to a running server")
     p.add_argument("files", nargs="+")

@@ -13,6 +13,7 @@ mode the master decides on the aggregated figures.
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -21,12 +22,14 @@ from locust import User, between, events, tag, task
 from locust.runners import WorkerRunner
 
 from deepfake_serving import samples
+from deepfake_serving.rollout.routing import RoutedClient
 from deepfake_serving.serving.client import GrpcClient, RestClient, TritonClient
 from deepfake_serving.serving.thresholds import Observed, breaches, load_thresholds
 
 grpc_gevent.init_gevent()  # gRPC's own threads would block Locust's gevent loop
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
+USER_NUMBERS = itertools.count()  # RoutedTorchServeUser keys: user-<worker index>-<n>, stable across runs
 IMAGES = [samples.astronaut_jpeg(), samples.encode(samples.two_faces(), quality=90)]
 CLIP = samples.encode_video(samples.moving_face_frames(24), "mp4")
 
@@ -37,6 +40,7 @@ def _arguments(parser):
     parser.add_argument("--video-frames", type=int, default=8, help="frames sampled per video request")
     parser.add_argument("--scenario", default="", help="thresholds.yaml scenario that decides pass/fail")
     parser.add_argument("--thresholds", default=str(THRESHOLDS))
+    parser.add_argument("--split-file", default="", help="RoutedTorchServeUser: the rollout's traffic split")
 
 
 class PredictionUser(User):
@@ -112,6 +116,35 @@ class TritonGrpcUser(PredictionUser):
 
     def make_client(self):
         return TritonClient(self.host or "127.0.0.1:8001", "grpc")
+
+
+class RoutedTorchServeUser(User):
+    """Live traffic during a rollout: each simulated user has a key and sticks to the version the
+    split file gives it (sticky weighted routing); requests are named by the version that answered."""
+
+    wait_time = between(0.0, 0.05)
+
+    def on_start(self):
+        self.client = RoutedClient(RestClient(self.host or "http://127.0.0.1:8080"),
+                                   self.environment.parsed_options.split_file)
+        self.key = f"user-{getattr(self.environment.runner, 'worker_index', 0)}-{next(USER_NUMBERS)}"
+
+    def on_stop(self):
+        self.client.client.close()
+
+    @task
+    def image(self):
+        start = time.perf_counter()
+        version, exception = "?", None
+        try:
+            version, prediction = self.client.predict(IMAGES[0], self.key)
+            if not prediction.ok or prediction.body.get("version") != version:
+                exception = RuntimeError(f"{prediction.status} from {version}: {str(prediction.body)[:200]}")
+        except Exception as err:  # noqa: BLE001
+            exception = err
+        self.environment.events.request.fire(
+            request_type="routed", name=f"image {version}", response_time=(time.perf_counter() - start) * 1000,
+            response_length=0, exception=exception, context={})
 
 
 @events.quitting.add_listener

@@ -2,7 +2,6 @@
 parity with a real TorchServe on the same checkpoints, classifier versions side by side, explicit
 model control, dynamic batching, bad input, health/metrics and a clean shutdown."""
 
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

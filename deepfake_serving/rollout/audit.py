@@ -14,10 +14,10 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, *, model: str, serving: str | None, candidate: str | None, step: str, outcome: str,
-               message: str = "", **figures) -> dict:
+               message: str = "", figures: dict | None = None) -> dict:
         entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"), "model": model,
                  "serving_version": serving, "candidate_version": candidate, "step": step, "outcome": outcome,
-                 "message": message, "figures": figures}
+                 "message": message, "figures": figures or {}}
         line = json.dumps(entry, sort_keys=True, default=str) + "\n"
         # O_APPEND: concurrent writers never interleave inside a line or overwrite one another.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -1,0 +1,302 @@
+"""The rollout: register → warm up → shadow → evaluation gate → canary under guard rails → promote,
+with an automatic rollback from any step. Every step is written to the audit log, and whatever
+happens the serving version keeps serving."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .audit import AuditLog
+from .evaluation import Evaluation, confusion_png, evaluate_folder
+from .routing import Split, VersionStats
+from .servers import Counters, ServerUnavailable
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    warmup_requests: int = 20  # a fresh TorchServe worker is 30-50 % slower for its first ~20 requests
+    # shadow: the candidate answers the probe set beside the serving version
+    min_label_agreement: float = 0.0  # untrained demo weights disagree; set e.g. 0.9 for real models
+    max_mean_abs_delta: float = 1.0
+    shadow_latency_ratio: float = 2.0  # candidate p50 / serving p50 on the probes
+    shadow_rounds: int = 3  # each probe this many times, alternating which version answers first
+    # promotion gate on the labelled folder: candidate metric >= serving metric - tolerance
+    gate_metric: str = "f1"
+    gate_tolerance: float = 0.02
+    # canary
+    canary_weight: float = 10.0  # percent of keys
+    watch_s: float = 30.0
+    check_every_s: float = 5.0
+    min_canary_requests: int = 5
+    # guard rails, candidate against serving over the watch window
+    max_error_ratio_increase: float = 0.01
+    max_latency_ratio: float = 2.0  # candidate p50 (probes), mean (server) or p95 (router) latency / serving's
+    canary_probes: int = 2  # per check and version: the controller's own interleaved requests
+    drain_s: float = 5.0  # after traffic moves away from a version, before it is removed
+
+
+class RolloutError(RuntimeError):
+    """The rollout stopped; ``step`` says where. The serving version is still serving."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+@dataclass
+class Rollout:
+    target: object  # TorchServeTarget | TritonTarget
+    audit: AuditLog
+    split_file: Path
+    policy: RolloutPolicy = RolloutPolicy()
+    probes: Sequence[bytes] = ()
+    labelled_folder: Path | None = None
+    reports: Path | None = None
+    router_stats: Callable[[], dict] | None = None  # RoutedClient.stats of live traffic, when we route it
+    on_split: Callable[[Split], None] | None = None  # e.g. regenerate and reload the nginx split
+    figures: dict = field(default_factory=dict)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _log(self, step: str, outcome: str, message: str = "", **figures) -> None:
+        self.figures[step] = figures
+        self.audit.append(model=self.target.model, serving=self.serving, candidate=self.candidate,
+                          step=step, outcome=outcome, message=message,
+                          figures={"backend": self.target.backend, **figures})
+
+    def _set_split(self, split: Split) -> None:
+        split.save(self.split_file)
+        if self.on_split:
+            self.on_split(split)
+
+    def _lock(self) -> Path:
+        lock = self.split_file.with_suffix(".lock")
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise RolloutError("start", f"a rollout of {self.target.model} is already running ({lock})") from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return lock
+
+    # -- the whole thing -------------------------------------------------------------------------
+    def run(self, candidate_archive: str | Path) -> str:
+        """Returns the version serving at the end (the candidate when promoted)."""
+        self.serving, self.candidate = None, None
+        try:
+            lock = self._lock()
+        except RolloutError as err:
+            self._log("start", "refused", str(err))
+            raise
+        try:
+            try:
+                self.serving = self.target.serving_version()
+            except ServerUnavailable as err:
+                self._log("start", "failed", f"management API unavailable: {err}")
+                raise RolloutError("start", str(err)) from None
+            self._set_split(Split(self.target.model, self.serving))
+            self._log("start", "ok", f"candidate archive {Path(candidate_archive).name}")
+            try:
+                self.candidate = self.target.register(candidate_archive)
+            except ServerUnavailable as err:
+                self._log("register", "failed", str(err))
+                raise RolloutError("register", str(err)) from None
+            self._log("register", "ok")
+            try:
+                self._warm_up()
+                self._shadow()
+                self._gate()
+                self._canary()
+            except RolloutError as err:
+                self._rollback(err)
+                raise
+            self._promote()
+            return self.candidate
+        finally:
+            lock.unlink(missing_ok=True)
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        probe = self.probes[0] if self.probes else None
+        latencies = []
+        for _ in range(self.policy.warmup_requests if probe else 0):
+            start = time.perf_counter()
+            answer = self.target.predict(self.candidate, probe)
+            latencies.append((time.perf_counter() - start) * 1000)
+            if not answer.ok:
+                self._log("warm_up", "failed", f"candidate answered {answer.status}: {answer.body}")
+                raise RolloutError("warm_up", f"candidate answered {answer.status}")
+        self._log("warm_up", "ok", requests=len(latencies), latency_ms=[round(x, 1) for x in latencies])
+
+    def _shadow(self) -> None:
+        deltas, agree, times = [], 0, {"serving": [], "candidate": []}
+        pairs = [("serving", self.serving), ("candidate", self.candidate)]
+        for i, data in enumerate(list(self.probes) * self.policy.shadow_rounds):
+            answers = {}
+            for role, version in (pairs if i % 2 == 0 else pairs[::-1]):
+                start = time.perf_counter()
+                answers[role] = self.target.predict(version, data)
+                times[role].append((time.perf_counter() - start) * 1000)
+            if not answers["candidate"].ok:
+                self._log("shadow", "failed", f"candidate answered {answers['candidate'].status}")
+                raise RolloutError("shadow", f"candidate answered {answers['candidate'].status} on a probe")
+            a, b = answers["serving"].body, answers["candidate"].body
+            agree += a.get("label") == b.get("label")
+            if a.get("fake_probability") is not None and b.get("fake_probability") is not None:
+                deltas.append(abs(a["fake_probability"] - b["fake_probability"]))
+        n = max(len(self.probes) * self.policy.shadow_rounds, 1)
+        figures = {"probes": len(self.probes), "comparisons": n, "label_agreement": agree / n,
+                   "mean_abs_delta": statistics.fmean(deltas) if deltas else 0.0,
+                   "serving_p50_ms": statistics.median(times["serving"]) if times["serving"] else None,
+                   "candidate_p50_ms": statistics.median(times["candidate"]) if times["candidate"] else None}
+        problems = []
+        if figures["label_agreement"] < self.policy.min_label_agreement:
+            problems.append(f"label agreement {figures['label_agreement']:.2f} < {self.policy.min_label_agreement}")
+        if figures["mean_abs_delta"] > self.policy.max_mean_abs_delta:
+            problems.append(f"mean |Δp| {figures['mean_abs_delta']:.3f} > {self.policy.max_mean_abs_delta}")
+        if figures["serving_p50_ms"] and figures["candidate_p50_ms"] > self.policy.shadow_latency_ratio * figures["serving_p50_ms"]:
+            problems.append(f"candidate p50 {figures['candidate_p50_ms']:.0f} ms > {self.policy.shadow_latency_ratio}× "
+                            f"serving {figures['serving_p50_ms']:.0f} ms")
+        self._log("shadow", "failed" if problems else "ok", "; ".join(problems), **figures)
+        if problems:
+            raise RolloutError("shadow", "; ".join(problems))
+
+    def _gate(self) -> None:
+        if self.labelled_folder is None:
+            self._log("gate", "skipped", "no labelled folder given")
+            return
+        results: dict[str, Evaluation] = {}
+        for role, version in (("serving", self.serving), ("candidate", self.candidate)):
+            results[role] = evaluate_folder(self.labelled_folder, lambda data, v=version: self.target.predict(v, data))
+            if self.reports:
+                self.reports.mkdir(parents=True, exist_ok=True)
+                confusion_png(results[role], self.reports / f"confusion_{self.target.model}_{version}.png",
+                              f"{self.target.model} {version} ({role})")
+        metric = self.policy.gate_metric
+        serving, candidate = getattr(results["serving"], metric), getattr(results["candidate"], metric)
+        figures = {role: r.to_dict() for role, r in results.items()}
+        if results["candidate"].failed or candidate is None or (serving is not None
+                                                               and candidate < serving - self.policy.gate_tolerance):
+            message = (f"candidate {metric} {candidate} < serving {serving} - {self.policy.gate_tolerance}"
+                       f" ({results['candidate'].failed} failed requests)")
+            self._log("gate", "failed", message, **figures)
+            raise RolloutError("gate", message)
+        self._log("gate", "ok", f"candidate {metric} {candidate} vs serving {serving}", **figures)
+
+    def _canary(self) -> None:
+        split = Split(self.target.model, self.serving, self.candidate, self.policy.canary_weight)
+        before = {v: self.target.counters(v) for v in (self.serving, self.candidate)}
+        router_before = self._router_snapshot()
+        self._set_split(split)
+        self._log("canary", "started", f"{self.policy.canary_weight}% of keys to {self.candidate}",
+                  weight=self.policy.canary_weight)
+        deadline = time.monotonic() + self.policy.watch_s
+        probes = {self.serving: VersionStats(), self.candidate: VersionStats()}
+        while True:
+            next_check = time.monotonic() + min(self.policy.check_every_s, max(0.0, deadline - time.monotonic()))
+            self._probe(probes)
+            time.sleep(max(0.0, next_check - time.monotonic()))
+            now = {v: self.target.counters(v) for v in (self.serving, self.candidate)}
+            window = {v: now[v] - before[v] for v in now}
+            problems, figures = self._guard_rails(window, self._router_window(router_before), probes)
+            if problems:
+                self._log("canary", "breach", "; ".join(problems), **figures)
+                raise RolloutError("canary", "; ".join(problems))
+            if time.monotonic() >= deadline:
+                break
+        if figures["candidate_requests"] < self.policy.min_canary_requests:
+            message = f"{figures['candidate_requests']} canary requests < {self.policy.min_canary_requests}"
+            self._log("canary", "failed", message, **figures)
+            raise RolloutError("canary", message)
+        self._log("canary", "ok", **figures)
+
+    def _probe(self, probes: dict[str, VersionStats]) -> None:
+        """Interleaved requests to both versions under the same live load: latencies measured side by side.
+        (TorchServe's server-side latency counts a whole batch's time for each request in it, so it
+        cannot compare versions whose batches fill differently.)"""
+        if not self.probes:
+            return
+        for i in range(self.policy.canary_probes):
+            order = [self.serving, self.candidate] if i % 2 == 0 else [self.candidate, self.serving]
+            for version in order:
+                start = time.perf_counter()
+                answer = self.target.predict(version, self.probes[i % len(self.probes)])
+                probes[version].latencies_ms.append((time.perf_counter() - start) * 1000)
+                probes[version].failures += 0 if answer.ok else 1
+
+    def _router_snapshot(self) -> dict:
+        if not self.router_stats:
+            return {}
+        return {v: (s.requests, s.failures) for v, s in self.router_stats().items()}
+
+    def _router_window(self, before: dict) -> dict:
+        """Per version: requests, failures and p95 since ``before`` (the router keeps every latency)."""
+        if not self.router_stats:
+            return {}
+        window = {}
+        for version, stats in self.router_stats().items():
+            seen, failed = before.get(version, (0, 0))
+            latencies = stats.latencies_ms[seen:]
+            window[version] = {"requests": len(latencies), "failures": stats.failures - failed,
+                               "p95_ms": sorted(latencies)[int(0.95 * (len(latencies) - 1))] if latencies else None}
+        return window
+
+    def _guard_rails(self, server: dict[str, Counters], router: dict,
+                     probes: dict[str, VersionStats]) -> tuple[list[str], dict]:
+        s, c = server[self.serving], server[self.candidate]
+        ps, pc = probes[self.serving], probes[self.candidate]
+        rs, rc = router.get(self.serving, {}), router.get(self.candidate, {})
+        figures = {"serving_requests": s.requests or rs.get("requests", 0),
+                   "candidate_requests": c.requests or rc.get("requests", 0),
+                   "serving_mean_ms": s.mean_latency_ms, "candidate_mean_ms": c.mean_latency_ms,
+                   "serving_error_ratio": s.error_ratio, "candidate_error_ratio": c.error_ratio,
+                   "router": router,
+                   "probe_p50_ms": {"serving": ps.percentile(50), "candidate": pc.percentile(50)},
+                   "probe_failures": {"serving": ps.failures, "candidate": pc.failures}}
+        problems = []
+        if pc.failures > ps.failures:
+            problems.append(f"candidate failed {pc.failures} of {pc.requests} probes (serving {ps.failures})")
+        if pc.requests and ps.percentile(50) and pc.percentile(50) > self.policy.max_latency_ratio * ps.percentile(50):
+            problems.append(f"candidate probe p50 latency {pc.percentile(50):.0f} ms > {self.policy.max_latency_ratio}× "
+                            f"serving {ps.percentile(50):.0f} ms")
+        # error ratio: the server's count where it keeps one per version (Triton), else the router's
+        errors = {}
+        for role, counters, routed in (("serving", s, rs), ("candidate", c, rc)):
+            ratio = counters.error_ratio
+            if ratio is None and routed.get("requests"):
+                ratio = routed["failures"] / routed["requests"]
+            errors[role] = ratio
+        if errors["candidate"] is not None and errors["candidate"] > (errors["serving"] or 0.0) + self.policy.max_error_ratio_increase:
+            problems.append(f"candidate error ratio {errors['candidate']:.3f} > serving "
+                            f"{errors['serving'] or 0.0:.3f} + {self.policy.max_error_ratio_increase}")
+        if c.mean_latency_ms and s.mean_latency_ms and c.mean_latency_ms > self.policy.max_latency_ratio * s.mean_latency_ms:
+            problems.append(f"candidate mean latency {c.mean_latency_ms:.0f} ms > {self.policy.max_latency_ratio}× "
+                            f"serving {s.mean_latency_ms:.0f} ms (server metrics)")
+        if rc.get("p95_ms") and rs.get("p95_ms") and rc["p95_ms"] > self.policy.max_latency_ratio * rs["p95_ms"]:
+            problems.append(f"candidate p95 {rc['p95_ms']:.0f} ms > {self.policy.max_latency_ratio}× "
+                            f"serving {rs['p95_ms']:.0f} ms (router)")
+        figures["error_ratios"] = errors
+        return problems, figures
+
+    def _promote(self) -> None:
+        self.target.promote(self.candidate)
+        self._set_split(Split(self.target.model, self.candidate))
+        self._log("promote", "ok", f"{self.candidate} is the serving version; {self.serving} stays registered "
+                                   "for a manual rollback")
+
+    def _rollback(self, cause: RolloutError) -> None:
+        """Traffic back to the serving version first, then (after in-flight requests drain) the candidate goes."""
+        self._set_split(Split(self.target.model, self.serving))
+        time.sleep(self.policy.drain_s)
+        try:
+            self.target.remove(self.candidate)
+            removed = True
+        except ServerUnavailable as err:
+            removed = False
+            self._log("rollback", "warning", f"candidate could not be removed: {err}")
+        self._log("rollback", "ok", f"after {cause.step}: {cause}; candidate removed: {removed}",
+                  cause_step=cause.step)

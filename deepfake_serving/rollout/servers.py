@@ -1,0 +1,109 @@
+"""The two servers as rollout targets: the same verbs over TorchServe's management API and
+Triton's model control, plus per-version counters from each server's Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..serving.client import Prediction, RestClient
+
+
+class ServerUnavailable(RuntimeError):
+    """The management/control API cannot be reached or refused the call."""
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Cumulative per-version figures from the server; compare two readings (``later - earlier``)."""
+
+    requests: float = 0.0
+    failures: float | None = None  # None: the server does not count failures per version (TorchServe)
+    latency_ms_sum: float = 0.0
+
+    def __sub__(self, other: "Counters") -> "Counters":
+        failures = None if self.failures is None else self.failures - (other.failures or 0.0)
+        return Counters(self.requests - other.requests, failures, self.latency_ms_sum - other.latency_ms_sum)
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return self.latency_ms_sum / self.requests if self.requests else None
+
+    @property
+    def error_ratio(self) -> float | None:
+        return None if self.failures is None or not self.requests else self.failures / self.requests
+
+
+def _samples(text: str) -> list[tuple[str, dict, float]]:
+    """(name without a ``_total`` suffix, labels, value): the parser adds ``_total`` to every counter
+    sample, which TorchServe's ``ts_inference_latency_microseconds`` does not carry on the wire."""
+    return [(s.name.removesuffix("_total"), s.labels, s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _call(method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+    try:
+        response = requests.request(method, url, timeout=timeout, **kwargs)
+    except requests.RequestException as err:
+        raise ServerUnavailable(f"{method} {url}: {err}") from None
+    if response.status_code >= 400:
+        raise ServerUnavailable(f"{method} {url}: {response.status_code} {response.text[:300]}")
+    return response
+
+
+class TorchServeTarget:
+    """Versions are archive versions ("1.0", "2.0") of one model name."""
+
+    backend = "torchserve"
+
+    def __init__(self, model: str, inference_url: str, management_url: str, metrics_url: str):
+        self.model = model
+        self.management_url, self.metrics_url = management_url, metrics_url
+        self.client = RestClient(inference_url)
+
+    def versions(self) -> list[str]:
+        described = _call("GET", f"{self.management_url}/models/{self.model}/all", 10).json()
+        return [d["modelVersion"] for d in described]
+
+    def serving_version(self) -> str:
+        """The default version (describing a model without a version describes its default)."""
+        return _call("GET", f"{self.management_url}/models/{self.model}", 10).json()[0]["modelVersion"]
+
+    def register(self, archive: str | Path, timeout: float = 600.0) -> str:
+        """Register the archive (by file name in the model store) with one worker; returns its version."""
+        before = set(self.versions())
+        _call("POST", f"{self.management_url}/models", timeout,
+              params={"url": Path(archive).name, "initial_workers": 1, "synchronous": "true"})
+        added = set(self.versions()) - before
+        if len(added) != 1:
+            raise ServerUnavailable(f"registering {Path(archive).name} added versions {sorted(added)}")
+        return added.pop()
+
+    def predict(self, version: str, data: bytes) -> Prediction:
+        return self.client.predict(self.model, data, version=version)
+
+    def promote(self, version: str) -> None:
+        _call("PUT", f"{self.management_url}/models/{self.model}/{version}/set-default", 30)
+
+    def remove(self, version: str, wait_s: float = 60.0) -> None:
+        """Unregister once the version's queue is empty (traffic was moved away before this)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            described = _call("GET", f"{self.management_url}/models/{self.model}/{version}", 10).json()
+            if all(d.get("jobQueueStatus", {}).get("pendingRequests", 0) == 0 for d in described):
+                break
+            time.sleep(0.2)
+        _call("DELETE", f"{self.management_url}/models/{self.model}/{version}", 120)
+
+    def counters(self, version: str) -> Counters:
+        """ts_inference_requests_total and ts_inference_latency_microseconds (cumulative, per version)."""
+        totals = {"ts_inference_requests": 0.0, "ts_inference_latency_microseconds": 0.0}
+        for name, labels, value in _samples(_call("GET", f"{self.metrics_url}/metrics", 10).text):
+            if name in totals and labels.get("model_name") == self.model and labels.get("model_version") == version:
+                totals[name] += value
+        return Counters(totals["ts_inference_requests"], None,
+                        totals["ts_inference_latency_microseconds"] / 1000)
