@@ -172,6 +172,14 @@ def cmd_rollout(args) -> int:
     return 0
 
 
+def cmd_kserve(args) -> int:
+    from .rollout.kserve import inference_service, to_yaml
+
+    print(to_yaml(inference_service(args.name, args.backend, args.storage_uri, args.canary, args.candidate_version)),
+          end="")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .imaging import looks_like_video
     from .serving.client import make_client
@@ -283,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-error-ratio-increase", type=float, default=0.01)
     p.add_argument("--state-dir", default="runtime/rollout", help="split file, audit log, reports")
     p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("kserve", help="print a KServe InferenceService (canaryTrafficPercent for a rollout)")
+    p.add_argument("--name", default="b4-mobile")
+    p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
+    p.add_argument("--storage-uri", required=True, help="where the cluster finds the model store or repository")
+    p.add_argument("--canary", type=int, help="percent of traffic to this new revision")
+    p.add_argument("--candidate-version", default="")
+    p.set_defaults(func=cmd_kserve)
 
     p = sub.add_parser("predict", help="send images or videos to a running server")
     p.add_argument("files", nargs="+")

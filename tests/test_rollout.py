@@ -290,3 +290,22 @@ def test_the_observed_split_over_2000_requests(server, target, tmp_path, route):
             proxy.stop()
         if registered_here:
             target.remove(other)
+
+
+def test_kserve_inference_service_for_the_canary():
+    from jsonschema import ValidationError
+
+    from deepfake_serving.rollout.kserve import SCHEMA, inference_service, to_yaml
+
+    manifest = inference_service("b4-mobile", "torchserve", "s3://models/b4-mobile/2.0", 10, "2.0")
+    assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert "canaryTrafficPercent: 10" in to_yaml(manifest)
+    assert inference_service("b4-mobile", "triton", "gs://m/repo")["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+    with pytest.raises(ValidationError):
+        inference_service("b4-mobile", "torchserve", "s3://x", 150)
+    with pytest.raises(ValidationError):
+        inference_service("B4_Mobile", "torchserve", "s3://x")
+    broken = {**manifest, "spec": {"predictor": {"model": {"storageUri": "s3://x"}}}}
+    with pytest.raises(ValidationError, match="modelFormat"):
+        import jsonschema
+        jsonschema.validate(broken, SCHEMA)
