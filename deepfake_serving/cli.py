@@ -46,8 +46,9 @@ def _start_server(args, models: list[str]):
     return TorchServe(args.model_store, args.workdir, models=models).start()
 
 
-def _wait_forever(server) -> int:
-    print(f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). Ctrl-C stops it.")
+def _wait_forever(server, message: str | None = None) -> int:
+    print(message or f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). "
+                     "Ctrl-C stops it.")
     try:
         while server.process.poll() is None:
             time.sleep(1)
@@ -133,16 +134,9 @@ def cmd_triton_serve(args) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,
                     torch_threads=args.torch_threads, ort_threads=args.ort_threads).start()
-    print(f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on {server.http_url} "
-          f"(HTTP) and {server.grpc_target} (gRPC), metrics on {server.metrics_url}. Ctrl-C stops it.")
-    try:
-        while server.process.poll() is None:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return _wait_forever(server, f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on "
+                                 f"{server.http_url} (HTTP) and {server.grpc_target} (gRPC), metrics on "
+                                 f"{server.metrics_url}. Ctrl-C stops it.")
 
 
 def cmd_rollout(args) -> int:

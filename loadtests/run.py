@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from deepfake_serving.serving.processes import free_ports
 
 HERE = Path(__file__).parent
 TARGETS = {  # target → (Locust user class, backend, protocol)
@@ -53,12 +54,6 @@ def demo_server(backend: str, variant: str, workdir: Path):
             yield {"http": server.http_url, "grpc": server.grpc_target}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_locust(args, user: str, host: str) -> int:
     reports = Path(args.reports)
     reports.mkdir(parents=True, exist_ok=True)
@@ -67,7 +62,7 @@ def run_locust(args, user: str, host: str) -> int:
     common = ["--model", args.variant, "--scenario", args.scenario or args.target]
     distributed, workers = [], []
     if args.workers:
-        port = free_port()
+        port = free_ports(1)[0]
         distributed = ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
                        "--expect-workers", str(args.workers)]
         workers = [subprocess.Popen([*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),

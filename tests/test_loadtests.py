@@ -2,7 +2,6 @@
 decide pass/fail both ways, and a distributed run (one master, two workers on loopback) aggregates."""
 
 import csv
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.thresholds import Observed, Thresholds, breaches, load_thresholds
+from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.serving.triton import Triton, TritonPorts
 from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
@@ -45,12 +45,6 @@ def summary(prefix: Path) -> dict[str, dict]:
         return {row["Name"]: row for row in csv.DictReader(handle)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.server
 class TestAgainstTorchServe:
     @pytest.fixture(scope="class")
@@ -64,7 +58,7 @@ class TestAgainstTorchServe:
             yield ts
 
     def test_a_passing_run_distributed_over_two_workers(self, server, tmp_path):
-        port = free_port()
+        port = free_ports(1)[0]
         reports = tmp_path / "pass"
         workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
                                      "--master-host", "127.0.0.1", "--master-port", str(port)],

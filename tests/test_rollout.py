@@ -2,7 +2,6 @@
 each fault, the observed traffic split, and the audit log."""
 
 import csv
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from deepfake_serving.rollout.routing import RoutedClient, Split, bucket
 from deepfake_serving.rollout.servers import TorchServeTarget
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import Prediction, RestClient
+from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import get_variant
 
@@ -63,12 +63,6 @@ def test_audit_log_is_append_only_jsonl(tmp_path):
 
 
 # -- a real TorchServe ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def checkpoint(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     torch.save(get_variant(MODEL).build().state_dict(), path)
@@ -265,7 +259,7 @@ def test_the_observed_split_over_2000_requests(server, target, tmp_path, route):
             routed = RoutedClient(RestClient(server.inference_url), tmp_path / "split.json")
             send = lambda key: routed.predict(image, key)  # noqa: E731
         else:
-            proxy = Nginx(tmp_path / "nginx", free_port(), server.inference_url).start(split)
+            proxy = Nginx(tmp_path / "nginx", free_ports(1)[0], server.inference_url).start(split)
             local = threading.local()
 
             def send(key):

@@ -8,16 +8,15 @@ configuration users get.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import requests
+
+from .processes import free_ports, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "config.properties"
@@ -33,15 +32,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> "Ports":
-        """Five free loopback ports (so a test server never collides with a running demo)."""
-        sockets = [socket.socket() for _ in range(5)]
-        try:
-            for s in sockets:
-                s.bind(("127.0.0.1", 0))
-            return cls(*(s.getsockname()[1] for s in sockets))
-        finally:
-            for s in sockets:
-                s.close()
+        return cls(*free_ports(5))
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -156,19 +147,7 @@ class TorchServe:
         ``torchserve --stop`` returns seconds before Java exits and leaves its pid file behind."""
         if self.process is None:
             return
-        try:
-            group = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            group = []
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            _, alive = psutil.wait_procs(group, timeout=timeout)
-            if not alive:
-                break
-        self.process.wait()
+        stop_group(self.process, timeout)
         self.process = None
         (self.workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
         self.log.close()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from .processes import free_ports, stop_group
 from .triton_repository import REPOSITORY
 
 SHM_DIR = Path("/dev/shm")
@@ -56,14 +55,7 @@ class TritonPorts:
 
     @classmethod
     def free(cls) -> "TritonPorts":
-        sockets = [socket.socket() for _ in range(3)]
-        try:
-            for s in sockets:
-                s.bind(("127.0.0.1", 0))
-            return cls(*(s.getsockname()[1] for s in sockets))
-        finally:
-            for s in sockets:
-                s.close()
+        return cls(*free_ports(3))
 
 
 class Triton:
@@ -159,19 +151,7 @@ class Triton:
         ``timeout``. Returns the shared-memory segments a forced stop left behind, after removing them."""
         if self.process is None:
             return []
-        try:
-            group = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            group = []
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            _, alive = psutil.wait_procs(group, timeout=timeout)
-            if not alive:
-                break
-        self.process.wait()
+        stop_group(self.process, timeout)
         self.process = None
         self.log.close()
         leftovers = self.shm_segments()
