@@ -144,9 +144,12 @@ def cmd_rollout(args) -> int:
     from . import samples
     from .rollout.audit import AuditLog
     from .rollout.controller import Rollout, RolloutError, RolloutPolicy
-    from .rollout.servers import TorchServeTarget
+    from .rollout.servers import TorchServeTarget, TritonTarget
 
-    target = TorchServeTarget(args.model, args.inference_url, args.management_url, args.metrics_url)
+    if args.backend == "triton":
+        target = TritonTarget(args.model, args.inference_url, args.metrics_url)
+    else:
+        target = TorchServeTarget(args.model, args.inference_url, args.management_url, args.metrics_url)
     probes = [p.read_bytes() for p in sorted(Path(args.probes).iterdir()) if p.is_file()] if args.probes \
         else [samples.astronaut_jpeg()]
     policy = RolloutPolicy(canary_weight=args.weight, watch_s=args.watch, gate_metric=args.gate_metric,
@@ -270,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime threads per classifier instance")
 
     p = sub.add_parser("rollout", help="A/B rollout of a candidate archive: shadow, gate, canary, promote/rollback")
-    p.add_argument("candidate", help="the candidate .mar, already in the server's model store")
-    p.add_argument("--model", default="b4-mobile")
+    p.add_argument("candidate", help="TorchServe: the candidate .mar in the model store; Triton: a built "
+                                      "classifier version number")
+    p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
+    p.add_argument("--model", default="b4-mobile", help="TorchServe model name, or the variant on Triton")
     p.add_argument("--inference-url", default="http://127.0.0.1:8080")
     p.add_argument("--management-url", default="http://127.0.0.1:8081")
-    p.add_argument("--metrics-url", default="http://127.0.0.1:8082")
+    p.add_argument("--metrics-url", default="http://127.0.0.1:8082/metrics")
     p.add_argument("--probes", help="folder of probe images for the shadow comparison (default: the astronaut)")
     p.add_argument("--labelled", help="folder with Real/ and Fake/ for the promotion gate")
     p.add_argument("--weight", type=float, default=10.0, help="canary share of keys, percent")

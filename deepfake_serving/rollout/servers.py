@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..serving.client import Prediction, RestClient
+from ..serving.client import Prediction, RestClient, TritonClient
 
 
 class ServerUnavailable(RuntimeError):
@@ -102,8 +102,99 @@ class TorchServeTarget:
     def counters(self, version: str) -> Counters:
         """ts_inference_requests_total and ts_inference_latency_microseconds (cumulative, per version)."""
         totals = {"ts_inference_requests": 0.0, "ts_inference_latency_microseconds": 0.0}
-        for name, labels, value in _samples(_call("GET", f"{self.metrics_url}/metrics", 10).text):
+        for name, labels, value in _samples(_call("GET", self.metrics_url, 10).text):
             if name in totals and labels.get("model_name") == self.model and labels.get("model_version") == version:
                 totals[name] += value
         return Counters(totals["ts_inference_requests"], None,
                         totals["ts_inference_latency_microseconds"] / 1000)
+
+
+class TritonTarget:
+    """Versions are classifier versions ("1", "2") of one variant's repository. During a rollout the
+    image ensemble is pinned to the serving version, each version in play gets its own pinned
+    ensemble ``<ensemble>_v<N>`` (loaded through the repository API with a config override and no
+    files on disk), and the classifier's version policy lists exactly the versions in play."""
+
+    backend = "triton"
+
+    def __init__(self, variant: str, http_url: str, metrics_url: str):
+        from ..serving.triton_repository import model_names
+
+        self.model = variant
+        self.names = model_names(variant)
+        self.http_url, self.metrics_url = http_url.rstrip("/"), metrics_url
+        self.client = TritonClient(http_url, "http")
+
+    # -- repository API --------------------------------------------------------------------------
+    def _config(self, name: str) -> dict:
+        return _call("GET", f"{self.http_url}/v2/models/{name}/config", 10).json()
+
+    def _load(self, name: str, config: dict, files: dict[str, bytes] | None = None) -> None:
+        import base64
+        import json
+
+        parameters = {"config": json.dumps(config)}
+        parameters.update({f"file:{path}": base64.b64encode(data).decode() for path, data in (files or {}).items()})
+        _call("POST", f"{self.http_url}/v2/repository/models/{name}/load", 600, json={"parameters": parameters})
+
+    def _pinned_ensemble(self, version: str, name: str) -> dict:
+        config = self._config(self.names["ensemble"])
+        config["name"] = name
+        for step in config["ensemble_scheduling"]["step"]:
+            if step["model_name"] == self.names["classifier"]:
+                step["model_version"] = int(version)
+        return config
+
+    def _classifier_policy(self, versions: list[str]) -> None:
+        config = self._config(self.names["classifier"])
+        config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
+        self._load(self.names["classifier"], config)
+
+    def versions(self) -> list[str]:
+        index = _call("POST", f"{self.http_url}/v2/repository/index", 10, json={"ready": True}).json()
+        return sorted(m["version"] for m in index if m["name"] == self.names["classifier"] and m.get("version"))
+
+    # -- the rollout's verbs -----------------------------------------------------------------------
+    def serving_version(self) -> str:
+        steps = self._config(self.names["ensemble"])["ensemble_scheduling"]["step"]
+        pinned = next(int(s["model_version"]) for s in steps if s["model_name"] == self.names["classifier"])
+        return str(pinned) if pinned > 0 else max(self.versions(), key=int)
+
+    def register(self, version: str | Path, timeout: float = 600.0) -> str:
+        """``version``: a classifier version directory already built (``deepfake-serving triton build``)."""
+        version, serving = str(version), self.serving_version()
+        self._load(self.names["ensemble"], self._pinned_ensemble(serving, self.names["ensemble"]))
+        try:
+            self._classifier_policy([serving, version])
+            ready = version in self.versions()
+        except ServerUnavailable as err:
+            ready, cause = False, err
+        if not ready:
+            self._classifier_policy([serving])  # back to the serving version alone
+            raise ServerUnavailable(f"classifier version {version} did not load: {locals().get('cause', 'not ready')}")
+        for v in (serving, version):
+            self._load(f"{self.names['ensemble']}_v{v}", self._pinned_ensemble(v, f"{self.names['ensemble']}_v{v}"),
+                       files={"1/.version_directory": b""})
+        return version
+
+    def predict(self, version: str, data: bytes) -> Prediction:
+        return self.client.predict(f"{self.names['ensemble']}_v{version}", data)
+
+    def promote(self, version: str) -> None:
+        self._load(self.names["ensemble"], self._pinned_ensemble(version, self.names["ensemble"]))
+
+    def remove(self, version: str) -> None:
+        _call("POST", f"{self.http_url}/v2/repository/models/{self.names['ensemble']}_v{version}/unload", 120,
+              json={})
+        self._classifier_policy([v for v in self.versions() if v != str(version)])
+
+    def counters(self, version: str) -> Counters:
+        """nv_inference_request_success/failure and nv_inference_request_duration_us of the classifier."""
+        totals = {"nv_inference_request_success": 0.0, "nv_inference_request_failure": 0.0,
+                  "nv_inference_request_duration_us": 0.0}
+        for name, labels, value in _samples(_call("GET", self.metrics_url, 10).text):
+            if name in totals and labels.get("model") == self.names["classifier"] and labels.get("version") == version:
+                totals[name] += value
+        requests_done = totals["nv_inference_request_success"] + totals["nv_inference_request_failure"]
+        return Counters(requests_done, totals["nv_inference_request_failure"],
+                        totals["nv_inference_request_duration_us"] / 1000)
