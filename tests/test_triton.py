@@ -152,6 +152,8 @@ def test_video_sampling_options(client, clip):
     answer = client.predict(f"{VARIANT}-video", clip, options={"sampling": "every_nth", "every": 5})
     assert answer.body["frames_analyzed"] == 8
     assert client.predict(f"{VARIANT}-video", clip, options={"sampling": "sometimes"}).status == 400
+    answer = client.predict(f"{VARIANT}-video", clip, options={"frames": "many"})
+    assert (answer.status, answer.body["error"]["code"]) == (400, "bad_sampling")
 
 
 # -- versions and explicit model control ---------------------------------------------------------

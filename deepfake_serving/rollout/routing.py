@@ -63,14 +63,12 @@ class VersionStats:
 
 
 class RoutedClient:
-    """Wraps a Prediction client (TorchServe REST/gRPC or Triton): each call goes to the version the
-    split file gives its key. The file is re-read when it changes, so a rollout moves live traffic."""
+    """Wraps a TorchServe client (REST or gRPC): each call goes to the version the split file gives
+    its key. The file is re-read when it changes, so a rollout moves live traffic."""
 
-    def __init__(self, client, split_file: str | Path, version_arg=lambda version: {"version": version},
-                 reload_every_s: float = 0.5):
+    def __init__(self, client, split_file: str | Path, reload_every_s: float = 0.5):
         self.client = client
         self.split_file = Path(split_file)
-        self.version_arg = version_arg  # how a version becomes call arguments for this backend
         self.reload_every_s = reload_every_s
         self._split, self._mtime, self._checked = None, None, 0.0
         self._lock = threading.Lock()
@@ -90,7 +88,7 @@ class RoutedClient:
         split = self.split()
         version = split.version_for(key)
         start = time.perf_counter()
-        prediction = self.client.predict(split.model, data, **self.version_arg(version), **options)
+        prediction = self.client.predict(split.model, data, version=version, **options)
         with self._lock:
             stats = self.stats.setdefault(version, VersionStats())
             stats.latencies_ms.append((time.perf_counter() - start) * 1000)

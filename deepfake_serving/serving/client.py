@@ -152,6 +152,7 @@ class TritonClient:
         self.client = module.InferenceServerClient(target, **options)
 
     def _inputs(self, model: str, data: bytes, options: dict | None) -> list:
+        """IMAGE, or VIDEO plus SAMPLING/FRAMES/EVERY; ValueError for options that are not integers."""
         import numpy as np
 
         def tensor(name: str, value, dtype: str):
@@ -160,26 +161,23 @@ class TritonClient:
             item.set_data_from_numpy(array)
             return item
 
-        video = model.endswith("_video")
-        inputs = [tensor("VIDEO" if video else "IMAGE", data, "BYTES")]
+        if not model.endswith("_video"):
+            return [tensor("IMAGE", data, "BYTES")]
+        inputs = [tensor("VIDEO", data, "BYTES")]
         for key, value in (options or {}).items():
-            if not video:
-                continue
             if key in self.INTEGER_OPTIONS:
-                try:
-                    inputs.append(tensor(self.INTEGER_OPTIONS[key], int(value), "INT32"))
-                except ValueError:
-                    return [Prediction(400, {"error": {"code": "bad_sampling",
-                                                       "message": "frames and every must be integers"}})]
+                inputs.append(tensor(self.INTEGER_OPTIONS[key], int(value), "INT32"))
             elif key == "sampling":
                 inputs.append(tensor("SAMPLING", str(value).encode(), "BYTES"))
         return inputs
 
     def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
         name = triton_model_name(model)
-        inputs = self._inputs(name, data, options)
-        if inputs and isinstance(inputs[0], Prediction):
-            return inputs[0]
+        try:
+            inputs = self._inputs(name, data, options)
+        except ValueError:
+            return Prediction(400, {"error": {"code": "bad_sampling", "message": "frames and every must be integers",
+                                              "status": 400}})
         extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
             result = self.client.infer(name, inputs, model_version=version or "", **extra)
