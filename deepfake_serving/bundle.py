@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .checkpoints import load_checkpoint_into, load_state_dict_strict, sha256_of
+from .checkpoints import load_checkpoint_into, load_state_dict_strict
 from .errors import CheckpointError
 from .pipeline import ImagePipeline
+from .runtime import sha256_of
 from .variants import get_variant
 
 MANIFEST_NAME = "deepfake_manifest.json"

@@ -7,7 +7,6 @@ DataParallel ``module.`` prefixes and timm's unused ``encoder.classifier.*``);
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,14 +29,6 @@ NUMPY_SCALAR_GLOBALS = [
     *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)},
 ]
 LISTED_KEYS = 12  # how many key names an error message shows
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

@@ -12,12 +12,12 @@ import json
 import logging
 import os
 
-import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from deepfake_serving.bundle import load_bundle, load_video_bundle
 from deepfake_serving.errors import InputError
+from deepfake_serving.runtime import set_torch_threads
 from deepfake_serving.video import Sampling
 
 logger = logging.getLogger(__name__)
@@ -66,12 +66,7 @@ class DeepfakeHandler(BaseHandler):
     def initialize(self, context):
         properties = context.system_properties
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
-        threads = int(os.environ.get("DEEPFAKE_TORCH_THREADS", config.get("torch_threads", 1)))
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set in this process
-            pass
+        threads = set_torch_threads(int(os.environ.get("DEEPFAKE_TORCH_THREADS", config.get("torch_threads", 1))))
         self.media = config.get("media", "image")
         model_dir = properties.get("model_dir")
         if self.media == "video":

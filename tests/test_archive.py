@@ -9,7 +9,7 @@ import torch
 
 from checkpoint_formats import save_dfdc_checkpoint
 from deepfake_serving.bundle import MANIFEST_NAME, load_bundle, write_bundle
-from deepfake_serving.checkpoints import sha256_of
+from deepfake_serving.runtime import sha256_of
 from deepfake_serving.cli import main
 from deepfake_serving.crops import to_tensor
 from deepfake_serving.errors import CheckpointError

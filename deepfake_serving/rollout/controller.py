@@ -243,9 +243,9 @@ class Rollout:
         window = {}
         for version, stats in self.router_stats().items():
             seen, failed = before.get(version, (0, 0))
-            latencies = stats.latencies_ms[seen:]
-            window[version] = {"requests": len(latencies), "failures": stats.failures - failed,
-                               "p95_ms": sorted(latencies)[int(0.95 * (len(latencies) - 1))] if latencies else None}
+            recent = VersionStats(stats.latencies_ms[seen:])
+            window[version] = {"requests": recent.requests, "failures": stats.failures - failed,
+                               "p95_ms": recent.percentile(95) if recent.requests else None}
         return window
 
     def _guard_rails(self, server: dict[str, Counters], router: dict,

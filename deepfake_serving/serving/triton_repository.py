@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..bundle import MANIFEST_NAME, load_models, write_bundle
-from ..checkpoints import sha256_of
 from ..onnx_export import export_onnx
+from ..runtime import sha256_of
 from ..variants import Variant, get_variant, list_variants
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from deepfake_serving import runtime
 from deepfake_serving.errors import InputError
 
 
@@ -25,15 +26,7 @@ def parameters(args: dict) -> dict[str, str]:
 
 def set_torch_threads() -> int:
     """Threads per instance come from the launcher's environment, never from config.pbtxt (machine-specific)."""
-    import torch
-
-    threads = int(os.environ.get("DEEPFAKE_TORCH_THREADS", "1"))
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-    return threads
+    return runtime.set_torch_threads(int(os.environ.get("DEEPFAKE_TORCH_THREADS", "1")))
 
 
 def input_bytes(request, name: str) -> bytes:

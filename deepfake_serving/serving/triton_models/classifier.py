@@ -6,7 +6,6 @@ run as one ONNX call. Imports no torch: this stub stays small.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,17 +14,11 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from deepfake_serving.runtime import sha256_of
+
 from . import error_response
 
 MANIFEST_NAME = "deepfake_manifest.json"  # the same file name as a bundle's (deepfake_serving.bundle)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_session(directory: Path) -> tuple[ort.InferenceSession, dict]:
@@ -33,7 +26,7 @@ def open_session(directory: Path) -> tuple[ort.InferenceSession, dict]:
     manifest = json.loads((directory / MANIFEST_NAME).read_text())
     (entry,) = manifest["weights"]
     path = directory / entry["file"]
-    if _sha256(path) != entry["sha256"]:
+    if sha256_of(path) != entry["sha256"]:
         raise RuntimeError(f"{path} does not match the sha256 in {MANIFEST_NAME}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("DEEPFAKE_ORT_THREADS", "0"))  # 0: ONNX Runtime decides
