@@ -22,14 +22,14 @@ from locust import User, between, events, tag, task
 from locust.runners import WorkerRunner
 
 from deepfake_serving import samples
-from deepfake_serving.rollout.routing import RoutedClient
+from deepfake_serving.rollout.routing import RoutedClient, RoutedTritonClient
 from deepfake_serving.serving.client import GrpcClient, RestClient, TritonClient
 from deepfake_serving.serving.thresholds import Observed, breaches, load_thresholds
 
 grpc_gevent.init_gevent()  # gRPC's own threads would block Locust's gevent loop
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
-USER_NUMBERS = itertools.count()  # RoutedTorchServeUser keys: user-<worker index>-<n>, stable across runs
+USER_NUMBERS = itertools.count()  # Routed*User keys: user-<worker index>-<n>, stable across runs
 IMAGES = [samples.astronaut_jpeg(), samples.encode(samples.two_faces(), quality=90)]
 CLIP = samples.encode_video(samples.moving_face_frames(24), "mp4")
 
@@ -40,7 +40,7 @@ def _arguments(parser):
     parser.add_argument("--video-frames", type=int, default=8, help="frames sampled per video request")
     parser.add_argument("--scenario", default="", help="thresholds.yaml scenario that decides pass/fail")
     parser.add_argument("--thresholds", default=str(THRESHOLDS))
-    parser.add_argument("--split-file", default="", help="RoutedTorchServeUser: the rollout's traffic split")
+    parser.add_argument("--split-file", default="", help="Routed*User: the rollout's traffic split")
 
 
 class PredictionUser(User):
@@ -68,13 +68,10 @@ class PredictionUser(User):
         try:
             prediction = send()
             length = len(str(prediction.body))
-            if not prediction.ok or prediction.body.get("label") not in ("FAKE", "REAL", "NO_FACE"):
-                exception = RuntimeError(f"{prediction.status}: {str(prediction.body)[:200]}")
+            exception = failure(prediction)
         except Exception as err:  # noqa: BLE001 - a failed request, reported as such
             exception = err
-        self.environment.events.request.fire(
-            request_type=self.request_type, name=name, response_time=(time.perf_counter() - start) * 1000,
-            response_length=length, exception=exception, context={})
+        report(self, self.request_type, name, start, exception, length)
 
     @tag("image")
     @task(9)
@@ -118,15 +115,19 @@ class TritonGrpcUser(PredictionUser):
         return TritonClient(self.host or "127.0.0.1:8001", "grpc")
 
 
-class RoutedTorchServeUser(User):
+class RoutedUser(User):
     """Live traffic during a rollout: each simulated user has a key and sticks to the version the
     split file gives it (sticky weighted routing); requests are named by the version that answered."""
 
+    abstract = True
     wait_time = between(0.0, 0.05)
+    reports_routed_version = False  # whether answers carry the routed version as their "version"
+
+    def make_client(self):
+        raise NotImplementedError
 
     def on_start(self):
-        self.client = RoutedClient(RestClient(self.host or "http://127.0.0.1:8080"),
-                                   self.environment.parsed_options.split_file)
+        self.client = self.make_client()
         self.key = f"user-{getattr(self.environment.runner, 'worker_index', 0)}-{next(USER_NUMBERS)}"
 
     def on_stop(self):
@@ -138,13 +139,41 @@ class RoutedTorchServeUser(User):
         version, exception = "?", None
         try:
             version, prediction = self.client.predict(IMAGES[0], self.key)
-            if not prediction.ok or prediction.body.get("version") != version:
-                exception = RuntimeError(f"{prediction.status} from {version}: {str(prediction.body)[:200]}")
+            exception = failure(prediction, version if self.reports_routed_version else None)
         except Exception as err:  # noqa: BLE001
             exception = err
-        self.environment.events.request.fire(
-            request_type="routed", name=f"image {version}", response_time=(time.perf_counter() - start) * 1000,
-            response_length=0, exception=exception, context={})
+        report(self, "routed", f"image {version}", start, exception)
+
+
+class RoutedTorchServeUser(RoutedUser):
+    reports_routed_version = True  # archive versions ("2.0") are what TorchServe's answers report
+
+    def make_client(self):
+        return RoutedClient(RestClient(self.host or "http://127.0.0.1:8080"),
+                            self.environment.parsed_options.split_file)
+
+
+class RoutedTritonUser(RoutedUser):
+    """Triton's versions are classifier versions ("2"); the answers report the version's label ("2.0")."""
+
+    def make_client(self):
+        return RoutedTritonClient(TritonClient(self.host or "http://127.0.0.1:8000", "http"),
+                                  self.environment.parsed_options.split_file)
+
+
+def failure(prediction, version: str | None = None) -> Exception | None:
+    """A call fails unless the server answered 200 with a verdict (from ``version`` when given)."""
+    if not prediction.ok or prediction.body.get("label") not in ("FAKE", "REAL", "NO_FACE"):
+        return RuntimeError(f"{prediction.status}: {str(prediction.body)[:200]}")
+    if version is not None and prediction.body.get("version") != version:
+        return RuntimeError(f"routed to {version}, answered by {prediction.body.get('version')}")
+    return None
+
+
+def report(user: User, request_type: str, name: str, start: float, exception: Exception | None, length: int = 0):
+    user.environment.events.request.fire(
+        request_type=request_type, name=name, response_time=(time.perf_counter() - start) * 1000,
+        response_length=length, exception=exception, context={})
 
 
 @events.quitting.add_listener

@@ -1,9 +1,6 @@
 """A/B rollout on a real TorchServe under a running Locust load: promotion, automatic rollbacks for
 each fault, the observed traffic split, and the audit log."""
 
-import csv
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +23,9 @@ from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import get_variant
 
+from live_load import Load
+
 MODEL = "b4-mobile"
-LOCUSTFILE = Path(__file__).parents[1] / "loadtests" / "locustfile.py"
 FAST = RolloutPolicy(warmup_requests=10, shadow_rounds=4, canary_weight=50, watch_s=6, check_every_s=2, drain_s=4,
                      min_canary_requests=1)
 
@@ -120,30 +118,9 @@ def rollout(target, tmp_path, **kwargs) -> Rollout:
     return Rollout(target, AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", **options)
 
 
-class Load:
-    """Locust's RoutedTorchServeUser against the server, following the rollout's split file."""
-
-    def __init__(self, server, split_file: Path, reports: Path, seconds: int):
-        self.reports = reports
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", "4",
-             "-r", "4", "-t", f"{seconds}s", "--host", server.inference_url, "--split-file", str(split_file),
-             "--csv", str(reports), "RoutedTorchServeUser"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def finish(self, stop: bool = False) -> dict[str, dict]:
-        """Wait for the run to end (or end it now: Locust stops cleanly on SIGTERM) and read its stats."""
-        if stop:
-            self.process.terminate()
-        output, _ = self.process.communicate(timeout=180)
-        assert self.process.returncode == 0, output
-        with open(f"{self.reports}_stats.csv") as handle:
-            return {row["Name"]: row for row in csv.DictReader(handle)}
-
-
 def test_promotion_under_load_with_zero_failed_requests(server, target, labelled, tmp_path):
     Split(MODEL, "1.0").save(tmp_path / "split.json")
-    load = Load(server, tmp_path / "split.json", tmp_path / "load", seconds=35)
+    load = Load(server.inference_url, "RoutedTorchServeUser", tmp_path / "split.json", tmp_path / "load", seconds=35)
     try:
         job = rollout(target, tmp_path, labelled_folder=labelled, reports=tmp_path / "reports")
         assert job.run(Path(server.model_store) / f"{MODEL}-v2.0.mar") == "2.0"
@@ -185,7 +162,7 @@ def test_a_slow_candidate_breaches_the_canary_guard_rail_under_load(server, targ
     # Locust's users are keyed user-0-0 … user-0-3; at 50 % user-0-0 (bucket 0.359) is on the canary.
     assert sum(bucket(f"user-0-{i}") < 0.5 for i in range(4)) == 1
     Split(MODEL, serving).save(tmp_path / "split.json")
-    load = Load(server, tmp_path / "split.json", tmp_path / "load", seconds=300)
+    load = Load(server.inference_url, "RoutedTorchServeUser", tmp_path / "split.json", tmp_path / "load", seconds=300)
     outcome = {}
 
     def first():

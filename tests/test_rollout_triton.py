@@ -1,27 +1,30 @@
-"""The same rollout on a real Triton under a running Locust load: classifier versions in play are
-pinned through the repository API; promotion without a failed request; a version that cannot load
-leaves the serving version serving."""
+"""The same rollout on a real Triton under a running Locust load that follows the split (routed
+users): classifier versions in play are pinned through the repository API; promotion and a rollback
+without a failed request, live traffic on both versions; a version that cannot load leaves the
+serving version serving."""
 
-import csv
-import subprocess
-import sys
-from pathlib import Path
+import json
 
 import pytest
+import requests
 import torch
 
 from deepfake_serving import samples
+from deepfake_serving.onnx_export import export_onnx
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
+from deepfake_serving.rollout.routing import Split, bucket
 from deepfake_serving.rollout.servers import TritonTarget
-from deepfake_serving.serving.client import TritonClient
+from deepfake_serving.runtime import sha256_of
+from deepfake_serving.serving.client import TritonClient, pinned_ensemble
 from deepfake_serving.serving.triton import Triton, TritonPorts
 from deepfake_serving.serving.triton_repository import build_classifier_version, model_names, write_configs
 from deepfake_serving.variants import get_variant
 
+from live_load import Load
+
 pytestmark = pytest.mark.server
 VARIANT = "b4-mobile"
-LOCUSTFILE = Path(__file__).parents[1] / "loadtests" / "locustfile.py"
 POLICY = RolloutPolicy(warmup_requests=10, shadow_rounds=2, canary_weight=50, watch_s=6,
                        check_every_s=2, drain_s=2, min_canary_requests=1)
 
@@ -49,43 +52,75 @@ def server(tmp_path_factory, repository):
         yield triton
 
 
+def rollout(target, tmp_path) -> Rollout:
+    return Rollout(target, AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=POLICY,
+                   probes=[samples.astronaut_jpeg()])
+
+
+def steps(tmp_path) -> list[tuple[str, str]]:
+    return [(e["step"], e["outcome"]) for e in AuditLog(tmp_path / "audit.jsonl").entries()]
+
+
+def live_load(server, target, tmp_path, seconds: int) -> Load:
+    # The routed users are keyed user-0-0 … user-0-3; at 50 % exactly one of them is on the canary.
+    assert sum(bucket(f"user-0-{i}") < POLICY.canary_weight / 100 for i in range(4)) == 1
+    Split(VARIANT, target.serving_version()).save(tmp_path / "split.json")
+    return Load(server.http_url, "RoutedTritonUser", tmp_path / "split.json", tmp_path / "load", seconds)
+
+
 def test_promotion_under_load_with_zero_failed_requests(server, repository, weights, tmp_path):
     build_classifier_version(VARIANT, 2, [weights], label="2.0", repository=repository)
     target = TritonTarget(VARIANT, server.http_url, server.metrics_url)
     assert target.serving_version() == "1"
-    reports = tmp_path / "load"
-    load = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", "4", "-r", "4",
-         "-t", "60s", "--host", server.http_url, "--tags", "image", "--csv", str(reports), "TritonHttpUser"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    load = live_load(server, target, tmp_path, seconds=120)
     try:
-        job = Rollout(target, AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=POLICY,
-                      probes=[samples.astronaut_jpeg()])
-        assert job.run("2") == "2"
+        assert rollout(target, tmp_path).run("2") == "2"
     finally:
-        load.terminate()
-        output, _ = load.communicate(timeout=120)
-    with open(f"{reports}_stats.csv") as handle:
-        stats = {row["Name"]: row for row in csv.DictReader(handle)}
-    assert int(stats["Aggregated"]["Request Count"]) > 0 and int(stats["Aggregated"]["Failure Count"]) == 0, output
+        stats = load.finish(stop=True)
+    assert int(stats["Aggregated"]["Failure Count"]) == 0, stats["output"]
+    assert int(stats["image 1"]["Request Count"]) > 0 and int(stats["image 2"]["Request Count"]) > 0, stats["output"]
     assert target.serving_version() == "2"
     assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).body["version"] == "2.0"
-    steps = [(e["step"], e["outcome"]) for e in AuditLog(tmp_path / "audit.jsonl").entries()]
-    assert steps == [("start", "ok"), ("register", "ok"), ("warm_up", "ok"), ("shadow", "ok"), ("gate", "skipped"),
-                     ("canary", "started"), ("canary", "ok"), ("promote", "ok")]
+    assert steps(tmp_path) == [("start", "ok"), ("register", "ok"), ("warm_up", "ok"), ("shadow", "ok"),
+                               ("gate", "skipped"), ("canary", "started"), ("canary", "ok"), ("promote", "ok")]
     canary = AuditLog(tmp_path / "audit.jsonl").entries()[6]["figures"]
     assert canary["candidate_requests"] > 0 and canary["candidate_error_ratio"] == 0.0  # Triton counts failures
+
+
+def test_a_candidate_that_answers_errors_is_rolled_back_under_load(server, repository, weights, tmp_path):
+    """Version 3 loads (its checksum holds) but was exported for 380-pixel faces: every request
+    through it fails in ONNX Runtime. Rolled back at warm-up; live traffic never sees it."""
+    target = TritonTarget(VARIANT, server.http_url, server.metrics_url)
+    serving = target.serving_version()
+    version = build_classifier_version(VARIANT, 3, [weights], label="3.0", repository=repository)
+    onnx = export_onnx(get_variant("b4-keras-head"), [get_variant("b4-keras-head").build()], version / "model.onnx")
+    manifest = json.loads((version / "deepfake_manifest.json").read_text())
+    manifest["weights"][0]["sha256"] = sha256_of(onnx)
+    (version / "deepfake_manifest.json").write_text(json.dumps(manifest))
+    load = live_load(server, target, tmp_path, seconds=120)
+    try:
+        with pytest.raises(RolloutError, match="warm_up"):
+            rollout(target, tmp_path).run("3")
+    finally:
+        stats = load.finish(stop=True)
+    assert int(stats["Aggregated"]["Request Count"]) > 0 and int(stats["Aggregated"]["Failure Count"]) == 0, \
+        stats["output"]
+    assert steps(tmp_path)[-2:] == [("warm_up", "failed"), ("rollback", "ok")]
+    assert "Expected: 380" in AuditLog(tmp_path / "audit.jsonl").entries()[-2]["message"]  # ONNX Runtime's words
+    assert target.serving_version() == serving and "3" not in target.versions()
+    index = requests.post(f"{server.http_url}/v2/repository/index", json={"ready": True}, timeout=10).json()
+    assert pinned_ensemble(VARIANT, 3) not in {m["name"] for m in index}
+    assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).ok
 
 
 def test_a_version_that_cannot_load_leaves_the_serving_version(server, repository, weights, tmp_path):
     target = TritonTarget(VARIANT, server.http_url, server.metrics_url)
     serving = target.serving_version()
-    broken = build_classifier_version(VARIANT, 3, [weights], label="3.0", repository=repository)
+    broken = build_classifier_version(VARIANT, 4, [weights], label="4.0", repository=repository)
     (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:-100] + b"\0" * 100)
     with pytest.raises(RolloutError, match="register"):
-        Rollout(target, AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=POLICY,
-                probes=[samples.astronaut_jpeg()]).run("3")
+        rollout(target, tmp_path).run("4")
     entry = AuditLog(tmp_path / "audit.jsonl").entries()[-1]
-    assert (entry["step"], entry["outcome"]) == ("register", "failed") and "3" in entry["message"]
-    assert target.serving_version() == serving and "3" not in target.versions()
+    assert (entry["step"], entry["outcome"]) == ("register", "failed") and "4" in entry["message"]
+    assert target.serving_version() == serving and "4" not in target.versions()
     assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).ok

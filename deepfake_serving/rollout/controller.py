@@ -101,7 +101,7 @@ class Rollout:
                 self._log("start", "failed", f"management API unavailable: {err}")
                 raise RolloutError("start", str(err)) from None
             self._set_split(Split(self.target.model, self.serving))
-            self._log("start", "ok", f"candidate archive {Path(candidate_archive).name}")
+            self._log("start", "ok", f"candidate {Path(candidate_archive).name}")
             try:
                 self.candidate = self.target.register(candidate_archive)
             except ServerUnavailable as err:

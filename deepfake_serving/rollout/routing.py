@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..serving.client import pinned_ensemble
+
 
 def bucket(key: str) -> float:
     """A key's fixed position in [0, 1) (sha256, so it is stable across processes and runs)."""
@@ -66,6 +68,11 @@ class RoutedClient:
     """Wraps a TorchServe client (REST or gRPC): each call goes to the version the split file gives
     its key. The file is re-read when it changes, so a rollout moves live traffic."""
 
+    @staticmethod
+    def address(split: Split, version: str) -> tuple[str, str | None]:
+        """(model, version) to call: TorchServe addresses any registered version of a model."""
+        return split.model, version
+
     def __init__(self, client, split_file: str | Path, reload_every_s: float = 0.5):
         self.client = client
         self.split_file = Path(split_file)
@@ -87,10 +94,20 @@ class RoutedClient:
     def predict(self, data: bytes, key: str, **options):
         split = self.split()
         version = split.version_for(key)
+        model, model_version = self.address(split, version)
         start = time.perf_counter()
-        prediction = self.client.predict(split.model, data, version=version, **options)
+        prediction = self.client.predict(model, data, version=model_version, **options)
         with self._lock:
             stats = self.stats.setdefault(version, VersionStats())
             stats.latencies_ms.append((time.perf_counter() - start) * 1000)
             stats.failures += 0 if prediction.ok else 1
         return version, prediction
+
+
+class RoutedTritonClient(RoutedClient):
+    """Wraps a ``TritonClient``: the serving version is the variant's ensemble (pinned to it during a
+    rollout), another version its own pinned ensemble, which the rollout loads beside it."""
+
+    @staticmethod
+    def address(split: Split, version: str) -> tuple[str, str | None]:
+        return (split.model if version == split.serving else pinned_ensemble(split.model, version)), None

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..serving.client import Prediction, RestClient, TritonClient
+from ..serving.client import Prediction, RestClient, TritonClient, pinned_ensemble
 
 
 class ServerUnavailable(RuntimeError):
@@ -118,7 +118,7 @@ class TritonTarget:
     backend = "triton"
 
     def __init__(self, variant: str, http_url: str, metrics_url: str):
-        from ..serving.triton_repository import model_names
+        from ..serving.triton_repository import model_names  # torch: only when a Triton target is made
 
         self.model = variant
         self.names = model_names(variant)
@@ -173,18 +173,18 @@ class TritonTarget:
             self._classifier_policy([serving])  # back to the serving version alone
             raise ServerUnavailable(f"classifier version {version} did not load: {locals().get('cause', 'not ready')}")
         for v in (serving, version):
-            self._load(f"{self.names['ensemble']}_v{v}", self._pinned_ensemble(v, f"{self.names['ensemble']}_v{v}"),
+            self._load(pinned_ensemble(self.model, v), self._pinned_ensemble(v, pinned_ensemble(self.model, v)),
                        files={"1/.version_directory": b""})
         return version
 
     def predict(self, version: str, data: bytes) -> Prediction:
-        return self.client.predict(f"{self.names['ensemble']}_v{version}", data)
+        return self.client.predict(pinned_ensemble(self.model, version), data)
 
     def promote(self, version: str) -> None:
         self._load(self.names["ensemble"], self._pinned_ensemble(version, self.names["ensemble"]))
 
     def remove(self, version: str) -> None:
-        _call("POST", f"{self.http_url}/v2/repository/models/{self.names['ensemble']}_v{version}/unload", 120,
+        _call("POST", f"{self.http_url}/v2/repository/models/{pinned_ensemble(self.model, version)}/unload", 120,
               json={})
         self._classifier_policy([v for v in self.versions() if v != str(version)])
 

@@ -130,6 +130,11 @@ def triton_model_name(model: str) -> str:
     return model.replace("-", "_")
 
 
+def pinned_ensemble(model: str, version: str | int) -> str:
+    """During a rollout, the image ensemble pinned to classifier version N (b4_mobile_v2)."""
+    return f"{triton_model_name(model)}_v{version}"
+
+
 class TritonClient:
     """Triton over HTTP (``protocol="http"``) or gRPC. Images go to the variant's ensemble, videos
     (``*-video``) to its BLS model with SAMPLING/FRAMES/EVERY inputs. Triton answers a client error
@@ -199,7 +204,10 @@ class TritonClient:
             return Prediction(wire, {"error": {"code": "triton_error", "message": message}})
 
     def close(self) -> None:
-        self.client.close()
+        """Close once: tritonclient's gRPC client closes its channel again in ``__del__``, and under
+        gevent (Locust) that second close, run by the garbage collector at exit, can block forever."""
+        close, self.client.close = self.client.close, lambda: None
+        close()
 
 
 def make_client(protocol: str, url: str | None = None, timeout: float = 300.0, backend: str = "torchserve"):

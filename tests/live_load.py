@@ -1,0 +1,33 @@
+"""Live traffic for the rollout tests: Locust's routed users in a subprocess, following the split file."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+LOCUSTFILE = Path(__file__).parents[1] / "loadtests" / "locustfile.py"
+
+
+class Load:
+    """``user``: RoutedTorchServeUser or RoutedTritonUser; 4 users keyed user-0-0 … user-0-3."""
+
+    def __init__(self, host: str, user: str, split_file: Path, reports: Path, seconds: int):
+        self.reports = reports
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", "4",
+             "-r", "4", "-t", f"{seconds}s", "--host", host, "--split-file", str(split_file),
+             "--csv", str(reports), user],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, stop: bool = False) -> dict[str, dict]:
+        """Wait for the run to end (or end it now: Locust stops cleanly on SIGTERM) and read its stats."""
+        if stop:
+            self.process.terminate()
+        output, _ = self.process.communicate(timeout=180)
+        assert self.process.returncode == 0, output
+        with open(f"{self.reports}_stats.csv") as handle:
+            stats = {row["Name"]: row for row in csv.DictReader(handle)}
+        stats["output"] = output
+        return stats
