@@ -152,13 +152,21 @@ def cmd_rollout(args) -> int:
         target = TorchServeTarget(args.model, args.inference_url, args.management_url, args.metrics_url)
     probes = [p.read_bytes() for p in sorted(Path(args.probes).iterdir()) if p.is_file()] if args.probes \
         else [samples.astronaut_jpeg()]
-    policy = RolloutPolicy(canary_weight=args.weight, watch_s=args.watch, gate_metric=args.gate_metric,
-                           gate_tolerance=args.gate_tolerance, max_latency_ratio=args.max_latency_ratio,
+    policy = RolloutPolicy(canary_weight=args.weight, watch_s=args.watch, check_every_s=args.check_every,
+                           gate_metric=args.gate_metric, gate_tolerance=args.gate_tolerance,
+                           max_latency_ratio=args.max_latency_ratio,
                            max_error_ratio_increase=args.max_error_ratio_increase)
+    on_split = None
+    if args.nginx_prefix:
+        if args.backend != "torchserve":
+            raise SystemExit("--nginx-prefix: nginx's split_clients fronts TorchServe")
+        from .rollout.nginx import Nginx
+
+        on_split = Nginx.attach(args.nginx_prefix).apply
     state = Path(args.state_dir)
-    job = Rollout(target, AuditLog(state / "audit.jsonl"), state / f"{args.model}.split.json", policy=policy,
+    job = Rollout(target, AuditLog(state / "audit.jsonl"), split_file(state, args.model), policy=policy,
                   probes=probes, labelled_folder=Path(args.labelled) if args.labelled else None,
-                  reports=state / "reports")
+                  reports=state / "reports", on_split=on_split)
     try:
         version = job.run(args.candidate)
     except RolloutError as err:
@@ -167,6 +175,29 @@ def cmd_rollout(args) -> int:
         return 1
     print(json.dumps({"serving": version, "audit": str(state / "audit.jsonl"), "figures": job.figures}, default=str))
     return 0
+
+
+def split_file(state_dir: str | Path, model: str) -> Path:
+    return Path(state_dir) / f"{model}.split.json"
+
+
+def cmd_nginx(args) -> int:
+    """nginx in front of TorchServe with the model's current split (the rollout's split file when
+    there is one, else everyone on the default version); ``rollout --nginx-prefix`` reloads it."""
+    from .rollout.nginx import Nginx
+    from .rollout.routing import Split
+    from .rollout.servers import TorchServeTarget
+
+    current = split_file(args.state_dir, args.model)
+    if current.exists():
+        split = Split.load(current)
+    else:
+        target = TorchServeTarget(args.model, args.inference_url, args.management_url, "")
+        split = Split(args.model, target.serving_version())
+    proxy = Nginx(args.prefix, args.port, args.inference_url).start(split)
+    return _wait_forever(proxy, f"nginx on {proxy.url} routes POST /predictions/{args.model} by X-User-Id "
+                                f"({split}); `deepfake-serving rollout --nginx-prefix {args.prefix}` reloads it. "
+                                "Ctrl-C stops it.")
 
 
 def cmd_kserve(args) -> int:
@@ -288,8 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-tolerance", type=float, default=0.02)
     p.add_argument("--max-latency-ratio", type=float, default=2.0)
     p.add_argument("--max-error-ratio-increase", type=float, default=0.01)
+    p.add_argument("--check-every", type=float, default=5.0, help="seconds between canary checks")
     p.add_argument("--state-dir", default="runtime/rollout", help="split file, audit log, reports")
+    p.add_argument("--nginx-prefix", help="reload the nginx that `deepfake-serving nginx` started there at each "
+                                          "split change (TorchServe)")
     p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("nginx", help="nginx split_clients in front of TorchServe, for clients that are not ours")
+    p.add_argument("--model", default="b4-mobile")
+    p.add_argument("--port", type=int, default=8090, help="nginx listens on 127.0.0.1:PORT")
+    p.add_argument("--inference-url", default="http://127.0.0.1:8080")
+    p.add_argument("--management-url", default="http://127.0.0.1:8081")
+    p.add_argument("--prefix", default="runtime/nginx", help="nginx's config, pid file and logs")
+    p.add_argument("--state-dir", default="runtime/rollout", help="where the rollout keeps the split file")
+    p.set_defaults(func=cmd_nginx)
 
     p = sub.add_parser("kserve", help="print a KServe InferenceService (canaryTrafficPercent for a rollout)")
     p.add_argument("--name", default="b4-mobile")

@@ -1,6 +1,11 @@
 """A/B rollout on a real TorchServe under a running Locust load: promotion, automatic rollbacks for
 each fault, the observed traffic split, and the audit log."""
 
+import itertools
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +74,8 @@ def checkpoint(path: Path, seed: int) -> Path:
 def store(tmp_path_factory):
     """1.0 serves; 2.0 re-packages 1.0's weights (a release that must pass every gate); 3.0 is
     misconfigured as a video model (answers every image with 415); 4.0 is a B7 under the same
-    name (real, and ~10× slower); 5.0's weights fail their checksum (cannot load)."""
+    name (real, and ~10× slower); 5.0's weights fail their checksum (cannot load); 6.0 is 2.0
+    again, for the command-line rollout."""
     store = tmp_path_factory.mktemp("store")
     weights = checkpoint(store / "weights.pt", 1)
     # Two versions share the 2 cores during a rollout: one torch thread per worker, or they oversubscribe.
@@ -79,6 +85,7 @@ def store(tmp_path_factory):
     build_archive(MODEL, "3.0", checkpoints=[weights], export_path=store, media="video", model_name=MODEL, **one)
     build_archive("b7-dfdc", "4.0", export_path=store, model_name=MODEL, **one)
     broken = build_archive(MODEL, "5.0", checkpoints=[weights], export_path=store, **one)
+    build_archive(MODEL, "6.0", checkpoints=[weights], export_path=store, **one)
     import zipfile
     with zipfile.ZipFile(broken) as z:
         members = {n: z.read(n) for n in z.namelist()}
@@ -261,6 +268,65 @@ def test_the_observed_split_over_2000_requests(server, target, tmp_path, route):
             proxy.stop()
         if registered_here:
             target.remove(other)
+
+
+def test_the_command_line_rolls_out_behind_nginx(server, target, tmp_path):
+    """`deepfake-serving nginx` fronts TorchServe for clients that are not ours, and `deepfake-serving
+    rollout --nginx-prefix` moves them: keys on the canary reach the candidate while it is watched,
+    every key after the promotion, and not one request fails on the way."""
+    if nginx_binary() is None:
+        pytest.skip("no nginx here: `make install` unpacks Debian's package when apt can reach it")
+    serving, state, prefix, port = target.serving_version(), tmp_path / "state", tmp_path / "nginx", free_ports(1)[0]
+    servers = ["--model", MODEL, "--inference-url", server.inference_url, "--management-url", server.management_url]
+    cli = [sys.executable, "-m", "deepfake_serving.cli"]
+    front = subprocess.Popen([*cli, "nginx", *servers, "--port", str(port), "--prefix", str(prefix),
+                              "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, image = f"http://127.0.0.1:{port}/predictions/{MODEL}", samples.astronaut_jpeg()  # as the probes
+    keys = [f"client-{i}" for i in range(8)]  # at 25 %: client-0 and client-5 are on the canary
+    assert [k for k in keys if bucket(k) < 0.25] == ["client-0", "client-5"]
+    seen, stop = [], threading.Event()
+
+    def clients():
+        session = requests.Session()
+        for key in itertools.cycle(keys):
+            if stop.is_set():
+                return
+            try:
+                response = session.post(url, data=image, headers={"X-User-Id": key}, timeout=60)
+            except requests.RequestException as err:
+                seen.append((key, None, None, repr(err)))
+                continue
+            json_body = response.headers.get("Content-Type", "").startswith("application/json")
+            seen.append((key, response.status_code, response.headers.get("X-Model-Version"),
+                         response.json().get("version") if json_body else response.text[:300]))
+
+    traffic = threading.Thread(target=clients)
+    try:
+        while "Ctrl-C" not in front.stdout.readline() and front.poll() is None:
+            pass  # nginx answers once the command says so
+        traffic.start()
+        run = subprocess.run([*cli, "rollout", str(Path(server.model_store) / f"{MODEL}-v6.0.mar"), *servers,
+                              "--metrics-url", f"{server.metrics_url}/metrics", "--weight", "25", "--watch", "6",
+                              "--check-every", "2", "--state-dir", str(state), "--nginx-prefix", str(prefix)],
+                             capture_output=True, text=True, timeout=300)
+        time.sleep(1)
+    finally:
+        stop.set()
+        if traffic.is_alive():
+            traffic.join(timeout=120)
+        front.send_signal(signal.SIGINT)
+        output, _ = front.communicate(timeout=60)
+    assert run.returncode == 0, run.stderr + output
+    assert json.loads(run.stdout.splitlines()[-1])["serving"] == "6.0"
+    assert seen and all(status == 200 and header == answered for _, status, header, answered in seen), seen[-5:]
+    def first_answer_from_the_candidate(group: set[str]) -> int:
+        return next(i for i, (key, _, header, _) in enumerate(seen) if key in group and header == "6.0")
+
+    # the canary keys reach the candidate first (while it is watched), the others after the promotion
+    assert first_answer_from_the_candidate({"client-0", "client-5"}) < first_answer_from_the_candidate({"client-3"})
+    assert {header for key, _, header, _ in seen if key == "client-3"} == {serving, "6.0"}
+    assert {header for _, _, header, _ in seen[-8:]} == {"6.0"}
+    assert front.returncode == 0 and not (prefix / "nginx.pid").exists()  # Ctrl-C stops nginx too
 
 
 def test_kserve_inference_service_for_the_canary():

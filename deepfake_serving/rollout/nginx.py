@@ -4,6 +4,7 @@ rollout step rewrites the weights and reloads nginx without dropping a connectio
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -43,6 +44,10 @@ http {{
 {temp}
     client_max_body_size 100m;
     proxy_read_timeout 300s;
+    # No temporary files: started as root, nginx's workers run as an unprivileged user that may not
+    # reach the prefix (a private temp dir), and a request body over 16 KB would answer 500.
+    proxy_request_buffering off;
+    proxy_max_temp_file_size 0;
     map $http_x_user_id $route_key {{
         ""      $remote_addr;
         default $http_x_user_id;
@@ -72,6 +77,11 @@ http {{
 
 
 class Nginx:
+    """nginx in ``prefix`` (config, pid file, logs). ``start`` runs it; ``attach`` finds one that
+    another process started there, so a rollout can rewrite its split and reload it."""
+
+    SETTINGS = "front.json"  # listen port and upstream, for attach
+
     def __init__(self, prefix: str | Path, listen_port: int, torchserve_url: str):
         self.prefix = Path(prefix).resolve()
         self.listen_port, self.torchserve_url = listen_port, torchserve_url
@@ -83,8 +93,20 @@ class Nginx:
             raise FileNotFoundError("nginx is not installed (make install unpacks Debian's package into .venv/nginx)")
         self.binary = binary
 
+    @classmethod
+    def attach(cls, prefix: str | Path) -> "Nginx":
+        settings = Path(prefix) / cls.SETTINGS
+        if not settings.exists():
+            raise FileNotFoundError(f"no nginx was started in {prefix} (deepfake-serving nginx --prefix {prefix})")
+        return cls(prefix, **json.loads(settings.read_text()))
+
+    def pid(self) -> int:
+        return int((self.prefix / "nginx.pid").read_text())
+
     def write(self, split: Split) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
+        (self.prefix / self.SETTINGS).write_text(json.dumps({"listen_port": self.listen_port,
+                                                             "torchserve_url": self.torchserve_url}))
         self.conf.write_text(render(split, self.listen_port, self.torchserve_url, self.prefix))
         subprocess.run([str(self.binary), "-t", "-q", "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
                         "-c", str(self.conf)], check=True, capture_output=True)
@@ -106,7 +128,7 @@ class Nginx:
     def apply(self, split: Split) -> None:
         """New weights: rewrite, test, and reload (SIGHUP: old workers finish their requests)."""
         self.write(split)
-        os.kill(self.process.pid, signal.SIGHUP)
+        os.kill(self.pid(), signal.SIGHUP)
         time.sleep(0.5)  # the new workers take over
 
     def stop(self) -> None:
