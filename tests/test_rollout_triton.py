@@ -13,8 +13,8 @@ from deepfake_serving import samples
 from deepfake_serving.onnx_export import export_onnx
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
-from deepfake_serving.rollout.routing import Split, bucket
-from deepfake_serving.rollout.servers import TritonTarget
+from deepfake_serving.rollout.routing import Split, VersionStats, bucket
+from deepfake_serving.rollout.servers import Counters, TritonTarget
 from deepfake_serving.runtime import sha256_of
 from deepfake_serving.serving.client import TritonClient, pinned_ensemble
 from deepfake_serving.serving.triton import Triton, TritonPorts
@@ -85,6 +85,22 @@ def test_promotion_under_load_with_zero_failed_requests(server, repository, weig
                                ("gate", "skipped"), ("canary", "started"), ("canary", "ok"), ("promote", "ok")]
     canary = AuditLog(tmp_path / "audit.jsonl").entries()[6]["figures"]
     assert canary["candidate_requests"] > 0 and canary["candidate_error_ratio"] == 0.0  # Triton counts failures
+    # Triton's own p95 per version (summary_latencies), recorded; not judged: its 60 s window still holds
+    # the candidate's warm-up and shadow requests after a 6 s canary
+    p95 = canary["server_p95_ms"]
+    assert p95["serving"] > 0 and p95["candidate"] > 0 and p95["judged"] is False
+
+
+def test_triton_p95_is_judged_once_its_window_holds_the_canary_alone(tmp_path):
+    job = Rollout(TritonTarget(VARIANT, "http://127.0.0.1:9", "http://127.0.0.1:9/metrics"),
+                  AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=POLICY)
+    job.serving, job.candidate = "1", "2"
+    idle = {"1": Counters(), "2": Counters()}
+    slow_tail = {"1": {0.95: 100.0}, "2": {0.95: 250.0}}
+    problems, figures = job._guard_rails(idle, {}, {"1": VersionStats(), "2": VersionStats()}, slow_tail, True)
+    assert problems == ["candidate p95 250 ms > 2.0× serving 100 ms (server summary over the last 60 s)"]
+    assert figures["server_p95_ms"] == {"serving": 100.0, "candidate": 250.0, "judged": True}
+    assert job._guard_rails(idle, {}, {"1": VersionStats(), "2": VersionStats()}, slow_tail, False)[0] == []
 
 
 def test_a_candidate_that_answers_errors_is_rolled_back_under_load(server, repository, weights, tmp_path):

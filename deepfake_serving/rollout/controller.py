@@ -197,7 +197,8 @@ class Rollout:
         self._set_split(split)
         self._log("canary", "started", f"{self.policy.canary_weight}% of keys to {self.candidate}",
                   weight=self.policy.canary_weight)
-        deadline = time.monotonic() + self.policy.watch_s
+        started = time.monotonic()
+        deadline = started + self.policy.watch_s
         probes = {self.serving: VersionStats(), self.candidate: VersionStats()}
         while True:
             next_check = time.monotonic() + min(self.policy.check_every_s, max(0.0, deadline - time.monotonic()))
@@ -205,7 +206,8 @@ class Rollout:
             time.sleep(max(0.0, next_check - time.monotonic()))
             now = {v: self.target.counters(v) for v in (self.serving, self.candidate)}
             window = {v: now[v] - before[v] for v in now}
-            problems, figures = self._guard_rails(window, self._router_window(router_before), probes)
+            problems, figures = self._guard_rails(window, self._router_window(router_before), probes,
+                                                  *self._server_quantiles(started))
             if problems:
                 self._log("canary", "breach", "; ".join(problems), **figures)
                 raise RolloutError("canary", "; ".join(problems))
@@ -231,6 +233,15 @@ class Rollout:
                 probes[version].latencies_ms.append((time.perf_counter() - start) * 1000)
                 probes[version].failures += 0 if answer.ok else 1
 
+    def _server_quantiles(self, canary_started: float) -> tuple[dict, bool]:
+        """The server's own latency quantiles per version (Triton), and whether to judge them: only
+        once its window holds canary traffic alone, not the candidate's warm-up and shadow requests."""
+        window = self.target.quantile_window_s
+        if window is None:
+            return {}, False
+        quantiles = {v: self.target.latency_quantiles(v) for v in (self.serving, self.candidate)}
+        return quantiles, time.monotonic() - canary_started >= window
+
     def _router_snapshot(self) -> dict:
         if not self.router_stats:
             return {}
@@ -248,8 +259,8 @@ class Rollout:
                                "p95_ms": recent.percentile(95) if recent.requests else None}
         return window
 
-    def _guard_rails(self, server: dict[str, Counters], router: dict,
-                     probes: dict[str, VersionStats]) -> tuple[list[str], dict]:
+    def _guard_rails(self, server: dict[str, Counters], router: dict, probes: dict[str, VersionStats],
+                     quantiles: dict | None = None, judge_quantiles: bool = False) -> tuple[list[str], dict]:
         s, c = server[self.serving], server[self.candidate]
         ps, pc = probes[self.serving], probes[self.candidate]
         rs, rc = router.get(self.serving, {}), router.get(self.candidate, {})
@@ -282,6 +293,12 @@ class Rollout:
         if rc.get("p95_ms") and rs.get("p95_ms") and rc["p95_ms"] > self.policy.max_latency_ratio * rs["p95_ms"]:
             problems.append(f"candidate p95 {rc['p95_ms']:.0f} ms > {self.policy.max_latency_ratio}× "
                             f"serving {rs['p95_ms']:.0f} ms (router)")
+        if quantiles:
+            qs, qc = quantiles.get(self.serving, {}).get(0.95), quantiles.get(self.candidate, {}).get(0.95)
+            figures["server_p95_ms"] = {"serving": qs, "candidate": qc, "judged": judge_quantiles}
+            if judge_quantiles and qs and qc and qc > self.policy.max_latency_ratio * qs:
+                problems.append(f"candidate p95 {qc:.0f} ms > {self.policy.max_latency_ratio}× serving {qs:.0f} ms "
+                                f"(server summary over the last {self.target.quantile_window_s:.0f} s)")
         figures["error_ratios"] = errors
         return problems, figures
 

@@ -3,6 +3,7 @@ Triton's model control, plus per-version counters from each server's Prometheus 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class TorchServeTarget:
     """Versions are archive versions ("1.0", "2.0") of one model name."""
 
     backend = "torchserve"
+    quantile_window_s: float | None = None  # TorchServe exposes cumulative counters only
 
     def __init__(self, model: str, inference_url: str, management_url: str, metrics_url: str):
         self.model = model
@@ -108,6 +110,9 @@ class TorchServeTarget:
         return Counters(totals["ts_inference_requests"], None,
                         totals["ts_inference_latency_microseconds"] / 1000)
 
+    def latency_quantiles(self, version: str) -> dict[float, float]:
+        return {}
+
 
 class TritonTarget:
     """Versions are classifier versions ("1", "2") of one variant's repository. During a rollout the
@@ -116,6 +121,8 @@ class TritonTarget:
     files on disk), and the classifier's version policy lists exactly the versions in play."""
 
     backend = "triton"
+    # Triton's summaries (the launcher turns on summary_latencies) are prometheus-cpp's: the last 60 s.
+    quantile_window_s: float | None = 60.0
 
     def __init__(self, variant: str, http_url: str, metrics_url: str):
         from ..serving.triton_repository import model_names  # torch: only when a Triton target is made
@@ -198,3 +205,13 @@ class TritonTarget:
         requests_done = totals["nv_inference_request_success"] + totals["nv_inference_request_failure"]
         return Counters(requests_done, totals["nv_inference_request_failure"],
                         totals["nv_inference_request_duration_us"] / 1000)
+
+    def latency_quantiles(self, version: str) -> dict[float, float]:
+        """{0.5: ms, 0.9: ms, 0.95: ms, 0.99: ms} of the classifier version's requests (queue included)
+        over the summary window; empty when it saw none there or summaries are off."""
+        found = {}
+        for name, labels, value in _samples(_call("GET", self.metrics_url, 10).text):
+            if (name == "nv_inference_request_summary_us" and "quantile" in labels and not math.isnan(value)
+                    and labels.get("model") == self.names["classifier"] and labels.get("version") == version):
+                found[float(labels["quantile"])] = value / 1000
+        return found

@@ -103,7 +103,7 @@ class Triton:
             "--disable-auto-complete-config", "--strict-readiness=true", "--exit-timeout-secs=30",
             "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
-            "--allow-metrics=true", "--allow-cpu-metrics=true",
+            "--allow-metrics=true", "--allow-cpu-metrics=true", "--metrics-config=summary_latencies=true",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
