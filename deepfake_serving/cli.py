@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,15 +47,26 @@ def _start_server(args, models: list[str]):
     return TorchServe(args.model_store, args.workdir, models=models).start()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _wait_forever(server, message: str | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM (a service manager's stop), then stop the server cleanly. Both
+    handlers are set here: a shell starts background jobs with SIGINT ignored, and Python then
+    leaves it ignored."""
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _interrupt)
     print(message or f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). "
-                     "Ctrl-C stops it.")
+                     "Ctrl-C stops it.", flush=True)
     try:
         while server.process.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
+            signal.signal(stop_signal, signal.SIG_IGN)
         server.stop()
     return 0
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
+
+from deepfake_serving.rollout.routing import Split
 
 LOCUSTFILE = Path(__file__).parents[1] / "loadtests" / "locustfile.py"
 
@@ -31,3 +36,25 @@ class Load:
             stats = {row["Name"]: row for row in csv.DictReader(handle)}
         stats["output"] = output
         return stats
+
+
+def second_rollout_during_canary(first: Callable[[], object], second: Callable[[], object], split_file: Path,
+                                 timeout_s: float = 240) -> tuple[Exception | None, Exception | None]:
+    """Run ``first`` (a rollout) in a thread and, once its canary has moved the split, ``second``.
+    Returns what each raised."""
+    raised = {}
+
+    def attempt(name, job):
+        try:
+            job()
+        except Exception as err:  # noqa: BLE001
+            raised[name] = err
+
+    thread = threading.Thread(target=attempt, args=("first", first))
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while Split.load(split_file).weight == 0 and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    attempt("second", second)
+    thread.join(timeout=timeout_s)
+    return raised.get("first"), raised.get("second")

@@ -38,6 +38,9 @@ class RolloutPolicy:
     # guard rails, candidate against serving over the watch window
     max_error_ratio_increase: float = 0.01
     max_latency_ratio: float = 2.0  # candidate p50 (probes), mean (server) or p95 (router) latency / serving's
+    # consecutive checks over the latency limit before a rollback: one noisy check on shared cores is
+    # not a slow model (failures and error ratios roll back at the first check)
+    slow_checks_to_rollback: int = 2
     canary_probes: int = 2  # per check and version: the controller's own interleaved requests
     drain_s: float = 5.0  # after traffic moves away from a version, before it is removed
 
@@ -200,18 +203,26 @@ class Rollout:
         started = time.monotonic()
         deadline = started + self.policy.watch_s
         probes = {self.serving: VersionStats(), self.candidate: VersionStats()}
+        slow_checks = 0
         while True:
-            next_check = time.monotonic() + min(self.policy.check_every_s, max(0.0, deadline - time.monotonic()))
+            remaining = deadline - time.monotonic()
+            next_check = time.monotonic() + (min(self.policy.check_every_s, remaining) if remaining > 0
+                                             else self.policy.check_every_s)  # watching on past a slow check
             self._probe(probes)
             time.sleep(max(0.0, next_check - time.monotonic()))
             now = {v: self.target.counters(v) for v in (self.serving, self.candidate)}
             window = {v: now[v] - before[v] for v in now}
-            problems, figures = self._guard_rails(window, self._router_window(router_before), probes,
-                                                  *self._server_quantiles(started))
-            if problems:
-                self._log("canary", "breach", "; ".join(problems), **figures)
-                raise RolloutError("canary", "; ".join(problems))
-            if time.monotonic() >= deadline:
+            failing, slow, figures = self._guard_rails(window, self._router_window(router_before), probes,
+                                                       *self._server_quantiles(started))
+            slow_checks = slow_checks + 1 if slow else 0
+            if failing or slow_checks >= self.policy.slow_checks_to_rollback:
+                problems = "; ".join(failing + slow) + (f" ({slow_checks} checks in a row)" if slow_checks > 1 else "")
+                self._log("canary", "breach", problems, **figures)
+                raise RolloutError("canary", problems)
+            if slow:
+                self._log("canary", "slow", f"{'; '.join(slow)} (check {slow_checks} of "
+                                            f"{self.policy.slow_checks_to_rollback} in a row to roll back)", **figures)
+            if time.monotonic() >= deadline and not slow_checks:  # never promote on a slow check
                 break
         if figures["candidate_requests"] < self.policy.min_canary_requests:
             message = f"{figures['candidate_requests']} canary requests < {self.policy.min_canary_requests}"
@@ -260,7 +271,9 @@ class Rollout:
         return window
 
     def _guard_rails(self, server: dict[str, Counters], router: dict, probes: dict[str, VersionStats],
-                     quantiles: dict | None = None, judge_quantiles: bool = False) -> tuple[list[str], dict]:
+                     quantiles: dict | None = None,
+                     judge_quantiles: bool = False) -> tuple[list[str], list[str], dict]:
+        """(failing, slow, figures): the candidate's failures and error ratio, its latencies, against serving's."""
         s, c = server[self.serving], server[self.candidate]
         ps, pc = probes[self.serving], probes[self.candidate]
         rs, rc = router.get(self.serving, {}), router.get(self.candidate, {})
@@ -271,12 +284,12 @@ class Rollout:
                    "router": router,
                    "probe_p50_ms": {"serving": ps.percentile(50), "candidate": pc.percentile(50)},
                    "probe_failures": {"serving": ps.failures, "candidate": pc.failures}}
-        problems = []
+        failing, slow = [], []
         if pc.failures > ps.failures:
-            problems.append(f"candidate failed {pc.failures} of {pc.requests} probes (serving {ps.failures})")
+            failing.append(f"candidate failed {pc.failures} of {pc.requests} probes (serving {ps.failures})")
         if pc.requests and ps.percentile(50) and pc.percentile(50) > self.policy.max_latency_ratio * ps.percentile(50):
-            problems.append(f"candidate probe p50 latency {pc.percentile(50):.0f} ms > {self.policy.max_latency_ratio}× "
-                            f"serving {ps.percentile(50):.0f} ms")
+            slow.append(f"candidate probe p50 latency {pc.percentile(50):.0f} ms > {self.policy.max_latency_ratio}× "
+                        f"serving {ps.percentile(50):.0f} ms")
         # error ratio: the server's count where it keeps one per version (Triton), else the router's
         errors = {}
         for role, counters, routed in (("serving", s, rs), ("candidate", c, rc)):
@@ -285,22 +298,22 @@ class Rollout:
                 ratio = routed["failures"] / routed["requests"]
             errors[role] = ratio
         if errors["candidate"] is not None and errors["candidate"] > (errors["serving"] or 0.0) + self.policy.max_error_ratio_increase:
-            problems.append(f"candidate error ratio {errors['candidate']:.3f} > serving "
-                            f"{errors['serving'] or 0.0:.3f} + {self.policy.max_error_ratio_increase}")
+            failing.append(f"candidate error ratio {errors['candidate']:.3f} > serving "
+                           f"{errors['serving'] or 0.0:.3f} + {self.policy.max_error_ratio_increase}")
         if c.mean_latency_ms and s.mean_latency_ms and c.mean_latency_ms > self.policy.max_latency_ratio * s.mean_latency_ms:
-            problems.append(f"candidate mean latency {c.mean_latency_ms:.0f} ms > {self.policy.max_latency_ratio}× "
-                            f"serving {s.mean_latency_ms:.0f} ms (server metrics)")
+            slow.append(f"candidate mean latency {c.mean_latency_ms:.0f} ms > {self.policy.max_latency_ratio}× "
+                        f"serving {s.mean_latency_ms:.0f} ms (server metrics)")
         if rc.get("p95_ms") and rs.get("p95_ms") and rc["p95_ms"] > self.policy.max_latency_ratio * rs["p95_ms"]:
-            problems.append(f"candidate p95 {rc['p95_ms']:.0f} ms > {self.policy.max_latency_ratio}× "
-                            f"serving {rs['p95_ms']:.0f} ms (router)")
+            slow.append(f"candidate p95 {rc['p95_ms']:.0f} ms > {self.policy.max_latency_ratio}× "
+                        f"serving {rs['p95_ms']:.0f} ms (router)")
         if quantiles:
             qs, qc = quantiles.get(self.serving, {}).get(0.95), quantiles.get(self.candidate, {}).get(0.95)
             figures["server_p95_ms"] = {"serving": qs, "candidate": qc, "judged": judge_quantiles}
             if judge_quantiles and qs and qc and qc > self.policy.max_latency_ratio * qs:
-                problems.append(f"candidate p95 {qc:.0f} ms > {self.policy.max_latency_ratio}× serving {qs:.0f} ms "
-                                f"(server summary over the last {self.target.quantile_window_s:.0f} s)")
+                slow.append(f"candidate p95 {qc:.0f} ms > {self.policy.max_latency_ratio}× serving {qs:.0f} ms "
+                            f"(server summary over the last {self.target.quantile_window_s:.0f} s)")
         figures["error_ratios"] = errors
-        return problems, figures
+        return failing, slow, figures
 
     def _promote(self) -> None:
         self.target.promote(self.candidate)

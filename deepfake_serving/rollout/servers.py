@@ -157,9 +157,14 @@ class TritonTarget:
         config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
         self._load(self.names["classifier"], config)
 
+    def _index(self) -> list[dict]:
+        return _call("POST", f"{self.http_url}/v2/repository/index", 10, json={"ready": True}).json()
+
+    def _unload(self, name: str) -> None:
+        _call("POST", f"{self.http_url}/v2/repository/models/{name}/unload", 120, json={})
+
     def versions(self) -> list[str]:
-        index = _call("POST", f"{self.http_url}/v2/repository/index", 10, json={"ready": True}).json()
-        return sorted(m["version"] for m in index if m["name"] == self.names["classifier"] and m.get("version"))
+        return sorted(m["version"] for m in self._index() if m["name"] == self.names["classifier"] and m.get("version"))
 
     # -- the rollout's verbs -----------------------------------------------------------------------
     def serving_version(self) -> str:
@@ -170,8 +175,18 @@ class TritonTarget:
     def register(self, version: str | Path, timeout: float = 600.0) -> str:
         """``version``: a classifier version directory already built (``deepfake-serving triton build``)."""
         version, serving = str(version), self.serving_version()
-        self._load(self.names["ensemble"], self._pinned_ensemble(serving, self.names["ensemble"]))
+        if version == serving:
+            raise ServerUnavailable(f"version {version} is the serving version already")
         try:
+            # First take in the new version directory while serving exactly what is served now: loading
+            # the ensemble reloads a composing model whose files changed, from its on-disk policy
+            # ("latest 2" of every version directory), which need not hold the serving version.
+            self._classifier_policy(self.versions() or [serving])
+            self._load(self.names["ensemble"], self._pinned_ensemble(serving, self.names["ensemble"]))
+            loaded = {m["name"] for m in self._index()}
+            for stale in set(self.versions()) - {serving, version}:  # e.g. the version a promotion replaced
+                if pinned_ensemble(self.model, stale) in loaded:
+                    self._unload(pinned_ensemble(self.model, stale))
             self._classifier_policy([serving, version])
             ready = version in self.versions()
         except ServerUnavailable as err:
@@ -191,8 +206,7 @@ class TritonTarget:
         self._load(self.names["ensemble"], self._pinned_ensemble(version, self.names["ensemble"]))
 
     def remove(self, version: str) -> None:
-        _call("POST", f"{self.http_url}/v2/repository/models/{pinned_ensemble(self.model, version)}/unload", 120,
-              json={})
+        self._unload(pinned_ensemble(self.model, version))
         self._classifier_policy([v for v in self.versions() if v != str(version)])
 
     def counters(self, version: str) -> Counters:

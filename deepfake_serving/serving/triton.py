@@ -22,7 +22,7 @@ import psutil
 import requests
 
 from .processes import free_ports, stop_group
-from .triton_repository import REPOSITORY
+from .triton_repository import REPOSITORY, compile_model_files
 
 SHM_DIR = Path("/dev/shm")
 # The python backend's shared memory per stub starts here and grows in steps; a 100 MB clip
@@ -119,6 +119,7 @@ class Triton:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **self.env,
         }
+        compile_model_files(self.repository)
         self.log_path = self.workdir / "logs" / "tritonserver.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=self.log,

@@ -16,6 +16,7 @@ instance kind is KIND_AUTO, threads come from the launcher's environment.
 
 from __future__ import annotations
 
+import compileall
 import json
 import shutil
 import tempfile
@@ -179,7 +180,17 @@ def build_classifier_version(
         if target.exists():
             shutil.rmtree(target)
         shutil.move(str(staging), target)
+    compile_model_files(target)
     return target
+
+
+def compile_model_files(path: str | Path) -> None:
+    """Write the bytecode of every model.py under ``path`` now. The python backend's stub (an embedded
+    interpreter that ignores PYTHONDONTWRITEBYTECODE) would otherwise write it into the model's
+    directory while loading it, and Triton takes a directory changed after its load for a modified
+    model: the next ensemble load reloads it from its on-disk config, dropping the version policy
+    a rollout set through the repository API (and with it, possibly, the serving version)."""
+    compileall.compile_dir(str(path), quiet=1)
 
 
 def built_versions(variant_name: str, repository: str | Path = REPOSITORY) -> list[int]:
