@@ -33,6 +33,9 @@ CMD set -e; \
     CKPTS=$(for f in /checkpoints/*; do [ -f "$f" ] && printf -- '--checkpoint %s ' "$f"; done); \
     deepfake-serving triton build --variant "$VARIANT" --version 1 $CKPTS; \
     MODEL=$(echo "$VARIANT" | tr - _); \
+    # bytecode now, not by the stubs while loading: a directory changed after its load makes Triton
+    # reload that model from its on-disk config at the next ensemble load (see deepfake_serving/serving/triton_repository.py)
+    python3 -m compileall -q model_repository; \
     exec tritonserver --model-repository=/opt/deepfake-serving/model_repository \
         --model-control-mode=explicit --load-model="$MODEL" --load-model="${MODEL}_video" \
         --disable-auto-complete-config
