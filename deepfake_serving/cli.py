@@ -221,7 +221,7 @@ def cmd_kserve(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .imaging import looks_like_video
+    from .formats import video_container
     from .serving.client import make_client
 
     if args.backend == "triton" and args.stream:
@@ -231,7 +231,7 @@ def cmd_predict(args) -> int:
     worst = 0
     for path in args.files:
         data = Path(path).read_bytes()
-        if looks_like_video(data):
+        if video_container(data):
             model = args.model if args.model.endswith("-video") else f"{args.model}-video"
             prediction = _predict_video(client, model, data, args)
         else:

@@ -1,23 +1,98 @@
-"""Errors that map to a client-facing status code and a JSON body."""
+"""Every error a client can receive: one catalogue of codes, statuses and meanings.
+
+The handler, the Triton models, the clients and the nginx front all answer
+``{"error": {"code", "message", "status"}}`` with a code from ``CATALOGUE``;
+the README's error tables are generated from it (``markdown_table``), and a
+test sends every documented case.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-class InputError(Exception):
-    """A request the server cannot answer because of what the client sent.
 
-    ``status`` is the HTTP status to return, ``code`` a stable machine-readable
-    name, ``message`` a sentence a person can act on.
-    """
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    scope: str  # "image", "video", "request" (either media) or "server" (outside our handler)
+    meaning: str
 
-    def __init__(self, status: int, code: str, message: str):
+
+CATALOGUE: dict[str, ErrorKind] = {
+    # -- any request
+    "empty_body": ErrorKind(400, "request", "empty body"),
+    "unsupported_media": ErrorKind(
+        415, "request", "not one of the accepted formats (images: JPEG, PNG, WebP, GIF, BMP, TIFF; videos: MP4, MOV, "
+        "AVI, WebM, MKV, MPEG-TS), or text/JSON instead of bytes; refused before any decoder runs"),
+    "body_too_large": ErrorKind(413, "request", "body over the model's limit (images 20 MB, videos 100 MB)"),
+    "internal_error": ErrorKind(500, "request", "a fault of ours while answering this request (it fails alone)"),
+    "missing_input": ErrorKind(400, "request", "(Triton) the request lacks the model's IMAGE or VIDEO input"),
+    "bad_input_shape": ErrorKind(400, "request", "(Triton) an input that is not one element"),
+    # -- images
+    "corrupt_image": ErrorKind(400, "image", "an accepted format's signature, but truncated or corrupt data "
+                               "(bad chunk checksum, broken header)"),
+    "image_too_large": ErrorKind(413, "image", "header declares over 40 Mpixel (decompression bomb); nothing decoded"),
+    "image_too_small": ErrorKind(422, "image", "a side under 20 px where faces are detected (MTCNN's smallest face), "
+                                 "after the downscale of images over 1024 px"),
+    "video_sent_to_image_endpoint": ErrorKind(415, "image", "a video sent to the image model"),
+    # -- videos
+    "image_sent_to_video_endpoint": ErrorKind(415, "video", "a still image sent to the video model"),
+    "corrupt_video": ErrorKind(400, "video", "a video container that cannot be read, or no frame decodes "
+                               "(truncated before the first frame, corrupt index)"),
+    "no_video_stream": ErrorKind(422, "video", "a readable container without a video stream (audio only)"),
+    "empty_video": ErrorKind(422, "video", "a video stream that holds no frame"),
+    "video_too_long": ErrorKind(413, "video", "over 600 s, from the header or from any frame's timestamp"),
+    "too_many_frames": ErrorKind(413, "video", "the sampling selects over 300 frames (checked from the header, "
+                                 "then on every frame decoded)"),
+    "frame_too_large": ErrorKind(413, "video", "a decoded frame over 4096×2304 pixels (every frame is checked, "
+                                 "not only the header)"),
+    "frame_too_small": ErrorKind(422, "video", "frames whose half-size detection copy has a side under 20 px"),
+    "decode_budget_exceeded": ErrorKind(413, "video", "decoding would exceed the request's decoded-pixel budget "
+                                        "(default 3·10⁹ pixels, `max_decoded_pixels` per archive)"),
+    "bad_sampling": ErrorKind(400, "video", "bad sampling options (`sampling`, `frames`, `every`)"),
+    # -- outside our handler: normalised by the clients and the nginx front
+    "request_too_large": ErrorKind(413, "server", "body over the server's `max_request_size` (100 MB), answered "
+                                   "by TorchServe's transport, gRPC or nginx before any handler"),
+    "headers_too_large": ErrorKind(431, "server", "request headers over the front's limit"),
+    "model_not_found": ErrorKind(404, "server", "no such model or version"),
+    "worker_failed": ErrorKind(503, "server", "the worker died or could not answer (TorchServe 503, Triton "
+                               "stub lost); the request can be retried"),
+    "out_of_memory": ErrorKind(507, "server", "the worker ran out of memory (TorchServe 507)"),
+    "server_unavailable": ErrorKind(503, "server", "no connection to the server"),
+    "stream_interrupted": ErrorKind(502, "server", "a streamed answer ended without its final result"),
+    "server_error": ErrorKind(500, "server", "any other error the server itself wrote"),
+}
+
+
+class RequestError(Exception):
+    """One request's failure, with the status and code of ``CATALOGUE`` and a sentence a person can act on."""
+
+    def __init__(self, code: str, message: str):
         super().__init__(message)
-        self.status = status
         self.code = code
+        self.status = CATALOGUE[code].status
         self.message = message
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+
+def internal_error(exc: BaseException) -> RequestError:
+    """A fault of ours, reported to the one request it happened in."""
+    if isinstance(exc, RequestError):
+        return exc
+    return RequestError("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def error_body(code: str, message: str) -> dict:
+    return RequestError(code, message).to_dict()
+
+
+def markdown_table(scopes: tuple[str, ...]) -> str:
+    """The README's table of the codes in ``scopes`` (kept in step with the code by a test)."""
+    rows = ["| code | status | when |", "|---|---|---|"]
+    rows += [f"| `{code}` | {kind.status} | {kind.meaning} |" for code, kind in CATALOGUE.items() if kind.scope in scopes]
+    return "\n".join(rows)
 
 
 class CheckpointError(ValueError):

@@ -22,9 +22,18 @@ def shrink(image: np.ndarray, scale: float) -> np.ndarray:
     """Downscale as the DFDC reference does (PIL resize of each side // (1/scale))."""
     if scale == 1.0:
         return image
-    h, w = image.shape[:2]
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size))
+    return np.asarray(Image.fromarray(image).resize(detection_size(image.shape, scale)))
+
+
+def detection_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """(width, height) of the copy MTCNN sees (``shrink``'s arithmetic)."""
+    h, w = shape[:2]
+    return (w, h) if scale == 1.0 else (max(1, int(w * scale)), max(1, int(h * scale)))
+
+
+def detectable(shape: tuple[int, ...], scale: float, params: "FaceStage") -> bool:
+    """MTCNN's image pyramid starts at min_face_size: a smaller copy has no scale to run (it crashes)."""
+    return min(detection_size(shape, scale)) >= params.min_face_size
 
 
 def image_detect_scale(shape: tuple[int, ...], params: FaceStage) -> float:
@@ -47,18 +56,35 @@ class FaceDetector:
             device="cpu",
         )
 
-    def detect(self, images: Sequence[np.ndarray], scales: Sequence[float]) -> list[list[DetectedFace]]:
-        """Detect faces in each RGB image after shrinking it by its scale; boxes come back full size."""
+    def detect(self, images: Sequence[np.ndarray], scales: Sequence[float]) -> list[list[DetectedFace] | Exception]:
+        """Detect faces in each RGB image after shrinking it by its scale; boxes come back full size.
+
+        A failure stays with its image: a group that fails is detected again one image at a
+        time, and an image that still fails gets its exception in place of its faces.
+        """
         shrunk = [shrink(img, s) for img, s in zip(images, scales)]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(shrunk):
             groups.setdefault(img.shape, []).append(i)
-        results: list[list[DetectedFace]] = [[] for _ in images]
+        results: list[list[DetectedFace] | Exception] = [[] for _ in images]
         for indices in groups.values():
-            batch_boxes, batch_probs = self.mtcnn.detect(np.stack([shrunk[i] for i in indices]))
-            for i, boxes, probs in zip(indices, batch_boxes, batch_probs):
-                results[i] = self._faces(boxes, probs, scales[i])
+            try:
+                found = self._detect_group([shrunk[i] for i in indices])
+            except Exception:  # noqa: BLE001 - isolate the image at fault
+                found = [self._detect_alone(shrunk[i]) for i in indices]
+            for i, item in zip(indices, found):
+                results[i] = item if isinstance(item, Exception) else self._faces(*item, scales[i])
         return results
+
+    def _detect_group(self, images: list[np.ndarray]) -> list[tuple]:
+        batch_boxes, batch_probs = self.mtcnn.detect(np.stack(images))
+        return list(zip(batch_boxes, batch_probs))
+
+    def _detect_alone(self, image: np.ndarray) -> tuple | Exception:
+        try:
+            return self._detect_group([image])[0]
+        except Exception as exc:  # noqa: BLE001
+            return exc
 
     @staticmethod
     def _faces(boxes, probs, scale: float) -> list[DetectedFace]:

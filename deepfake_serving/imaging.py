@@ -7,9 +7,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from .errors import InputError
+from .errors import RequestError
+from .formats import ACCEPTED_IMAGES, image_format, video_container
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
@@ -19,13 +20,6 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000  # checked from the header, before any pixel is decoded
     min_side: int = 16
-
-
-def looks_like_video(data: bytes) -> bool:
-    """Container magic: MP4/MOV (ftyp at 4), AVI (RIFF....AVI), Matroska/WebM (EBML), Ogg, FLV."""
-    head = data[:12]
-    return (head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:11] == b"AVI")
-            or head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS") or head[:3] == b"FLV")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -44,36 +38,34 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Return an HxWx3 RGB uint8 array, upright per EXIF, or raise InputError."""
+    """Return an HxWx3 RGB uint8 array, upright per EXIF, or raise RequestError."""
     if not data:
-        raise InputError(400, "empty_body", "the request body is empty; send the image bytes as the body")
+        raise RequestError("empty_body", "the request body is empty; send the image bytes as the body")
     if len(data) > limits.max_bytes:
-        raise InputError(413, "body_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
-    if looks_like_video(data):
-        raise InputError(415, "video_sent_to_image_endpoint",
-                         "the body is a video; send videos to the video model ({variant}-video)")
+        raise RequestError("body_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    if video_container(data):
+        raise RequestError("video_sent_to_image_endpoint",
+                           "the body is a video; send videos to the model's video endpoint (its name ends in -video)")
+    fmt = image_format(data)
+    if fmt is None:
+        raise RequestError("unsupported_media", f"the body is not an accepted image ({ACCEPTED_IMAGES})")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:  # PIL refuses > 2x its own pixel limit while opening
-        raise InputError(413, "image_too_large", f"the image declares too many pixels: {exc}") from None
-    except UnidentifiedImageError:
-        raise InputError(415, "unsupported_media",
-                         "the body is not an image this server can decode (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
-    except Exception as exc:
-        raise InputError(400, "corrupt_image", f"the image header cannot be read: {exc}") from None
+        raise RequestError("image_too_large", f"the image declares too many pixels: {exc}") from None
+    except Exception as exc:  # the signature of an accepted format, but a header Pillow cannot read
+        raise RequestError("corrupt_image", f"the {fmt} header cannot be read: {exc}") from None
     width, height = img.size
     if width * height > limits.max_pixels:
-        raise InputError(413, "image_too_large",
-                         f"the image declares {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+        raise RequestError("image_too_large",
+                           f"the image declares {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
     if min(width, height) < limits.min_side:
-        raise InputError(422, "image_too_small", f"the image is {width}x{height}; each side must be at least {limits.min_side}")
+        raise RequestError("image_too_small", f"the image is {width}x{height}; each side must be at least {limits.min_side}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-    except InputError:
-        raise
     except Exception as exc:  # truncated data, bad chunks, zlib errors...
-        raise InputError(400, "corrupt_image", f"the image data is corrupt or truncated: {exc}") from None
+        raise RequestError("corrupt_image", f"the {fmt} data is corrupt or truncated: {exc}") from None

@@ -14,8 +14,8 @@ from torch import nn
 
 from .classifier import FaceScorer, as_scorer
 from .crops import center_square, fit_to_input, padded_crop
-from .errors import InputError
-from .faces import FaceDetector, image_detect_scale
+from .errors import RequestError, internal_error
+from .faces import FaceDetector, detectable, detection_size, image_detect_scale
 from .imaging import ImageLimits, decode_image
 from .schema import face_entry, image_response
 from .variants import Variant
@@ -32,6 +32,8 @@ class PreparedImage:
     crops: list[np.ndarray] = field(default_factory=list)
     source: str = "mtcnn"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)  # the decoded pixels, until the crops are cut
+    detect_scale: float = 1.0
 
     def metadata(self) -> dict:
         """Everything but the crops: what travels beside the face tensor between Triton models."""
@@ -57,36 +59,45 @@ class ImageFaceStage:
         self.max_faces = max_faces
         self.face_detector = FaceDetector(variant.preprocessing.faces)
 
-    def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | InputError]:
+    def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | RequestError]:
         """Decode every payload and detect faces over the whole batch; failures stay per item."""
-        prepared: list[PreparedImage | InputError] = []
-        images: dict[int, np.ndarray] = {}
-        for i, data in enumerate(payloads):
-            start = time.perf_counter()
-            try:
-                image = decode_image(data, self.limits)
-            except InputError as err:
-                prepared.append(err)
-                continue
-            images[i] = image
-            prepared.append(PreparedImage(image.shape[1], image.shape[0], timings_ms={"decode": _ms(start)}))
+        prepared: list[PreparedImage | RequestError] = [self._decode(data) for data in payloads]
+        images = {i: item for i, item in enumerate(prepared) if isinstance(item, PreparedImage)}
         if not images:
             return prepared
         start = time.perf_counter()
-        params = self.variant.preprocessing.faces
-        order = list(images)
-        detections = self.face_detector.detect(
-            [images[i] for i in order], [image_detect_scale(images[i].shape, params) for i in order]
-        )
-        detect_ms = _ms(start) / len(order)
-        for i, faces in zip(order, detections):
-            item = prepared[i]
+        detections = self.face_detector.detect([item.image for item in images.values()],
+                                               [item.detect_scale for item in images.values()])
+        detect_ms = _ms(start) / len(images)
+        for (i, item), faces in zip(images.items(), detections):
             start = time.perf_counter()
-            faces = sorted(faces, key=lambda f: -f.confidence)[: self.max_faces]
-            self._crop(item, images[i], faces)
+            try:
+                if isinstance(faces, Exception):
+                    raise faces
+                self._crop(item, item.image, sorted(faces, key=lambda f: -f.confidence)[: self.max_faces])
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
+                prepared[i] = internal_error(exc)
+                continue
+            finally:
+                item.image = None  # the crops are cut: the decoded pixels are not needed any more
             item.timings_ms["detect"] = detect_ms
             item.timings_ms["crop"] = _ms(start)
         return prepared
+
+    def _decode(self, data: bytes) -> PreparedImage | RequestError:
+        start = time.perf_counter()
+        try:
+            image = decode_image(data, self.limits)
+            scale = image_detect_scale(image.shape, self.variant.preprocessing.faces)
+            if not detectable(image.shape, scale, self.variant.preprocessing.faces):
+                w, h = detection_size(image.shape, scale)
+                raise RequestError("image_too_small", f"the image is {image.shape[1]}x{image.shape[0]}; faces are "
+                                   f"detected on a {w}x{h} copy, and each side of it must be at least "
+                                   f"{self.variant.preprocessing.faces.min_face_size} px")
+        except Exception as exc:  # noqa: BLE001 - RequestError as it is, anything else an internal error
+            return internal_error(exc)
+        return PreparedImage(image.shape[1], image.shape[0], image=image, detect_scale=scale,
+                             timings_ms={"decode": _ms(start)})
 
     def _crop(self, item: PreparedImage, image: np.ndarray, faces) -> None:
         pre = self.variant.preprocessing
@@ -136,7 +147,7 @@ class ImagePipeline:
         self.model_name = model_name or variant.name
         self.face_stage = ImageFaceStage(variant, limits, max_faces)
 
-    def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | InputError]:
+    def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | RequestError]:
         return self.face_stage.prepare(payloads)
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -148,30 +159,49 @@ class ImagePipeline:
                             threshold=self.variant.threshold, weights_trained=self.weights_trained)
 
     # -- whole pipeline -------------------------------------------------------
-    def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | InputError]:
-        """Answer a batch: the faces of every valid request share one forward pass."""
+    def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:
+        """Answer a batch: the faces of every valid request share one forward pass. Whatever fails
+        fails one request: a forward pass that raises is run again request by request."""
         prepared = self.prepare(payloads)
         valid = [p for p in prepared if isinstance(p, PreparedImage)]
         start = time.perf_counter()
-        scores = self.classify([crop for p in valid for crop in p.crops])
+        try:
+            scores = list(self._split(self.classify([crop for p in valid for crop in p.crops]), valid))
+        except Exception:  # noqa: BLE001
+            scores = [self._classify_alone(p) for p in valid]
         classify_ms = _ms(start)
-        results: list[dict | InputError] = []
-        offset = 0
+        results: list[dict | RequestError] = []
+        answers = iter(scores)
         for item in prepared:
-            if isinstance(item, InputError):
+            if isinstance(item, RequestError):
                 results.append(item)
                 continue
-            n = len(item.crops)
+            item_scores = next(answers)
+            if isinstance(item_scores, Exception):
+                results.append(internal_error(item_scores))
+                continue
             item.timings_ms["classify"] = classify_ms
             item.timings_ms["total"] = sum(item.timings_ms.values())
-            response = self.respond(item, scores[offset:offset + n])
+            response = self.respond(item, item_scores)
             response["batch_size"] = len(payloads)  # requests that shared this forward pass
             results.append(response)
-            offset += n
         return results
+
+    @staticmethod
+    def _split(scores: np.ndarray, items: Sequence[PreparedImage]):
+        offset = 0
+        for item in items:
+            yield scores[offset:offset + len(item.crops)]
+            offset += len(item.crops)
+
+    def _classify_alone(self, item: PreparedImage) -> np.ndarray | Exception:
+        try:
+            return self.classify(item.crops)
+        except Exception as exc:  # noqa: BLE001
+            return exc
 
     def predict(self, payload: bytes) -> dict:
         (result,) = self.predict_batch([payload])
-        if isinstance(result, InputError):
+        if isinstance(result, RequestError):
             raise result
         return result

@@ -42,7 +42,7 @@ def astronaut_jpeg() -> bytes:
 
 
 # -- videos made from the real photographs ------------------------------------------------
-VIDEO_CODECS = {"mp4": "libx264", "mov": "libx264", "mkv": "libx264", "avi": "mpeg4", "webm": "libvpx"}
+VIDEO_CODECS = {"mp4": "libx264", "mov": "libx264", "mkv": "libx264", "avi": "mpeg4", "webm": "libvpx", "ts": "libx264"}
 
 
 def _place(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
@@ -88,7 +88,7 @@ def encode_video(frames: list[np.ndarray], fmt: str = "mp4", fps: float = 25, ti
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format={"mkv": "matroska", "mov": "mov"}.get(fmt, fmt)) as container:
+    with av.open(buf, mode="w", format={"mkv": "matroska", "mov": "mov", "ts": "mpegts"}.get(fmt, fmt)) as container:
         stream = container.add_stream(codec or VIDEO_CODECS[fmt], rate=fractions.Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import av
 import numpy as np
 
-from .errors import InputError
-from .imaging import looks_like_video
+from .errors import RequestError
+from .formats import ACCEPTED_VIDEOS, image_format, video_container
 
 SAMPLING_STRATEGIES = ("linspace", "every_nth", "all")
 
 
 @dataclass(frozen=True)
 class VideoLimits:
+    """Bounds that hold whatever the file claims: the header is checked first (cheap refusals),
+    then every decoded frame (the header may lie)."""
+
     max_bytes: int = 100 * 1024 * 1024
     max_duration_s: float = 600.0
     max_frames_analyzed: int = 300
-    max_pixels: int = 4096 * 2304  # 4K UHD and DCI 4K pass
-    max_frames_per_sample: int = 300
+    max_pixels: int = 4096 * 2304  # per frame; 4K UHD and DCI 4K pass
+    # Every frame decoded counts, sampled or not: 300 4K frames are 2.65e9 pixels.
+    max_decoded_pixels: int = 3_000_000_000
 
 
 @dataclass(frozen=True)
@@ -33,15 +38,15 @@ class Sampling:
 
     def validate(self, limits: VideoLimits) -> "Sampling":
         if self.strategy not in SAMPLING_STRATEGIES:
-            raise InputError(400, "bad_sampling", f"sampling must be one of {', '.join(SAMPLING_STRATEGIES)}")
+            raise RequestError("bad_sampling", f"sampling must be one of {', '.join(SAMPLING_STRATEGIES)}")
         if self.strategy == "linspace" and not 1 <= self.frames <= limits.max_frames_analyzed:
-            raise InputError(400, "bad_sampling", f"frames must be between 1 and {limits.max_frames_analyzed}")
+            raise RequestError("bad_sampling", f"frames must be between 1 and {limits.max_frames_analyzed}")
         if self.strategy == "every_nth" and self.every < 1:
-            raise InputError(400, "bad_sampling", "every must be at least 1")
+            raise RequestError("bad_sampling", "every must be at least 1")
         return self
 
     def indices(self, frame_count: int) -> list[int]:
-        """Frame indices in order, without repeats.
+        """Frame indices in order, without repeats (for linspace at most ``frames`` of them).
 
         linspace follows the DFDC reference: ``linspace(0, n - 1, 32)`` truncated to
         int. The reference keeps repeated indices for clips shorter than 32 frames
@@ -51,120 +56,207 @@ class Sampling:
         if frame_count <= 0:
             return []
         if self.strategy == "linspace":
-            idx = np.linspace(0, frame_count - 1, self.frames, endpoint=True).astype(int)
+            idx = np.linspace(0, frame_count - 1, self.frames, endpoint=True).astype(np.int64)
             return sorted(set(int(i) for i in idx))
-        if self.strategy == "every_nth":
-            return list(range(0, frame_count, self.every))
-        return list(range(frame_count))
+        return list(range(0, frame_count, self.every if self.strategy == "every_nth" else 1))
+
+    def count(self, frame_count: int) -> int:
+        """How many frames ``indices`` selects, without building the list (headers can claim 2**32 frames)."""
+        if frame_count <= 0:
+            return 0
+        if self.strategy == "linspace":
+            return len(self.indices(frame_count))
+        step = self.every if self.strategy == "every_nth" else 1
+        return -(-frame_count // step)
+
+    def selects(self, index: int, frame_count: int, linspace_set: frozenset[int]) -> bool:
+        if index >= frame_count:
+            return False
+        if self.strategy == "linspace":
+            return index in linspace_set
+        return self.strategy == "all" or index % self.every == 0
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    index: int
+    timestamp: float  # seconds, from the frame's own pts (correct for variable frame rate)
+    image: np.ndarray  # upright RGB uint8
+
+
+@dataclass
+class VideoInfo:
+    frame_count: int  # from the header, or counted from packets where the container stores none
+    fps: float
+    duration_s: float
+    planned: int  # frames the sampling selects from frame_count
+    width: int = 0  # of the upright frames, once one is decoded
+    height: int = 0
+    rotation: int = 0
+    decoded: int = 0  # frames decoded so far (sampled or not)
+    header_size: str = ""  # what the header claims, for messages
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DecodedVideo:
-    frames: list[np.ndarray]  # upright RGB uint8, one per sampled index that could be decoded
-    indices: list[int]
-    timestamps: list[float]  # seconds, from each frame's own pts (correct for variable frame rate)
-    frame_count: int
-    fps: float
-    duration_s: float
-    width: int
-    height: int
-    rotation: int
-    notes: list[str] = field(default_factory=list)
+    """Every sampled frame held in memory: for tests and tools on small clips (serving streams)."""
+
+    info: VideoInfo
+    sampled: list[SampledFrame]
+
+    @property
+    def frames(self) -> list[np.ndarray]:
+        return [f.image for f in self.sampled]
+
+    @property
+    def indices(self) -> list[int]:
+        return [f.index for f in self.sampled]
+
+    @property
+    def timestamps(self) -> list[float]:
+        return [f.timestamp for f in self.sampled]
 
 
 def _open(data: bytes):
+    """Open with the one demuxer the signature names; refuse anything else before FFmpeg sees it."""
     if not data:
-        raise InputError(400, "empty_body", "the request body is empty; send the video bytes as the body")
+        raise RequestError("empty_body", "the request body is empty; send the video bytes as the body")
+    if image_format(data):
+        raise RequestError("image_sent_to_video_endpoint",
+                           "this endpoint analyses videos; send still images to the image model")
+    container_format = video_container(data)
+    if container_format is None:
+        raise RequestError("unsupported_media", f"the body is not an accepted video ({ACCEPTED_VIDEOS})")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        return av.open(io.BytesIO(data), mode="r", format=container_format)
     except av.error.FFmpegError as exc:
-        code = 415 if not looks_like_video(data) else 400
-        name = "unsupported_media" if code == 415 else "corrupt_video"
-        raise InputError(code, name, f"the body is not a readable video (MP4, MOV, AVI, WebM, MKV): {exc}") from None
-    if container.format.name.split(",")[0] in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe",
-                                                 "tiff_pipe", "gif", "gif_pipe"):
-        container.close()
-        raise InputError(415, "image_sent_to_video_endpoint",
-                         "this endpoint analyses videos; send still images to the image model")
-    return container
+        raise RequestError("corrupt_video", f"the {container_format} container cannot be read: {exc}") from None
 
 
-def _frame_count(container, stream) -> int:
+def _frame_count(data: bytes, container, stream) -> int:
     if stream.frames:
         return int(stream.frames)
-    # Matroska/WebM and some AVIs do not store a count: count packets without decoding.
-    count = sum(1 for packet in container.demux(stream) if packet.size)
-    container.seek(0)
-    return count
+    # Matroska/WebM and some AVIs store no count: count packets without decoding (bounded by the body
+    # size), on a second demuxer, so the one that decodes never has to seek back.
+    with av.open(io.BytesIO(data), mode="r", format=container.format.name.split(",")[0]) as counting:
+        return sum(1 for packet in counting.demux(counting.streams[stream.index]) if packet.size)
+
+
+class VideoStream:
+    """An opened video: its header checked against the limits, then its sampled frames decoded one at a
+    time (``frames()``), every decoded frame checked again, so memory follows the frames in use, not the clip."""
+
+    def __init__(self, data: bytes, sampling: Sampling = Sampling(), limits: VideoLimits = VideoLimits()):
+        if len(data) > limits.max_bytes:
+            raise RequestError("body_too_large", f"the video is {len(data)} bytes; the limit is {limits.max_bytes}")
+        self.sampling, self.limits = sampling.validate(limits), limits
+        self.container = _open(data)
+        try:
+            self.info = self._check_header(data)
+        except av.error.FFmpegError as exc:
+            self.container.close()
+            raise RequestError("corrupt_video", f"the video's header cannot be read: {exc}") from None
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _check_header(self, data: bytes) -> VideoInfo:
+        limits, container = self.limits, self.container
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams})
+            if not kinds:
+                raise RequestError("corrupt_video", "the container declares no stream (a corrupt or missing index)")
+            raise RequestError("no_video_stream", f"the file has no video stream (it holds {', '.join(kinds)})")
+        self.stream = stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise RequestError("unsupported_media", "the video stream's codec is not one "
+                               "this server decodes")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > limits.max_pixels:
+            raise RequestError("frame_too_large", f"frames are {width}x{height}; the limit is {limits.max_pixels} pixels")
+        duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+        if duration > limits.max_duration_s:
+            raise RequestError("video_too_long",
+                               f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:.0f} s")
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        frame_count = _frame_count(data, container, stream)
+        planned = self.sampling.count(frame_count)
+        if not planned:
+            raise RequestError("empty_video", "the video stream holds no frames")
+        self._too_many(planned, "selects")
+        return VideoInfo(frame_count, fps, duration, planned, header_size=f"{width}x{height}")
+
+    def _too_many(self, count: int, verb: str) -> None:
+        if count > self.limits.max_frames_analyzed:
+            raise RequestError("too_many_frames", f"the sampling {verb} {count} frames; the limit is "
+                               f"{self.limits.max_frames_analyzed} (use sampling=linspace or a larger every=)")
+
+    def frames(self) -> Iterator[SampledFrame]:
+        """The sampled frames, upright, in order. Raises RequestError at the first frame over a limit."""
+        info, limits, sampling = self.info, self.limits, self.sampling
+        linspace = frozenset(sampling.indices(info.frame_count)) if sampling.strategy == "linspace" else frozenset()
+        last = max(linspace) if linspace else info.frame_count - 1
+        self.stream.thread_type = "AUTO"
+        decoded_pixels, sampled, index = 0, 0, -1
+        try:
+            for frame in self.container.decode(self.stream):
+                index += 1
+                info.decoded = index + 1
+                pixels = frame.width * frame.height
+                if pixels > limits.max_pixels:
+                    raise RequestError("frame_too_large", f"frame {index} is {frame.width}x{frame.height}; the limit "
+                                       f"is {limits.max_pixels} pixels (the header said {info.header_size})")
+                decoded_pixels += pixels
+                if decoded_pixels > limits.max_decoded_pixels:
+                    raise RequestError("decode_budget_exceeded", f"decoding frame {index} passes the budget of "
+                                       f"{limits.max_decoded_pixels} decoded pixels per request")
+                timestamp = float(frame.time) if frame.time is not None else index / info.fps if info.fps else 0.0
+                if timestamp > limits.max_duration_s:
+                    raise RequestError("video_too_long", f"frame {index} is at {timestamp:.1f} s; the limit is "
+                                       f"{limits.max_duration_s:.0f} s")
+                if sampling.selects(index, info.frame_count, linspace):
+                    sampled += 1
+                    self._too_many(sampled, "reaches")
+                    info.rotation = int(getattr(frame, "rotation", 0) or 0)
+                    image = _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+                    info.height, info.width = image.shape[:2]
+                    yield SampledFrame(index, timestamp, image)
+                if index >= last:
+                    break
+        except av.error.FFmpegError as exc:
+            if not sampled:
+                raise RequestError("corrupt_video", f"no frame of the video could be decoded: {exc}") from None
+            info.notes.append(f"decoding stopped at frame {index + 1} of {info.frame_count}: {exc}")
+        if not sampled:
+            raise RequestError("empty_video", "no frame of the video could be decoded")
+        if index < last and not info.notes:
+            info.notes.append(f"the stream ended after {index + 1} of {info.frame_count} announced frames")
+        announced = round(info.duration_s * info.fps)
+        if info.frame_count < announced - 1:
+            info.notes.append(f"the stream holds {info.frame_count} frames but its header announces about {announced} "
+                              f"({info.duration_s:.2f} s at {info.fps:g} fps): the file looks truncated")
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def decode_video(data: bytes, sampling: Sampling = Sampling(), limits: VideoLimits = VideoLimits()) -> DecodedVideo:
-    """Decode the sampled frames of a video, or raise InputError saying what is wrong with it."""
-    if len(data) > limits.max_bytes:
-        raise InputError(413, "body_too_large", f"the video is {len(data)} bytes; the limit is {limits.max_bytes}")
-    sampling.validate(limits)
-    container = _open(data)
-    try:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
-            raise InputError(422, "no_video_stream", f"the file has no video stream (it holds {', '.join(kinds)})")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > limits.max_pixels:
-            raise InputError(413, "frame_too_large", f"frames are {width}x{height}; the limit is {limits.max_pixels} pixels")
-        duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
-        if duration > limits.max_duration_s:
-            raise InputError(413, "video_too_long", f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:.0f} s")
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-        frame_count = _frame_count(container, stream)
-        wanted = sampling.indices(frame_count)
-        if not wanted:
-            raise InputError(422, "empty_video", "the video stream holds no frames")
-        if len(wanted) > limits.max_frames_analyzed:
-            raise InputError(413, "too_many_frames", f"the sampling selects {len(wanted)} frames; the limit is "
-                             f"{limits.max_frames_analyzed} (use sampling=linspace or a larger every=)")
-        video = _decode_frames(container, stream, wanted, frame_count, fps, duration, width, height)
-        announced = round(duration * fps)
-        if frame_count < announced - 1:
-            video.notes.append(f"the stream holds {frame_count} frames but its header announces about {announced} "
-                               f"({duration:.2f} s at {fps:g} fps): the file looks truncated")
-        return video
-    finally:
-        container.close()
+    """Decode and keep every sampled frame (small clips in tests and tools), or raise RequestError."""
+    with VideoStream(data, sampling, limits) as video:
+        return DecodedVideo(video.info, list(video.frames()))
 
 
 def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
     """Apply display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it)."""
     turns = (rotation // 90) % 4
     return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
-
-
-def _decode_frames(container, stream, wanted, frame_count, fps, duration, width, height) -> DecodedVideo:
-    stream.thread_type = "AUTO"
-    wanted_set, last = set(wanted), wanted[-1]
-    frames, indices, timestamps, notes = [], [], [], []
-    rotation = 0
-    index = -1
-    try:
-        for frame in container.decode(stream):
-            index += 1
-            if index in wanted_set:
-                rotation = int(getattr(frame, "rotation", 0) or 0)
-                frames.append(_upright(frame.to_ndarray(format="rgb24"), rotation))
-                indices.append(index)
-                timestamps.append(float(frame.time) if frame.time is not None else index / fps if fps else 0.0)
-            if index >= last:
-                break
-    except av.error.FFmpegError as exc:
-        if not frames:
-            raise InputError(400, "corrupt_video", f"no frame of the video could be decoded: {exc}") from None
-        notes.append(f"decoding stopped at frame {index + 1} of {frame_count}: {exc}")
-    if not frames:
-        raise InputError(422, "empty_video", "no frame of the video could be decoded")
-    if index + 1 < frame_count and not notes and indices[-1] < last:
-        notes.append(f"the stream ended after {index + 1} of {frame_count} announced frames")
-    h, w = frames[0].shape[:2]
-    return DecodedVideo(frames, indices, timestamps, frame_count, fps, duration, w, h, rotation, notes)
 
 
 def iter_frames(data: bytes):

@@ -4,8 +4,9 @@ mean across models. Backend-agnostic; progress goes to an optional callback."""
 
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from torch import nn
@@ -13,12 +14,18 @@ from torch import nn
 from .aggregation import confident_strategy, label_for
 from .classifier import FaceScorer, as_scorer
 from .crops import fit_to_input, padded_crop
-from .faces import FaceDetector
+from .errors import RequestError
+from .faces import FaceDetector, detectable
 from .schema import SCHEMA_VERSION, face_entry
 from .variants import Variant
-from .video import DecodedVideo, Sampling, VideoLimits, decode_video
+from .video import DecodedVideo, SampledFrame, Sampling, VideoInfo, VideoLimits, VideoStream
 
 Progress = Callable[[dict], None]
+EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
 
 
 class VideoPipeline:
@@ -47,66 +54,78 @@ class VideoPipeline:
 
     def analyze(self, data: bytes, sampling: Sampling = Sampling(), progress: Progress | None = None,
                 progress_every: int = 8) -> dict:
-        """Analyse a video; raises InputError for what cannot be analysed."""
+        """Analyse a video as it decodes: each chunk of sampled frames is detected and cropped, then
+        dropped, so memory holds one chunk of frames and the face pool. Raises RequestError."""
         start = time.perf_counter()
-        video = decode_video(data, sampling, self.limits)
-        decode_ms = (time.perf_counter() - start) * 1000
-        return self.analyze_decoded(video, sampling, progress, progress_every, decode_ms)
+        with VideoStream(data, sampling, self.limits) as video:
+            return self._analyze(video.info, video.frames(), sampling, progress, progress_every, start)
 
     def analyze_decoded(self, video: DecodedVideo, sampling: Sampling = Sampling(), progress: Progress | None = None,
-                        progress_every: int = 8, decode_ms: float = 0.0) -> dict:
-        """Analyse frames already decoded (the part of the procedure after decoding)."""
-        emit = progress or (lambda event: None)
-        start = time.perf_counter()
-        timings: dict[str, float] = {"decode": decode_ms}
-        total = len(video.frames)
-        emit({"event": "decoded", "frames_total": total, "frame_count": video.frame_count})
+                        progress_every: int = 8) -> dict:
+        """Analyse frames already decoded (tests compare them with the reference procedure)."""
+        return self._analyze(video.info, iter(video.sampled), sampling, progress, progress_every, time.perf_counter())
 
+    def _analyze(self, info: VideoInfo, frames: Iterator[SampledFrame], sampling: Sampling,
+                 progress: Progress | None, progress_every: int, start: float) -> dict:
+        emit = progress or (lambda event: None)
+        emit({"event": "decoded", "frames_total": info.planned, "frame_count": info.frame_count})
         pre = self.variant.preprocessing
         scale = pre.faces.frame_detect_scale
+        analysed: list[SampledFrame] = []  # their images are dropped once cropped
         frame_faces: list[list] = []
         crops, owners = [], []  # the face pool, in frame order, and the frame each face came from
-        detect_ms = crop_ms = 0.0
-        for first in range(0, total, self.detect_batch):
-            chunk = video.frames[first:first + self.detect_batch]
+        timings = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+        while True:
             t = time.perf_counter()
-            detections = self.face_detector.detect(chunk, [scale] * len(chunk))
-            detect_ms += (time.perf_counter() - t) * 1000
+            chunk = list(itertools.islice(frames, self.detect_batch))
+            timings["decode"] += _ms(t)
+            if not chunk:
+                break
+            for frame in chunk:
+                if not detectable(frame.image.shape, scale, pre.faces):
+                    raise RequestError("frame_too_small", f"frame {frame.index} is {frame.image.shape[1]}x"
+                                       f"{frame.image.shape[0]}: faces are detected at {scale:g}x and need "
+                                       f"{pre.faces.min_face_size} px on each side")
             t = time.perf_counter()
-            for offset, (frame, faces) in enumerate(zip(chunk, detections)):
+            detections = self.face_detector.detect([f.image for f in chunk], [scale] * len(chunk))
+            timings["detect"] += _ms(t)
+            t = time.perf_counter()
+            for frame, faces in zip(chunk, detections):
+                if isinstance(faces, Exception):
+                    raise faces
                 kept = []
                 for face in faces:
-                    crop = padded_crop(frame, face.box, pre.faces.crop_margin)
+                    crop = padded_crop(frame.image, face.box, pre.faces.crop_margin)
                     if crop.size == 0:
                         continue
                     kept.append(face)
                     if len(crops) < self.max_faces:
                         crops.append(fit_to_input(crop, pre.input_size, pre.resize))
-                        owners.append((first + offset, len(kept) - 1))
+                        owners.append((len(analysed), len(kept) - 1))
+                analysed.append(SampledFrame(frame.index, frame.timestamp, EMPTY))
                 frame_faces.append(kept)
-            crop_ms += (time.perf_counter() - t) * 1000
-            done = min(first + self.detect_batch, total)
-            if done % progress_every < len(chunk) or done == total:
-                emit({"event": "progress", "phase": "detect", "frames_done": done, "frames_total": total,
+            timings["crop"] += _ms(t)
+            done = len(analysed)
+            if done % progress_every < len(chunk) or len(chunk) < self.detect_batch:  # or the last chunk
+                emit({"event": "progress", "phase": "detect", "frames_done": done, "frames_total": info.planned,
                       "faces_so_far": sum(len(f) for f in frame_faces)})
-        timings["detect"], timings["crop"] = detect_ms, crop_ms
-
+            del chunk, detections
         t = time.perf_counter()
         per_model = self.classifier.scores(crops)  # (models, faces)
-        timings["classify"] = (time.perf_counter() - t) * 1000
+        timings["classify"] = _ms(t)
         emit({"event": "progress", "phase": "classify", "faces_classified": len(crops)})
-        timings["total"] = decode_ms + (time.perf_counter() - start) * 1000
-        return self._response(video, sampling, frame_faces, owners, per_model, timings)
+        timings["total"] = _ms(start)
+        return self._response(info, analysed, sampling, frame_faces, owners, per_model, timings)
 
-    def _response(self, video, sampling, frame_faces, owners, per_model, timings) -> dict:
+    def _response(self, info, analysed, sampling, frame_faces, owners, per_model, timings) -> dict:
         face_scores = per_model.mean(axis=0) if per_model.size else np.zeros(0)
         by_frame: dict[tuple[int, int], float] = {owner: float(s) for owner, s in zip(owners, face_scores)}
         frames = []
-        for i, (index, ts, faces) in enumerate(zip(video.indices, video.timestamps, frame_faces)):
+        for i, (frame, faces) in enumerate(zip(analysed, frame_faces)):
             entries = [face_entry(f.box, f.confidence, by_frame[(i, j)], "mtcnn")
                        for j, f in enumerate(faces) if (i, j) in by_frame]
             scores = [e["fake_probability"] for e in entries]
-            frames.append({"index": index, "timestamp": round(ts, 4), "score": max(scores) if scores else None,
+            frames.append({"index": frame.index, "timestamp": round(frame.timestamp, 4), "score": max(scores) if scores else None,
                            "faces": entries, "faces_detected": len(faces)})
         if per_model.shape[1]:
             score = float(np.mean([confident_strategy(model_scores) for model_scores in per_model]))
@@ -115,7 +134,7 @@ class VideoPipeline:
         threshold = self.variant.threshold
         frame_scores = [f["score"] for f in frames if f["score"] is not None]
         total_faces = sum(len(f) for f in frame_faces)
-        notes = list(video.notes)
+        notes = list(info.notes)
         if score is None:
             notes.append(f"no face was found in the {len(frames)} analysed frames: no verdict")
         if total_faces > len(owners):
@@ -130,11 +149,11 @@ class VideoPipeline:
             "threshold": threshold,
             "decision_rule": "confident_strategy, mean across checkpoints",
             "checkpoints_averaged": len(per_model),
-            "frame_count": video.frame_count,
+            "frame_count": info.frame_count,
             "frames_analyzed": len(frames),
-            "fps": round(video.fps, 3),
-            "duration_s": round(video.duration_s, 3),
-            "video": {"width": video.width, "height": video.height, "rotation": video.rotation},
+            "fps": round(info.fps, 3),
+            "duration_s": round(info.duration_s, 3),
+            "video": {"width": info.width, "height": info.height, "rotation": info.rotation},
             "sampling": {"strategy": sampling.strategy, "frames": sampling.frames, "every": sampling.every},
             "frames": frames,
             "metrics": {

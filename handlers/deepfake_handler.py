@@ -3,7 +3,9 @@
 The archive's model-config.yaml says ``handler.media``: ``image`` archives are
 batch-aware (the faces of every request in a server-side batch share one
 forward pass), ``video`` archives analyse one clip per request and can stream
-progress. A bad request fails alone with its own 4xx and JSON error.
+progress. A bad request fails alone with its own 4xx and JSON error, and
+anything that goes wrong while answering one request (a detector or
+classifier fault) fails that request alone with 500 ``internal_error``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from deepfake_serving.bundle import load_bundle, load_video_bundle
-from deepfake_serving.errors import InputError
+from deepfake_serving.errors import RequestError, internal_error
 from deepfake_serving.runtime import set_torch_threads
-from deepfake_serving.video import Sampling
+from deepfake_serving.video import Sampling, VideoLimits
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def request_bytes(row: dict) -> bytes:
         return bytes(value)
     if isinstance(value, str) and not value:
         return b""
-    raise InputError(415, "unsupported_media",
+    raise RequestError("unsupported_media",
                      "send the image as the raw request body or a multipart file, not as text or JSON")
 
 
@@ -57,7 +59,7 @@ def video_request(row: dict, headers: dict[str, str]) -> tuple[bytes, Sampling, 
             every=int(request_field(row, headers, "every", "10")),
         )
     except ValueError:
-        raise InputError(400, "bad_sampling", "frames and every must be integers") from None
+        raise RequestError("bad_sampling", "frames and every must be integers") from None
     stream = request_field(row, headers, "stream", "false").lower() in ("1", "true", "yes")
     return request_bytes(row), sampling, stream
 
@@ -70,8 +72,10 @@ class DeepfakeHandler(BaseHandler):
         self.media = config.get("media", "image")
         model_dir = properties.get("model_dir")
         if self.media == "video":
-            # The face pool cap (DFDC: 127) can be set per archive in model-config.yaml.
-            self.pipeline = load_video_bundle(model_dir, model_name=context.model_name,
+            # The face pool cap (DFDC: 127) and the decoded-pixel budget can be set per archive.
+            limits = VideoLimits(max_decoded_pixels=int(config.get("max_decoded_pixels",
+                                                                   VideoLimits.max_decoded_pixels)))
+            self.pipeline = load_video_bundle(model_dir, model_name=context.model_name, limits=limits,
                                               max_faces=int(config.get("max_faces", 127)))
         else:
             self.pipeline = load_bundle(model_dir, model_name=context.model_name)
@@ -90,15 +94,18 @@ class DeepfakeHandler(BaseHandler):
                     payloads.append(video_request(row, headers))
                 else:
                     payloads.append(request_bytes(row))
-            except InputError as err:
-                payloads.append(err)
+            except Exception as err:  # noqa: BLE001 - this request fails alone
+                payloads.append(internal_error(err))
         return payloads
 
     def inference(self, payloads, *args, **kwargs):
         if self.media == "video":
-            return [p if isinstance(p, InputError) else self._analyze_video(i, *p) for i, p in enumerate(payloads)]
-        valid = [i for i, p in enumerate(payloads) if not isinstance(p, InputError)]
-        answers = self.pipeline.predict_batch([payloads[i] for i in valid])
+            return [p if isinstance(p, RequestError) else self._analyze_video(i, *p) for i, p in enumerate(payloads)]
+        valid = [i for i, p in enumerate(payloads) if not isinstance(p, RequestError)]
+        try:
+            answers = self.pipeline.predict_batch([payloads[i] for i in valid])
+        except Exception as err:  # noqa: BLE001 - predict_batch isolates requests; this is the last resort
+            answers = [internal_error(err)] * len(valid)
         results = list(payloads)
         for i, answer in zip(valid, answers):
             results[i] = answer
@@ -115,14 +122,14 @@ class DeepfakeHandler(BaseHandler):
 
         try:
             return self.pipeline.analyze(data, sampling, progress=send if stream else None)
-        except InputError as err:
-            return err
+        except Exception as err:  # noqa: BLE001 - RequestError as it is, a fault of ours as internal_error
+            return internal_error(err)
 
     def postprocess(self, results):
         out = []
         for idx, result in enumerate(results):
             self.context.set_response_content_type(idx, JSON)
-            if isinstance(result, InputError):
+            if isinstance(result, RequestError):
                 self.context.set_response_status(result.status, result.code, idx=idx)
                 out.append(json.dumps(result.to_dict()))
             else:

@@ -1,16 +1,16 @@
-"""Decoding of untrusted bytes: every bad input is a clear InputError, every odd one decodes right."""
+"""Decoding of untrusted bytes: every bad input is a clear RequestError, every odd one decodes right."""
 
 import numpy as np
 import pytest
 
 import media
 from deepfake_serving import samples
-from deepfake_serving.errors import InputError
+from deepfake_serving.errors import RequestError
 from deepfake_serving.imaging import ImageLimits, decode_image
 
 
-def error_of(data: bytes, limits: ImageLimits = ImageLimits()) -> InputError:
-    with pytest.raises(InputError) as err:
+def error_of(data: bytes, limits: ImageLimits = ImageLimits()) -> RequestError:
+    with pytest.raises(RequestError) as err:
         decode_image(data, limits)
     return err.value
 

@@ -6,7 +6,7 @@ import pytest
 import media
 from conftest import box_inside
 from deepfake_serving import samples
-from deepfake_serving.errors import InputError
+from deepfake_serving.errors import RequestError
 from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.variants import create_model, get_variant
 
@@ -49,8 +49,8 @@ def test_center_crop_fallback_for_b4_ff(no_face_jpeg):
 
 def test_batch_isolates_bad_requests_and_matches_single_answers(pipeline, astronaut_jpeg, two_faces_jpeg):
     batch = pipeline.predict_batch([astronaut_jpeg, b"", media.truncated_jpeg(), two_faces_jpeg])
-    assert isinstance(batch[1], InputError) and batch[1].status == 400
-    assert isinstance(batch[2], InputError) and batch[2].code == "corrupt_image"
+    assert isinstance(batch[1], RequestError) and batch[1].status == 400
+    assert isinstance(batch[2], RequestError) and batch[2].code == "corrupt_image"
     alone = [pipeline.predict(astronaut_jpeg), pipeline.predict(two_faces_jpeg)]
     for batched, single in zip([batch[0], batch[3]], alone):
         assert [f["box"] for f in batched["faces"]] == [f["box"] for f in single["faces"]]

@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from deepfake_serving import runtime
-from deepfake_serving.errors import InputError
+from deepfake_serving.errors import RequestError, internal_error
 
 
 def parameters(args: dict) -> dict[str, str]:
@@ -33,10 +33,10 @@ def input_bytes(request, name: str) -> bytes:
     """The single bytes element of a TYPE_STRING input of shape [1]."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
-        raise InputError(400, "missing_input", f"the request has no {name} input")
+        raise RequestError("missing_input", f"the request has no {name} input")
     values = tensor.as_numpy().reshape(-1)
     if values.size != 1:
-        raise InputError(400, "bad_input_shape", f"{name} must hold exactly one element, got {values.size}")
+        raise RequestError("bad_input_shape", f"{name} must hold exactly one element, got {values.size}")
     value = values[0]
     return value if isinstance(value, bytes) else str(value).encode()
 
@@ -50,13 +50,11 @@ def optional_scalar(request, name: str, default):
 
 
 def error_response(err: Exception) -> "pb_utils.InferenceResponse":
-    """A client error keeps our code/message/status as JSON in Triton's message (Triton answers 400);
-    anything else is an internal error that fails this request only."""
-    if isinstance(err, InputError):
-        return pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(json.dumps(err.to_dict()["error"]), pb_utils.TritonError.INVALID_ARG))
-    body = {"code": "internal_error", "message": f"{type(err).__name__}: {err}", "status": 500}
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(json.dumps(body)))
+    """Our code/message/status as JSON in Triton's message, for this request only: a client error as
+    INVALID_ARG (Triton answers 400), a fault of ours as INTERNAL (500). The clients read the status."""
+    error = internal_error(err)
+    kind = pb_utils.TritonError.INVALID_ARG if error.status < 500 else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(json.dumps(error.to_dict()["error"]), kind))
 
 
 def json_tensor(name: str, value) -> "pb_utils.Tensor":

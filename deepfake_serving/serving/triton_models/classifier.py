@@ -46,19 +46,30 @@ class TritonPythonModel:
                            "variant": manifest["variant"]}
 
     def execute(self, requests):
+        """One ONNX call for the whole dynamic batch; if it fails, each request runs alone, so a
+        request that cannot run fails by itself and its neighbours are answered."""
         try:
             faces = [pb_utils.get_input_tensor_by_name(r, "FACES").as_numpy() for r in requests]
             probabilities = self.session.run(None, {self.input_name: np.concatenate(faces)})[0]
-        except Exception as err:  # noqa: BLE001 - fails this batch, never the stub
-            return [error_response(err) for _ in requests]
+        except Exception:  # noqa: BLE001
+            return [self._alone(r) for r in requests]
         responses, offset = [], 0
         for batch in faces:
-            n = len(batch)
-            checkpoint = np.array([[json.dumps(self.checkpoint).encode()]] * n, dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("FAKE_PROBABILITY", probabilities[offset:offset + n].astype(np.float32)),
-                pb_utils.Tensor("CHECKPOINT", checkpoint),
-            ]))
-            offset += n
+            responses.append(self._response(probabilities[offset:offset + len(batch)]))
+            offset += len(batch)
         return responses
+
+    def _alone(self, request) -> "pb_utils.InferenceResponse":
+        try:
+            faces = pb_utils.get_input_tensor_by_name(request, "FACES").as_numpy()
+            return self._response(self.session.run(None, {self.input_name: faces})[0])
+        except Exception as err:  # noqa: BLE001 - fails this request, never the stub
+            return error_response(err)
+
+    def _response(self, probabilities: np.ndarray) -> "pb_utils.InferenceResponse":
+        checkpoint = np.array([[json.dumps(self.checkpoint).encode()]] * len(probabilities), dtype=np.object_)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("FAKE_PROBABILITY", probabilities.astype(np.float32)),
+            pb_utils.Tensor("CHECKPOINT", checkpoint),
+        ])
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deepfake_serving.errors import InputError
+from deepfake_serving.errors import RequestError
 from deepfake_serving.variants import get_variant
 from deepfake_serving.video import Sampling
 from deepfake_serving.video_pipeline import VideoPipeline
@@ -59,7 +59,7 @@ class TritonPythonModel:
                                         frames=int(optional_scalar(request, "FRAMES", 32)),
                                         every=int(optional_scalar(request, "EVERY", 10)))
                 except ValueError:
-                    raise InputError(400, "bad_sampling", "frames and every must be integers") from None
+                    raise RequestError("bad_sampling", "frames and every must be integers") from None
                 answer = self.pipeline.analyze(input_bytes(request, "VIDEO"), sampling)
                 answer["version"] = self.classifier.checkpoint["version"]
                 answer["weights_trained"] = self.classifier.checkpoint["trained"]
