@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -264,6 +265,8 @@ def cmd_visualize(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfake-serving", description=__doc__)
+    parser.add_argument("--key-file", help="the server's API keys (default: $DEEPFAKE_KEY_FILE, else the key file "
+                        f"of a server started with the default --workdir, {DEFAULT_WORKDIR} or {DEFAULT_TRITON_WORKDIR})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
@@ -376,8 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _use_key_file(args) -> None:
+    """Clients find their server's keys through $DEEPFAKE_KEY_FILE (deepfake_serving.serving.auth)."""
+    default = Path(DEFAULT_TRITON_WORKDIR if getattr(args, "backend", "") == "triton" else DEFAULT_WORKDIR)
+    key_file = args.key_file or os.environ.get("DEEPFAKE_KEY_FILE") or default / "key_file.json"
+    if Path(key_file).exists():
+        os.environ["DEEPFAKE_KEY_FILE"] = str(Path(key_file).resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _use_key_file(args)
     return args.func(args)
 
 

@@ -54,6 +54,8 @@ CATALOGUE: dict[str, ErrorKind] = {
     "request_too_large": ErrorKind(413, "server", "body over the server's `max_request_size` (100 MB), answered "
                                    "by TorchServe's transport, gRPC or nginx before any handler"),
     "headers_too_large": ErrorKind(431, "server", "request headers over the front's limit"),
+    "unauthorized": ErrorKind(401, "server", "no or a wrong API key (TorchServe answers 400 InvalidKeyException, "
+                              "Triton 400/UNAVAILABLE for a restricted API)"),
     "model_not_found": ErrorKind(404, "server", "no such model or version"),
     "worker_failed": ErrorKind(503, "server", "the worker died or could not answer (TorchServe 503, Triton "
                                "stub lost); the request can be retried"),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from ..errors import CATALOGUE, error_body
+from ..serving.auth import ServerKeys
 from .routing import Split
 
 # Where `make install` unpacks Debian's nginx package when no nginx is installed system-wide.
@@ -25,9 +27,30 @@ def nginx_binary() -> Path | None:
     return Path(found) if found else (BUNDLED if BUNDLED.exists() else None)
 
 
-def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path) -> str:
-    """nginx.conf: POST /predictions/{model} goes to /predictions/{model}/{version} by split_clients."""
+def _json_error(code: str, message: str) -> str:
+    return json.dumps(error_body(code, message)).replace('"', '\\"')
+
+
+# nginx's own refusals, answered in the project's error format (TorchServe's own 503/507 bodies pass
+# through as TorchServe writes them: intercepting them would also swallow our handler's JSON 4xx).
+FRONT_ERRORS = {
+    "413": ("request_too_large", "the body is over the front's 100 MB limit"),
+    "494": ("headers_too_large", "the request headers are over the front's limit"),
+    "502": ("server_unavailable", "the model server cannot be reached"),
+    "504": ("server_unavailable", "the model server did not answer in time"),
+}
+
+
+def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path, inference_key: str | None = None) -> str:
+    """nginx.conf: POST /predictions/{model} goes to /predictions/{model}/{version} by split_clients;
+    the front adds the inference key, so clients behind it send none (authenticate them here)."""
     upstream = torchserve_url.removeprefix("http://").rstrip("/")
+    key = f'        proxy_set_header Authorization "Bearer {inference_key}";\n' if inference_key else ""
+    pages = "".join(f"    error_page {status} = @error_{status};\n" for status in FRONT_ERRORS)
+    named = "".join(
+        f"        location @error_{status} {{\n            default_type application/json;\n"
+        f'            return {CATALOGUE[code].status} "{_json_error(code, message)}";\n        }}\n'
+        for status, (code, message) in FRONT_ERRORS.items())
     if split.candidate and split.weight > 0:
         buckets = f'        {split.weight:g}% "{split.candidate}";\n        * "{split.serving}";\n'
     else:
@@ -43,6 +66,7 @@ http {{
     access_log {prefix}/access.log;
 {temp}
     client_max_body_size 100m;
+    large_client_header_buffers 4 16k;
     proxy_read_timeout 300s;
     # No temporary files: started as root, nginx's workers run as an unprivileged user that may not
     # reach the prefix (a private temp dir), and a request body over 16 KB would answer 500.
@@ -60,18 +84,18 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{listen_port};
-        location = /predictions/{split.model} {{
+{pages}        location = /predictions/{split.model} {{
             proxy_pass http://torchserve/predictions/{split.model}/$model_version;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            add_header X-Model-Version $model_version always;
+{key}            add_header X-Model-Version $model_version always;
         }}
         location / {{
             proxy_pass http://torchserve;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-        }}
-    }}
+{key}        }}
+{named}    }}
 }}
 """
 
@@ -107,7 +131,10 @@ class Nginx:
         self.prefix.mkdir(parents=True, exist_ok=True)
         (self.prefix / self.SETTINGS).write_text(json.dumps({"listen_port": self.listen_port,
                                                              "torchserve_url": self.torchserve_url}))
-        self.conf.write_text(render(split, self.listen_port, self.torchserve_url, self.prefix))
+        key = ServerKeys.for_url(self.torchserve_url).key("inference")
+        descriptor = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the key
+        with os.fdopen(descriptor, "w") as out:
+            out.write(render(split, self.listen_port, self.torchserve_url, self.prefix, key))
         subprocess.run([str(self.binary), "-t", "-q", "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
                         "-c", str(self.conf)], check=True, capture_output=True)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..serving.auth import ServerKeys
 from ..serving.client import Prediction, RestClient, TritonClient, pinned_ensemble
 
 
@@ -46,9 +47,11 @@ def _samples(text: str) -> list[tuple[str, dict, float]]:
             for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def _call(method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+def _call(method: str, url: str, timeout: float, key: str = "management", **kwargs) -> requests.Response:
+    """A control-API call with the server's key of that kind (TorchServe: management; Triton: repository)."""
     try:
-        response = requests.request(method, url, timeout=timeout, **kwargs)
+        headers = ServerKeys.for_url(url).headers(key)
+        response = requests.request(method, url, timeout=timeout, headers=headers, **kwargs)
     except requests.RequestException as err:
         raise ServerUnavailable(f"{method} {url}: {err}") from None
     if response.status_code >= 400:

@@ -10,6 +10,8 @@ from typing import Iterator
 import grpc
 import requests
 
+from ..errors import CATALOGUE, error_body
+from .auth import ServerKeys
 from .grpc_stubs import inference_pb2, inference_pb2_grpc
 
 
@@ -23,26 +25,47 @@ class Prediction:
         return 200 <= self.status < 300
 
 
-def _json_or_text(raw: bytes, reason: str = "") -> dict:
-    """The JSON body, or an error in our schema for bodies the server itself wrote as text or left empty
-    (TorchServe's transport answers 413 above max_request_size with an empty body)."""
+# TorchServe's own error bodies ({"code": N, "type": "...Exception", "message": ...}) → our codes.
+SERVER_EXCEPTIONS = {"InvalidKeyException": "unauthorized", "ModelNotFoundException": "model_not_found",
+                     "ModelVersionNotFoundException": "model_not_found", "ServiceUnavailableException": "worker_failed"}
+SERVER_STATUSES = {401: "unauthorized", 404: "model_not_found", 413: "request_too_large", 431: "headers_too_large",
+                   500: "worker_failed", 502: "server_unavailable", 503: "worker_failed", 504: "server_unavailable",
+                   507: "out_of_memory"}
+
+
+def server_error(status: int, message: str, kind: str = "") -> dict:
+    """An error the server itself wrote (not our handler), in the project's format."""
+    code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status, "server_error")
+    return error_body(code, message or f"HTTP {status}")
+
+
+def normalized(status: int, raw: bytes, reason: str = "") -> dict:
+    """The body in the project's format: our handler's JSON as it is, anything the server or a proxy
+    wrote itself (TorchServe's error JSON, an empty 413, an HTML page) mapped to a catalogue code."""
     try:
         body = json.loads(raw)
     except ValueError:
-        text = raw.decode("utf-8", "replace")[:500]
-        return {"error": {"code": "non_json_response", "message": text or reason or "empty response body"}}
-    return body if isinstance(body, dict) else {"result": body}
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and body["error"].get("code") in CATALOGUE:
+        return body
+    if status < 400 and isinstance(body, dict):
+        return body
+    if isinstance(body, dict) and "type" in body:  # TorchServe's own error
+        return server_error(status, str(body.get("message", "")), str(body["type"]))
+    text = raw.decode("utf-8", "replace")[:300] if raw else reason
+    return server_error(status if status >= 400 else 502, text or "the server sent no readable body")
 
 
 class RestClient:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 300.0):
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 300.0, key_file: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        self.keys = ServerKeys.for_url(self.url, key_file)
 
     def _post(self, model: str, data: bytes, version: str | None, options: dict | None, stream: bool):
         path = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
-        headers = {"Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream", **self.keys.headers("inference")}
         # Per-request video options travel as X- headers: TorchServe does not pass query strings on.
         headers.update({f"X-{k.capitalize()}": str(v) for k, v in (options or {}).items()})
         if stream:
@@ -50,16 +73,30 @@ class RestClient:
         return self.session.post(path, data=data, timeout=self.timeout, headers=headers, stream=stream)
 
     def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
-        response = self._post(model, data, version, options, stream=False)
-        return Prediction(response.status_code, _json_or_text(response.content, response.reason))
+        try:
+            response = self._post(model, data, version, options, stream=False)
+        except requests.RequestException as err:
+            return Prediction(503, error_body("server_unavailable", f"{self.url}: {err}"))
+        body = normalized(response.status_code, response.content, response.reason)
+        return Prediction(body["error"]["status"] if "error" in body else response.status_code, body)
 
     def stream(self, model: str, data: bytes, version: str | None = None,
                options: dict | None = None) -> Iterator[Prediction]:
-        """Progress events as they arrive (newline-delimited JSON over chunked HTTP); the last is the result."""
-        response = self._post(model, data, version, options, stream=True)
-        for line in response.iter_lines():
-            if line.strip():
-                yield Prediction(response.status_code, _json_or_text(line))
+        """Progress events as they arrive (newline-delimited JSON over chunked HTTP); the last is the result,
+        or a ``stream_interrupted`` error when the stream ends without one (the worker died)."""
+        last = None
+        try:
+            response = self._post(model, data, version, options, stream=True)
+            for line in response.iter_lines():
+                if line.strip():
+                    body = normalized(response.status_code, line)
+                    last = Prediction(body["error"]["status"] if "error" in body else response.status_code, body)
+                    yield last
+        except requests.RequestException as err:
+            yield Prediction(502, error_body("stream_interrupted", f"the stream broke off: {err}"))
+            return
+        if last is None or "event" in last.body:
+            yield Prediction(502, error_body("stream_interrupted", "the stream ended without a result"))
 
     def close(self) -> None:
         self.session.close()
@@ -69,7 +106,9 @@ class GrpcClient:
     """TorchServe's gRPC Predictions call. Its per-request status does not cross gRPC (the call
     is OK and the error is in the body), so the status comes from the body's ``error.status``."""
 
-    def __init__(self, target: str = "127.0.0.1:7070", timeout: float = 300.0, max_message_mb: int = 100):
+    def __init__(self, target: str = "127.0.0.1:7070", timeout: float = 300.0, max_message_mb: int = 100,
+                 key_file: str | None = None):
+        self.keys = ServerKeys.for_url(target, key_file)
         size = max_message_mb * 1024 * 1024
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
@@ -86,17 +125,22 @@ class GrpcClient:
 
     @staticmethod
     def _prediction(raw: bytes) -> Prediction:
-        body = _json_or_text(raw)
+        body = normalized(200, raw)
         status = body["error"].get("status", 500) if isinstance(body.get("error"), dict) else 200
         return Prediction(int(status), body)
 
     @staticmethod
     def _failure(err: grpc.RpcError) -> Prediction:
-        return Prediction(_http_status(err.code()), {"error": {"code": err.code().name, "message": err.details()}})
+        details = err.details() or err.code().name
+        if "Token Authorization failed" in details:
+            return Prediction(401, error_body("unauthorized", details))
+        body = server_error(_http_status(err.code()), f"{err.code().name}: {details}")
+        return Prediction(body["error"]["status"], body)
 
     def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
         try:
-            response = self.stub.Predictions(self._request(model, data, version, options), timeout=self.timeout)
+            response = self.stub.Predictions(self._request(model, data, version, options), timeout=self.timeout,
+                                             metadata=self.keys.metadata("inference"))
         except grpc.RpcError as err:
             return self._failure(err)
         return self._prediction(response.prediction)
@@ -104,24 +148,35 @@ class GrpcClient:
     def stream(self, model: str, data: bytes, version: str | None = None,
                options: dict | None = None) -> Iterator[Prediction]:
         """StreamPredictions: progress events, then the result."""
+        last = None
         try:
             for response in self.stub.StreamPredictions(self._request(model, data, version, options, True),
-                                                        timeout=self.timeout):
-                yield self._prediction(response.prediction)
+                                                        timeout=self.timeout, metadata=self.keys.metadata("inference")):
+                last = self._prediction(response.prediction)
+                yield last
         except grpc.RpcError as err:
-            yield self._failure(err)
+            failure = self._failure(err)
+            if last is not None:  # progress came, then the call failed: the worker died mid-stream
+                failure = Prediction(502, error_body("stream_interrupted", failure.body["error"]["message"]))
+            yield failure
+            return
+        if last is None or "event" in last.body:
+            yield Prediction(502, error_body("stream_interrupted", "the stream ended without a result"))
 
     def close(self) -> None:
         self.channel.close()
 
 
 def _http_status(code: grpc.StatusCode) -> int:
+    """The HTTP status of a gRPC failure (CANCELLED: TorchServe cancels a message over its limit)."""
     return {
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
         grpc.StatusCode.NOT_FOUND: 404,
         grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.CANCELLED: 413,
+        grpc.StatusCode.UNAVAILABLE: 502,
         grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.INTERNAL: 500,
     }.get(code, 500)
 
 
@@ -181,8 +236,7 @@ class TritonClient:
         try:
             inputs = self._inputs(name, data, options)
         except ValueError:
-            return Prediction(400, {"error": {"code": "bad_sampling", "message": "frames and every must be integers",
-                                              "status": 400}})
+            return Prediction(400, error_body("bad_sampling", "frames and every must be integers"))
         extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
             result = self.client.infer(name, inputs, model_version=version or "", **extra)
@@ -196,12 +250,14 @@ class TritonClient:
         try:
             error = json.loads(message[message.index("{"):])  # our models' JSON, after Triton's own prefix
             return Prediction(int(error.get("status", 500)), {"error": error})
-        except ValueError:
+        except ValueError:  # Triton's own error: a lost stub, an unknown model, a refused connection
             status = err.status() or ""
-            wire = int(status) if status.isdigit() else {"StatusCode.INVALID_ARGUMENT": 400,
-                                                         "StatusCode.NOT_FOUND": 404,
-                                                         "StatusCode.UNAVAILABLE": 503}.get(status, 500)
-            return Prediction(wire, {"error": {"code": "triton_error", "message": message}})
+            wire = int(status) if status.isdigit() else {"StatusCode.NOT_FOUND": 404,
+                                                         "StatusCode.UNAVAILABLE": 502}.get(status, 500)
+            if "not found" in message or "unknown model" in message:
+                wire = 404
+            body = server_error(wire, message)
+            return Prediction(body["error"]["status"], body)
 
     def close(self) -> None:
         """Close once: tritonclient's gRPC client closes its channel again in ``__del__``, and under
@@ -210,11 +266,12 @@ class TritonClient:
         close()
 
 
-def make_client(protocol: str, url: str | None = None, timeout: float = 300.0, backend: str = "torchserve"):
+def make_client(protocol: str, url: str | None = None, timeout: float = 300.0, backend: str = "torchserve",
+                key_file: str | None = None):
     if backend == "triton":
         return TritonClient(url, "http" if protocol == "rest" else protocol, timeout)
     if protocol == "rest":
-        return RestClient(url or "http://127.0.0.1:8080", timeout)
+        return RestClient(url or "http://127.0.0.1:8080", timeout, key_file)
     if protocol == "grpc":
-        return GrpcClient(url or "127.0.0.1:7070", timeout)
+        return GrpcClient(url or "127.0.0.1:7070", timeout, key_file=key_file)
     raise ValueError(f"unknown protocol {protocol!r} (rest or grpc)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from .auth import ServerKeys, register_key_file
 from .processes import free_ports, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +68,8 @@ class TorchServe:
         self.metrics_url = f"http://127.0.0.1:{ports.metrics}"
         self.grpc_target = f"127.0.0.1:{ports.grpc_inference}"
         self.grpc_management_target = f"127.0.0.1:{ports.grpc_management}"
+        # TorchServe writes its keys (0600) into its working directory, which only the service user may enter.
+        self.keys = ServerKeys(self.workdir / "key_file.json")
 
     # -- life cycle -------------------------------------------------------------
     def runtime_config(self) -> Path:
@@ -85,6 +88,10 @@ class TorchServe:
         return path
 
     def start(self, timeout: float = 180.0) -> "TorchServe":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)
+        register_key_file([self.inference_url, self.management_url, self.grpc_target, self.grpc_management_target],
+                          self.keys.path)
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         env = {
@@ -115,7 +122,8 @@ class TorchServe:
                 raise RuntimeError(f"TorchServe exited with {self.process.returncode}; see {self.workdir}/logs")
             self.raise_on_load_failure()
             try:
-                if requests.get(f"{self.inference_url}/ping", timeout=2).ok and self.all_workers_ready():
+                ping = requests.get(f"{self.inference_url}/ping", headers=self.keys.headers("inference"), timeout=2)
+                if ping.ok and self.all_workers_ready():
                     return
             except requests.RequestException:
                 pass
@@ -132,7 +140,7 @@ class TorchServe:
             raise RuntimeError(f"a model failed to load; last worker output:\n{cause}")
 
     def all_workers_ready(self) -> bool:
-        models = requests.get(f"{self.management_url}/models", timeout=5).json().get("models", [])
+        models = self._management("GET", "/models", timeout=5).json().get("models", [])
         if len(models) < len({m.split("=")[0] for m in self.models}):
             return False
         for model in models:
@@ -158,26 +166,22 @@ class TorchServe:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- management API -----------------------------------------------------------
-    def describe(self, name: str, version: str | None = None) -> list[dict]:
-        url = f"{self.management_url}/models/{name}" + (f"/{version}" if version else "")
-        response = requests.get(url, timeout=10)
+    # -- management API (with the management key) -----------------------------------
+    def _management(self, method: str, path: str, timeout: float, **kwargs) -> requests.Response:
+        response = requests.request(method, f"{self.management_url}{path}", timeout=timeout,
+                                    headers=self.keys.headers("management"), **kwargs)
         response.raise_for_status()
-        return response.json()
+        return response
+
+    def describe(self, name: str, version: str | None = None) -> list[dict]:
+        return self._management("GET", f"/models/{name}" + (f"/{version}" if version else ""), 10).json()
 
     def register(self, mar_file: str, workers: int = 1, timeout: float = 300.0) -> dict:
-        response = requests.post(
-            f"{self.management_url}/models",
-            params={"url": mar_file, "initial_workers": workers, "synchronous": "true"},
-            timeout=timeout,
-        )
-        response.raise_for_status()
-        return response.json()
+        params = {"url": mar_file, "initial_workers": workers, "synchronous": "true"}
+        return self._management("POST", "/models", timeout, params=params).json()
 
     def set_default(self, name: str, version: str) -> dict:
-        response = requests.put(f"{self.management_url}/models/{name}/{version}/set-default", timeout=10)
-        response.raise_for_status()
-        return response.json()
+        return self._management("PUT", f"/models/{name}/{version}/set-default", 10).json()
 
     def worker_pids(self, name: str, version: str | None = None) -> list[int]:
         return [int(w["pid"]) for d in self.describe(name, version) for w in d.get("workers", []) if w.get("pid")]

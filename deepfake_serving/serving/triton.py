@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from .auth import ServerKeys, register_key_file
 from .processes import free_ports, stop_group
 from .triton_repository import REPOSITORY, compile_model_files
 
@@ -81,6 +84,18 @@ class Triton:
         # Our own shared-memory prefix: a leftover segment can be told apart from another server's.
         self.shm_prefix = f"deepfake_triton_{ports.http}_"
         self.process: subprocess.Popen | None = None
+        self.keys = ServerKeys(self.workdir / "key_file.json")
+
+    def _write_key(self) -> str:
+        """A new repository-API key, in TorchServe's key-file layout ("management"), readable by this user only."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)
+        key = secrets.token_urlsafe(24)
+        descriptor = os.open(self.keys.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump({"management": {"key": key}}, out)
+        register_key_file([self.http_url, self.grpc_target], self.keys.path)
+        return key
 
     # -- life cycle -------------------------------------------------------------
     def backend_directory(self) -> Path:
@@ -94,8 +109,11 @@ class Triton:
                 link.symlink_to(source)
         return python.parent
 
-    def command(self) -> list[str]:
+    def command(self, key: str) -> list[str]:
+        """The server's command line. The repository API (load/unload: a load request can carry model
+        files, i.e. code) answers only requests that carry the key."""
         binary = pytriton_paths()["binary"]
+        restricted = f"model-repository:authorization=Bearer {key}"
         return [
             str(binary), f"--model-repository={self.repository}",
             f"--backend-directory={self.backend_directory()}",
@@ -103,6 +121,7 @@ class Triton:
             "--disable-auto-complete-config", "--strict-readiness=true", "--exit-timeout-secs=30",
             "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
+            f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
             "--allow-metrics=true", "--allow-cpu-metrics=true", "--metrics-config=summary_latencies=true",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
@@ -122,7 +141,7 @@ class Triton:
         compile_model_files(self.repository)
         self.log_path = self.workdir / "logs" / "tritonserver.log"
         self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=self.log,
+        self.process = subprocess.Popen(self.command(self._write_key()), cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)
         return self
@@ -174,19 +193,24 @@ class Triton:
         url = f"{self.http_url}/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
         return requests.get(url, timeout=5).status_code == 200
 
+    def _repository(self, path: str, body: dict, timeout: float) -> requests.Response:
+        """A repository-API call, with the key."""
+        return requests.post(f"{self.http_url}/v2/repository{path}", json=body, timeout=timeout,
+                             headers=self.keys.headers("management"))
+
     def repository_index(self) -> list[dict]:
-        response = requests.post(f"{self.http_url}/v2/repository/index", json={}, timeout=10)
+        response = self._repository("/index", {}, 10)
         response.raise_for_status()
         return response.json()
 
     def load(self, name: str, timeout: float = 300.0) -> None:
-        response = requests.post(f"{self.http_url}/v2/repository/models/{name}/load", json={}, timeout=timeout)
+        response = self._repository(f"/models/{name}/load", {}, timeout)
         if response.status_code != 200:
             raise RuntimeError(f"loading {name} failed: {response.text}")
 
     def unload(self, name: str, dependents: bool = False, timeout: float = 120.0) -> None:
-        body = {"parameters": {"unload_dependents": dependents}}
-        response = requests.post(f"{self.http_url}/v2/repository/models/{name}/unload", json=body, timeout=timeout)
+        response = self._repository(f"/models/{name}/unload", {"parameters": {"unload_dependents": dependents}},
+                                    timeout)
         if response.status_code != 200:
             raise RuntimeError(f"unloading {name} failed: {response.text}")
 
