@@ -244,7 +244,8 @@ def variant_figures(variant: str, image: bytes, store: Path) -> dict:
         start = time.perf_counter()
         server = TorchServe(store, work, models=[f"{variant}={mar.name}"], ports=Ports.free()).start()
         try:
-            requests.post(f"{server.inference_url}/predictions/{variant}", data=image, timeout=600).raise_for_status()
+            requests.post(f"{server.inference_url}/predictions/{variant}", data=image, timeout=600,
+                          headers=server.keys.headers("inference")).raise_for_status()
             cold = time.perf_counter() - start
             mem = memory_mb(server.worker_pids(variant)[0])
         finally:

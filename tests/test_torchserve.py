@@ -1,7 +1,11 @@
 """A real TorchServe serving real archives: REST, gRPC, versions, batching, bad inputs."""
 
+import json
+import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 import requests
 import torch
@@ -10,6 +14,8 @@ import media
 from conftest import box_inside
 from deepfake_serving import samples
 from deepfake_serving.serving.archive import build_archive
+from deepfake_serving.serving.client import GrpcClient, RestClient
+from deepfake_serving.serving.grpc_stubs import management_pb2, management_pb2_grpc
 from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
@@ -51,7 +57,8 @@ def test_rest_astronaut(rest, astronaut_jpeg):
 
 
 def test_content_type_is_json(server, astronaut_jpeg):
-    response = requests.put(f"{server.inference_url}/predictions/{MODEL}", data=astronaut_jpeg, timeout=60)
+    response = requests.put(f"{server.inference_url}/predictions/{MODEL}", data=astronaut_jpeg, timeout=60,
+                            headers=server.keys.headers("inference"))
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
 
 
@@ -123,7 +130,7 @@ def test_a_bad_request_in_a_server_side_batch_fails_alone(server, astronaut_jpeg
     payloads = [astronaut_jpeg, b"", astronaut_jpeg, media.truncated_jpeg()] * 4
 
     def send(data):
-        return requests.post(url, data=data, timeout=120)
+        return requests.post(url, data=data, timeout=120, headers=server.keys.headers("inference"))
 
     with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
         responses = list(pool.map(send, payloads))
@@ -151,3 +158,53 @@ def test_served_checkpoint_answers_like_the_in_process_pipeline(rest, ff_checkpo
     for got, want in zip(served.body["faces"], expected["faces"]):
         assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-5)
     assert served.body["label"] == expected["label"]
+
+
+def outside_model(directory, marker):
+    """A model directory outside the model store whose handler, if it is ever loaded, writes ``marker``."""
+    (directory / "MAR-INF").mkdir(parents=True)
+    (directory / "MAR-INF" / "MANIFEST.json").write_text(json.dumps({
+        "createdOn": "01/12/2026 00:00:00", "runtime": "python", "archiverVersion": "0.12.0",
+        "model": {"modelName": "outside", "handler": "outside_handler.py", "modelVersion": "1.0"}}))
+    (directory / "outside_handler.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "def handle(data, context):\n    return ['x'] * len(data)\n")
+    return directory
+
+
+def test_registration_from_outside_the_store_needs_the_management_key(server, tmp_path):
+    assert stat.S_IMODE(server.keys.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(server.workdir.stat().st_mode) == 0o700
+    marker = tmp_path / "handler-ran"
+    directory = outside_model(tmp_path / "outside", marker)
+    params = {"url": str(directory), "initial_workers": 1, "synchronous": "true"}
+    for headers in ({}, server.keys.headers("inference")):  # no key, the wrong kind of key
+        refused = requests.post(f"{server.management_url}/models", params=params, headers=headers, timeout=60)
+        assert refused.status_code == 400 and "InvalidKeyException" in refused.text
+    channel = grpc.insecure_channel(server.grpc_management_target)
+    request = management_pb2.RegisterModelRequest(url=str(directory), initial_workers=1, synchronous=True)
+    with pytest.raises(grpc.RpcError) as err:
+        management_pb2_grpc.ManagementAPIsServiceStub(channel).RegisterModel(request, timeout=60)
+    channel.close()
+    assert err.value.code() != grpc.StatusCode.OK and "Token Authorization failed" in err.value.details()
+    time.sleep(2)
+    assert not marker.exists()
+    names = [m["modelName"] for m in server._management("GET", "/models", 10).json()["models"]]
+    assert "outside" not in names
+    # The key is what stands between a client and code execution: with it, the directory's code runs.
+    requests.post(f"{server.management_url}/models", params={**params, "initial_workers": 0}, timeout=60,
+                  headers=server.keys.headers("management")).raise_for_status()
+    try:
+        requests.put(f"{server.management_url}/models/outside", params={"min_worker": 1, "synchronous": "true"},
+                     headers=server.keys.headers("management"), timeout=60)
+        assert marker.read_text() == "ran"
+    finally:
+        requests.delete(f"{server.management_url}/models/outside/1.0", headers=server.keys.headers("management"),
+                        timeout=60)
+
+
+def test_inference_without_the_key_is_unauthorized_in_our_format(server, astronaut_jpeg, tmp_path):
+    for client in (RestClient(server.inference_url, key_file=str(tmp_path / "none.json")),
+                   GrpcClient(server.grpc_target, key_file=str(tmp_path / "none.json"))):
+        answer = client.predict(MODEL, astronaut_jpeg)
+        assert (answer.status, answer.body["error"]["code"]) == (401, "unauthorized"), answer.body

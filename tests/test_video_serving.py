@@ -49,7 +49,8 @@ def test_rest_and_grpc_give_the_same_video_answer(rest, grpc_client, clip):
 def test_sampling_per_request_over_headers_multipart_and_grpc(server, rest, grpc_client, clip):
     assert rest.predict(VIDEO, clip, options={"sampling": "every_nth", "every": 6}).body["frames_analyzed"] == 8
     url = f"{server.inference_url}/predictions/{VIDEO}"
-    multipart = requests.post(url, files={"data": ("clip.mp4", clip)}, data={"sampling": "all"}, timeout=300)
+    multipart = requests.post(url, files={"data": ("clip.mp4", clip)}, data={"sampling": "all"}, timeout=300,
+                              headers=server.keys.headers("inference"))
     assert multipart.status_code == 200 and multipart.json()["frames_analyzed"] == 48
     assert grpc_client.predict(VIDEO, clip, options={"frames": 4}).body["frames_analyzed"] == 4
 
