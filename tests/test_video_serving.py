@@ -2,6 +2,9 @@
 and the CLI's visualisation of a served answer."""
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import requests
@@ -66,14 +69,15 @@ def test_progress_is_streamed_and_the_last_message_is_the_result(rest, grpc_clie
     assert final["media_type"] == "video" and final["frames_analyzed"] == 48
 
 
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
 @pytest.mark.parametrize("name", media.BAD_VIDEOS)
-def test_bad_videos_get_json_errors_and_the_worker_survives(server, rest, clip, name):
+def test_bad_videos_get_json_errors_and_the_worker_survives(server, rest, grpc_client, clip, name, protocol):
     make, status, code = media.BAD_VIDEOS[name]
+    client = rest if protocol == "rest" else grpc_client
     pids = server.worker_pids(VIDEO)
-    answer = rest.predict(VIDEO, make(clip))
-    assert answer.status == status and answer.body["error"]["message"]
-    if code:
-        assert answer.body["error"]["code"] == code
+    answer = client.predict(VIDEO, make(clip), options={"sampling": "all"})
+    assert (answer.status, answer.body["error"]["code"]) == (status, code), answer.body
+    assert answer.body["error"]["message"]
     assert rest.predict(VIDEO, clip, options={"frames": 2}).status == 200
     assert server.worker_pids(VIDEO) == pids
 
@@ -117,3 +121,25 @@ def test_cli_predicts_with_progress_and_visualises_the_saved_answer(server, clip
     assert abs(int(frames[20][-5, 5, 0]) - 128) < 12 and abs(int(frames[20][-5, 5, 1]) - 128) < 12
     assert abs(int(frames[2][-5, 5, 0]) - int(frames[2][-5, 5, 1])) > 40 or frames[2][-5, 5, 2] < 40
     assert (tmp_path / "vis_scores.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_a_stream_whose_worker_dies_ends_with_an_error_event(server, rest, grpc_client, clip, protocol):
+    """Kill the video worker after the first progress event: the client's last message is an error."""
+    client = rest if protocol == "rest" else grpc_client
+    long_clip = samples.encode_video(samples.moving_face_frames(160, size=(640, 480)), "mp4")
+    (pid,) = server.worker_pids(VIDEO)
+    messages = []
+    for message in client.stream(VIDEO, long_clip, options={"sampling": "all"}):
+        messages.append(message)
+        if message.body.get("phase") == "detect" and len(messages) == 2:
+            os.kill(pid, signal.SIGKILL)
+    assert messages[0].body["event"] == "decoded"
+    last = messages[-1]
+    assert (last.status, last.body["error"]["code"]) == (502, "stream_interrupted"), last.body
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # TorchServe starts a new worker
+        if rest.predict(VIDEO, clip, options={"frames": 2}).status == 200:
+            break
+        time.sleep(1)
+    assert server.worker_pids(VIDEO) not in ([], [pid])
