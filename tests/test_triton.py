@@ -3,11 +3,13 @@ parity with a real TorchServe on the same checkpoints, classifier versions side 
 model control, dynamic batching, bad input, health/metrics and a clean shutdown."""
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 import tritonclient.http as triton_http
 
@@ -246,3 +248,36 @@ def test_a_clean_shutdown_leaves_no_shared_memory(tmp_path, repository):
         leftovers = triton.stop()
     assert leftovers == [] and not triton.shm_segments()
     assert not any(Path(f"/proc/{pid}").exists() for pid in stubs)
+
+
+def test_a_load_request_carrying_model_files_needs_the_repository_key(server, tmp_path):
+    """Triton's load request can carry a model.py (code): without the launcher's key it is refused over
+    HTTP and gRPC and nothing runs; with the key the same request loads it (the key is what gates it)."""
+    import base64
+    import json
+
+    import tritonclient.grpc as triton_grpc
+
+    marker = tmp_path / "model-ran"
+    code = f"open({str(marker)!r}, 'w').write('ran')\nclass TritonPythonModel:\n    def execute(self, r):\n        return []\n"
+    config = json.dumps({"name": "outside", "backend": "python", "max_batch_size": 0,
+                         "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [1]}],
+                         "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [1]}]})
+    files = {"file:1/model.py": base64.b64encode(code.encode()).decode()}
+    url = f"{server.http_url}/v2/repository/models/outside/load"
+    refused = requests.post(url, json={"parameters": {"config": config, **files}}, timeout=60)
+    assert refused.status_code in (401, 403) or "restricted" in refused.text.lower(), refused.text
+    assert refused.status_code != 200
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+    with pytest.raises(triton_grpc.InferenceServerException):
+        grpc_client.load_model("outside", config=config, files={"file:1/model.py": code.encode()})
+    grpc_client.close()
+    time.sleep(2)
+    assert not marker.exists() and not server.model_ready("outside")
+    allowed = requests.post(url, json={"parameters": {"config": config, **files}}, timeout=120,
+                            headers=server.keys.headers("management"))
+    try:
+        assert allowed.status_code == 200, allowed.text
+        assert marker.read_text() == "ran"
+    finally:
+        server.unload("outside")
