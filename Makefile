@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Two cores: one torch thread per process unless a task says otherwise.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install serve test bench archives grpc-stubs triton triton-configs loadtest clean
+.PHONY: install serve test bench archives grpc-stubs triton triton-configs loadtest docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ loadtest: install  ## Locust vs a demo server: make loadtest TARGET=torchserve-r
 
 grpc-stubs: install  ## regenerate the committed stubs from TorchServe's own protos
 	$(PY) -m deepfake_serving.serving.grpc_codegen
+
+docs: install  ## regenerate the README's error tables from deepfake_serving/errors.py
+	$(PY) -m deepfake_serving.errors README.md
 
 clean:
 	rm -rf runtime model_store/*.mar

@@ -8,6 +8,7 @@ test sends every documented case.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -95,6 +96,21 @@ def markdown_table(scopes: tuple[str, ...]) -> str:
     rows = ["| code | status | when |", "|---|---|---|"]
     rows += [f"| `{code}` | {kind.status} | {kind.meaning} |" for code, kind in CATALOGUE.items() if kind.scope in scopes]
     return "\n".join(rows)
+
+
+def with_tables(readme: str) -> str:
+    """The README with every ``<!-- errors:SCOPES -->`` block regenerated (``make docs``)."""
+    def table(match: re.Match) -> str:
+        return f"{match.group(1)}\n{markdown_table(tuple(match.group(2).split(',')))}\n{match.group(3)}"
+    return re.sub(r"(<!-- errors:([a-z,]+) -->)\n.*?(<!-- /errors:\2 -->)", table, readme, flags=re.S)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path.write_text(with_tables(path.read_text()))
 
 
 class CheckpointError(ValueError):

@@ -220,4 +220,5 @@ BAD_VIDEOS = {
     "32 px frames": (lambda clip: tiny_frames_video(), 422, "frame_too_small"),
     "claims 2**32-1 frames": (lambda clip: claims_frames(), 413, "too_many_frames"),
     "a frame at 700 s": (lambda clip: timestamps_past_the_limit(), 413, "video_too_long"),
+    "320x240, then 7680x4320": (lambda clip: resolution_switch_ts(small=20), 413, "frame_too_large"),
 }
