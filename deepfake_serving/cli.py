@@ -221,6 +221,17 @@ def cmd_kserve(args) -> int:
     return 0
 
 
+def cmd_key(args) -> int:
+    from .serving.auth import ServerKeys
+
+    key = ServerKeys(os.environ.get("DEEPFAKE_KEY_FILE")).key(args.kind)
+    if key is None:
+        print("no key file found (start the server, or pass --key-file)", file=sys.stderr)
+        return 1
+    print(key)
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .formats import video_container
     from .serving.client import make_client
@@ -356,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canary", type=int, help="percent of traffic to this new revision")
     p.add_argument("--candidate-version", default="")
     p.set_defaults(func=cmd_kserve)
+
+    p = sub.add_parser("key", help="print a server key from the key file (for curl)")
+    p.add_argument("kind", choices=["inference", "management", "API"])
+    p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
+    p.set_defaults(func=cmd_key)
 
     p = sub.add_parser("predict", help="send images or videos to a running server")
     p.add_argument("files", nargs="+")

@@ -9,7 +9,6 @@ import json
 import time
 
 import pytest
-import requests
 import torch
 
 from deepfake_serving import samples
@@ -137,7 +136,7 @@ def test_a_candidate_that_answers_errors_is_rolled_back_under_load(server, repos
     assert steps(tmp_path)[-2:] == [("warm_up", "failed"), ("rollback", "ok")]
     assert "Expected: 380" in AuditLog(tmp_path / "audit.jsonl").entries()[-2]["message"]  # ONNX Runtime's words
     assert target.serving_version() == serving and "3" not in target.versions()
-    index = requests.post(f"{server.http_url}/v2/repository/index", json={"ready": True}, timeout=10).json()
+    index = server.repository_index(ready_only=True)
     assert pinned_ensemble(VARIANT, 3) not in {m["name"] for m in index}
     assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).ok
 

@@ -64,7 +64,10 @@ class ServerKeys:
             return None
         stamp = self.path.stat().st_mtime_ns
         if stamp != self._stamp:
-            data = json.loads(self.path.read_text())
+            try:
+                data = json.loads(self.path.read_text())
+            except ValueError:  # the server is writing it: read it again next time
+                return None
             self._keys = {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict)}
             self._stamp = stamp
         return self._keys.get(kind)

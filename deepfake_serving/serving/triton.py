@@ -198,8 +198,8 @@ class Triton:
         return requests.post(f"{self.http_url}/v2/repository{path}", json=body, timeout=timeout,
                              headers=self.keys.headers("management"))
 
-    def repository_index(self) -> list[dict]:
-        response = self._repository("/index", {}, 10)
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        response = self._repository("/index", {"ready": True} if ready_only else {}, 10)
         response.raise_for_status()
         return response.json()
 

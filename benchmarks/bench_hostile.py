@@ -1,0 +1,172 @@
+"""Hostile-media probe: peak memory and time per clip for the worst videos, in process and served.
+
+In process, each (clip, code) pair runs in its own Python process so its peak RSS (ru_maxrss) is its
+own; ``--compare REV`` runs the same clips through the code of a git revision (a worktree on
+PYTHONPATH, same venv) side by side. Served, a TorchServe with the b4-mobile video archive gets each
+clip while its worker's RSS is sampled every 50 ms.
+
+Clips: a 4K (3840x2160) 300-frame clip analysed with sampling=all; the DFDC-like 10 s 720p clip
+(linspace 32); an MPEG-TS that declares 320x240 and turns 7680x4320 after 150 frames; an MP4 whose
+sample table claims 2**32-1 frames.
+
+Run: python benchmarks/bench_hostile.py [--compare 9a7d702] [--no-served]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = {  # name: (sampling options)
+    "4k_300_all": {"sampling": "all"},
+    "720p_10s_linspace32": {"sampling": "linspace", "frames": 32},
+    "ts_320x240_then_8k": {"sampling": "all"},
+    "mp4_claims_2e32_frames": {"sampling": "all"},
+}
+HONEST = ("4k_300_all", "720p_10s_linspace32")  # the clips --compare also runs through the old code
+
+CHILD = """
+import json, resource, sys, time
+import torch
+torch.set_num_threads(2)
+from deepfake_serving.variants import create_model, get_variant
+from deepfake_serving.video import Sampling
+from deepfake_serving.video_pipeline import VideoPipeline
+try:
+    from deepfake_serving.errors import RequestError as Refusal
+except ImportError:
+    from deepfake_serving.errors import InputError as Refusal
+pipeline = VideoPipeline(get_variant("b4-mobile"), create_model("b4-mobile"))
+options = json.loads(sys.argv[2])
+start = time.perf_counter()
+try:
+    answer = pipeline.analyze(open(sys.argv[1], "rb").read(), Sampling(strategy=options["sampling"],
+                              frames=options.get("frames", 32)))
+    outcome = f"200 frames={answer['frames_analyzed']}"
+except Refusal as err:
+    outcome = f"{err.status} {err.code}"
+except MemoryError:
+    outcome = "MemoryError"
+print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def make_clips(directory: Path) -> dict[str, Path]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import media  # the test corpus's builders
+    from deepfake_serving import samples
+
+    builders = {
+        "4k_300_all": lambda: samples.encode_video(samples.moving_face_frames(300, size=(3840, 2160)), "mp4"),
+        "720p_10s_linspace32": lambda: samples.encode_video(samples.moving_face_frames(300, size=(1280, 720)),
+                                                           "mp4", fps=30),
+        "ts_320x240_then_8k": lambda: media.resolution_switch_ts(small=150),
+        "mp4_claims_2e32_frames": media.claims_frames,
+    }
+    paths = {}
+    for name, build in builders.items():
+        path = directory / f"{name}.bin"
+        if not path.exists():
+            print(f"encoding {name}...", file=sys.stderr)
+            path.write_bytes(build())
+        paths[name] = path
+    return paths
+
+
+def in_process(clip: Path, options: dict, pythonpath: str | None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    run = subprocess.run([sys.executable, "-c", CHILD, str(clip), json.dumps(options)], env=env,
+                         capture_output=True, text=True, timeout=3600)
+    if run.returncode:
+        return {"outcome": f"exit {run.returncode}: {run.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def served(clips: dict[str, Path], workdir: Path) -> dict:
+    from deepfake_serving.serving.archive import build_archive
+    from deepfake_serving.serving.client import RestClient
+    from deepfake_serving.serving.torchserve import Ports, TorchServe
+
+    store = workdir / "store"
+    archive = build_archive("b4-mobile", "1.0", export_path=store, media="video")
+    results = {}
+    with TorchServe(store, workdir / "ts", models=[f"b4-mobile-video={archive.name}"], ports=Ports.free()) as server:
+        client = RestClient(server.inference_url, timeout=3600)
+        (pid,) = server.worker_pids("b4-mobile-video")
+        worker = psutil.Process(pid)
+        for name, path in clips.items():
+            baseline = worker.memory_info().rss
+            peak, done = [baseline], threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    try:
+                        peak.append(worker.memory_info().rss)
+                    except psutil.Error:
+                        return
+                    time.sleep(0.05)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            start = time.perf_counter()
+            answer = client.predict("b4-mobile-video", path.read_bytes(), options=CLIPS[name])
+            seconds = time.perf_counter() - start
+            done.set()
+            sampler.join()
+            outcome = (f"200 frames={answer.body['frames_analyzed']}" if answer.ok
+                       else f"{answer.status} {answer.body['error']['code']}")
+            results[name] = {"seconds": seconds, "outcome": outcome, "worker_rss_before_mb": baseline / 2**20,
+                             "worker_peak_rss_mb": max(peak) / 2**20,
+                             "worker_pid_unchanged": server.worker_pids("b4-mobile-video") == [pid]}
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", help="a git revision to run side by side in process (e.g. 9a7d702)")
+    parser.add_argument("--no-served", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    clips = make_clips(RESULTS)
+    out: dict = {"in_process": {}, "served": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        codes = {"this tree": None}
+        if args.compare:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", f"{tmp}/old", args.compare],
+                           check=True, capture_output=True)
+            codes[args.compare] = f"{tmp}/old"
+        try:
+            for name, path in clips.items():
+                for label, pythonpath in codes.items():
+                    if pythonpath and name not in HONEST:
+                        continue  # the old decoder has no bound on these (up to out of memory): not rerun
+                    result = in_process(path, CLIPS[name], pythonpath)
+                    out["in_process"].setdefault(name, {})[label] = result
+                    print(f"in process {name:24s} {label:10s} {result}", flush=True)
+        finally:
+            if args.compare:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", f"{tmp}/old"])
+        if not args.no_served:
+            out["served"] = served(clips, Path(tmp))
+            for name, result in out["served"].items():
+                print(f"served     {name:24s} {result}", flush=True)
+    (RESULTS / "bench_hostile.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
