@@ -103,9 +103,13 @@ def served(clips: dict[str, Path], workdir: Path) -> dict:
 
     store = workdir / "store"
     archive = build_archive("b4-mobile", "1.0", export_path=store, media="video")
+    image_archive = build_archive("b4-mobile", "1.0", export_path=store)
     results = {}
-    with TorchServe(store, workdir / "ts", models=[f"b4-mobile-video={archive.name}"], ports=Ports.free()) as server:
+    models = [f"b4-mobile-video={archive.name}", f"b4-mobile={image_archive.name}"]
+    with TorchServe(store, workdir / "ts", models=models, ports=Ports.free()) as server:
         client = RestClient(server.inference_url, timeout=3600)
+        results["corpus_with_good_traffic"] = corpus_under_good_traffic(server)
+        print(f"served     corpus + good traffic       {results['corpus_with_good_traffic']}", flush=True)
         (pid,) = server.worker_pids("b4-mobile-video")
         worker = psutil.Process(pid)
         for name, path in clips.items():
@@ -133,6 +137,36 @@ def served(clips: dict[str, Path], workdir: Path) -> dict:
                              "worker_peak_rss_mb": max(peak) / 2**20,
                              "worker_pid_unchanged": server.worker_pids("b4-mobile-video") == [pid]}
     return results
+
+
+def corpus_under_good_traffic(server, rounds: int = 3) -> dict:
+    """Every bad image and video of the test corpus, ``rounds`` times, sent while 4 clients send good
+    photographs and clips: how many good requests failed, and whether every bad one got its own code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import media
+    from deepfake_serving import samples
+    from deepfake_serving.serving.client import RestClient
+
+    clip = samples.encode_video(samples.moving_face_frames(20, size=(320, 240)), "mp4")
+    bad = [("b4-mobile", data, code, None) for data, _, code in media.BAD_IMAGES.values()]
+    bad += [("b4-mobile-video", make(clip), code, {"sampling": "all"}) for make, _, code in media.BAD_VIDEOS.values()]
+    good = [("b4-mobile", samples.astronaut_jpeg(), None, None), ("b4-mobile-video", clip, None, {"frames": 4})]
+    jobs = bad * rounds
+    jobs += good * (len(jobs) // 2)
+    jobs.sort(key=lambda job: hash(job[1][:64]) % 997)  # interleave good and bad
+
+    def send(job):
+        model, data, code, options = job
+        answer = RestClient(server.inference_url, timeout=600).predict(model, data, options=options)
+        return code, answer
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, jobs))
+    good_failed = sum(1 for code, answer in answers if code is None and not answer.ok)
+    wrong_code = sum(1 for code, answer in answers if code and answer.body.get("error", {}).get("code") != code)
+    return {"requests": len(answers), "good": sum(1 for code, _ in answers if code is None),
+            "good_failed": good_failed, "bad_with_a_wrong_code": wrong_code}
 
 
 def main() -> int:

@@ -249,7 +249,14 @@ def test_the_observed_split_over_2000_requests(server, target, tmp_path, route):
         for key, version, _ in answers:
             by_key.setdefault(key, set()).add(version)
         assert all(len(versions) == 1 for versions in by_key.values())  # sticky
-        if proxy:  # a rollback rewrites the split and reloads nginx: everyone back on the serving version
+        if proxy:
+            # The front's own refusals and our handler's errors both reach clients in the project's format.
+            url = f"{proxy.url}/predictions/{MODEL}"
+            huge = requests.post(url, data=image, headers={"X-Padding": "x" * 40_000}, timeout=30)
+            assert (huge.status_code, huge.json()["error"]["code"]) == (431, "headers_too_large")
+            empty = requests.post(url, data=b"", timeout=30)
+            assert (empty.status_code, empty.json()["error"]["code"]) == (400, "empty_body")
+            # a rollback rewrites the split and reloads nginx: everyone back on the serving version
             proxy.apply(Split(MODEL, serving))
             assert {send(k)[0] for k in keys[:40]} == {serving}
     finally:
