@@ -1,6 +1,6 @@
 """Hostile-media probe: peak memory and time per clip for the worst videos, in process and served.
 
-In process, each (clip, code) pair runs in its own Python process so its peak RSS (ru_maxrss) is its
+In process, each (clip, code) pair runs in its own Python process so its peak RSS (VmHWM) is its
 own; ``--compare REV`` runs the same clips through the code of a git revision (a worktree on
 PYTHONPATH, same venv) side by side. Served, a TorchServe with the b4-mobile video archive gets each
 clip while its worker's RSS is sampled every 50 ms.
@@ -37,7 +37,7 @@ CLIPS = {  # name: (sampling options)
 HONEST = ("4k_300_all", "720p_10s_linspace32")  # the clips --compare also runs through the old code
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(2)
 from deepfake_serving.variants import create_model, get_variant
@@ -58,8 +58,9 @@ except Refusal as err:
     outcome = f"{err.status} {err.code}"
 except MemoryError:
     outcome = "MemoryError"
-print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork and exec, so it would report the parent's peak.
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome, "peak_rss_mb": hwm / 1024}))
 """
 
 

@@ -43,8 +43,8 @@ CATALOGUE: dict[str, ErrorKind] = {
     "no_video_stream": ErrorKind(422, "video", "a readable container without a video stream (audio only)"),
     "empty_video": ErrorKind(422, "video", "a video stream that holds no frame"),
     "video_too_long": ErrorKind(413, "video", "over 600 s, from the header or from any frame's timestamp"),
-    "too_many_frames": ErrorKind(413, "video", "the sampling selects over 300 frames (checked from the header, "
-                                 "then on every frame decoded)"),
+    "too_many_frames": ErrorKind(413, "video", "the sampling selects over 300 frames of the header's count "
+                                 "(computed, never listed; no frame past that count is analysed)"),
     "frame_too_large": ErrorKind(413, "video", "a decoded frame over 4096×2304 pixels (every frame is checked, "
                                  "not only the header)"),
     "frame_too_small": ErrorKind(422, "video", "frames whose half-size detection copy has a side under 20 px"),

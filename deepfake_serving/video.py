@@ -93,7 +93,6 @@ class VideoInfo:
     width: int = 0  # of the upright frames, once one is decoded
     height: int = 0
     rotation: int = 0
-    decoded: int = 0  # frames decoded so far (sampled or not)
     header_size: str = ""  # what the header claims, for messages
     notes: list[str] = field(default_factory=list)
 
@@ -184,13 +183,10 @@ class VideoStream:
         planned = self.sampling.count(frame_count)
         if not planned:
             raise RequestError("empty_video", "the video stream holds no frames")
-        self._too_many(planned, "selects")
+        if planned > limits.max_frames_analyzed:
+            raise RequestError("too_many_frames", f"the sampling selects {planned} frames; the limit is "
+                               f"{limits.max_frames_analyzed} (use sampling=linspace or a larger every=)")
         return VideoInfo(frame_count, fps, duration, planned, header_size=f"{width}x{height}")
-
-    def _too_many(self, count: int, verb: str) -> None:
-        if count > self.limits.max_frames_analyzed:
-            raise RequestError("too_many_frames", f"the sampling {verb} {count} frames; the limit is "
-                               f"{self.limits.max_frames_analyzed} (use sampling=linspace or a larger every=)")
 
     def frames(self) -> Iterator[SampledFrame]:
         """The sampled frames, upright, in order. Raises RequestError at the first frame over a limit."""
@@ -202,7 +198,6 @@ class VideoStream:
         try:
             for frame in self.container.decode(self.stream):
                 index += 1
-                info.decoded = index + 1
                 pixels = frame.width * frame.height
                 if pixels > limits.max_pixels:
                     raise RequestError("frame_too_large", f"frame {index} is {frame.width}x{frame.height}; the limit "
@@ -215,9 +210,8 @@ class VideoStream:
                 if timestamp > limits.max_duration_s:
                     raise RequestError("video_too_long", f"frame {index} is at {timestamp:.1f} s; the limit is "
                                        f"{limits.max_duration_s:.0f} s")
-                if sampling.selects(index, info.frame_count, linspace):
+                if sampling.selects(index, info.frame_count, linspace):  # never past the header's count
                     sampled += 1
-                    self._too_many(sampled, "reaches")
                     info.rotation = int(getattr(frame, "rotation", 0) or 0)
                     image = _upright(frame.to_ndarray(format="rgb24"), info.rotation)
                     info.height, info.width = image.shape[:2]

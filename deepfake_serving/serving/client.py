@@ -242,6 +242,8 @@ class TritonClient:
             result = self.client.infer(name, inputs, model_version=version or "", **extra)
         except self.module.InferenceServerException as err:
             return self._failure(err)
+        except OSError as err:  # refused or reset connection (tritonclient's HTTP transport raises these as-is)
+            return Prediction(503, error_body("server_unavailable", f"{type(err).__name__}: {err}"))
         return Prediction(200, json.loads(result.as_numpy("RESPONSE").reshape(-1)[0]))
 
     @staticmethod
