@@ -37,7 +37,12 @@ CLIPS = {  # name: (sampling options)
 HONEST = ("4k_300_all", "720p_10s_linspace32")  # the clips --compare also runs through the old code
 
 CHILD = """
-import json, sys, time
+import json, os, sys, time
+if os.environ.get("BENCH_CODE"):  # another revision's package: ahead of the editable install's finder
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+    sys.path.insert(0, os.environ["BENCH_CODE"])
+import deepfake_serving
+assert deepfake_serving.__file__.startswith(os.environ.get("BENCH_CODE", "")), deepfake_serving.__file__
 import torch
 torch.set_num_threads(2)
 from deepfake_serving.variants import create_model, get_variant
@@ -89,7 +94,7 @@ def make_clips(directory: Path) -> dict[str, Path]:
 def in_process(clip: Path, options: dict, pythonpath: str | None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+        env["BENCH_CODE"] = pythonpath
     run = subprocess.run([sys.executable, "-c", CHILD, str(clip), json.dumps(options)], env=env,
                          capture_output=True, text=True, timeout=3600)
     if run.returncode:
