@@ -3,7 +3,6 @@ the frames in use, not the clip (the served versions of these cases are in test_
 
 import tracemalloc
 
-import numpy as np
 import pytest
 
 import media
