@@ -33,8 +33,9 @@ def cmd_archive(args) -> int:
         config.update(minWorkers=args.workers, maxWorkers=args.workers)
     if args.batch_size:
         config["batchSize"] = args.batch_size
-    if args.threads:
-        config["handler"] = {"torch_threads": args.threads}
+    handler = {"torch_threads": args.threads, "max_decoded_pixels": args.max_decoded_pixels}
+    if any(handler.values()):
+        config["handler"] = {key: value for key, value in handler.items() if value}
     path = build_archive(args.variant, args.version, checkpoints=args.checkpoint or (), export_path=args.export_path,
                          model_name=args.model_name, model_config=config, media=args.media)
     print(path)
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-decoded-pixels", type=int,
+                   help="video archives: decoded pixels allowed per request (default 3e9; 413 above)")
     p.set_defaults(func=cmd_archive)
 
     for name, func, helptext in (("serve", cmd_serve, "run TorchServe on the model store"),

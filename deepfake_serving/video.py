@@ -192,7 +192,8 @@ class VideoStream:
         """The sampled frames, upright, in order. Raises RequestError at the first frame over a limit."""
         info, limits, sampling = self.info, self.limits, self.sampling
         linspace = frozenset(sampling.indices(info.frame_count)) if sampling.strategy == "linspace" else frozenset()
-        last = max(linspace) if linspace else info.frame_count - 1
+        step = sampling.every if sampling.strategy == "every_nth" else 1
+        last = max(linspace) if linspace else (info.frame_count - 1) // step * step  # the last selected frame
         self.stream.thread_type = "AUTO"
         decoded_pixels, sampled, index = 0, 0, -1
         try:

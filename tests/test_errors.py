@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SENT_ELSEWHERE = {
     "body_too_large": "test_torchserve.py::test_bodies_over_the_size_limits_are_refused_and_server_survives",
     "internal_error": "test_hostile_media.py::test_a_detector_fault_fails_only_its_own_request",
-    "decode_budget_exceeded": "test_hostile_media.py::test_the_decoded_pixel_budget_counts_every_frame_decoded",
+    "decode_budget_exceeded": "test_video_serving.py::test_the_decoded_pixel_budget_is_set_per_archive",
     "bad_sampling": "test_video_serving.py::test_bad_sampling_and_limits",
     "request_too_large": "test_torchserve.py::test_bodies_over_the_size_limits_are_refused_and_server_survives",
     "unauthorized": "test_torchserve.py::test_inference_without_the_key_is_unauthorized_in_our_format",

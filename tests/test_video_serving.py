@@ -4,8 +4,10 @@ and the CLI's visualisation of a served answer."""
 import json
 import os
 import signal
+import threading
 import time
 
+import psutil
 import pytest
 import requests
 
@@ -143,3 +145,44 @@ def test_a_stream_whose_worker_dies_ends_with_an_error_event(server, rest, grpc_
             break
         time.sleep(1)
     assert server.worker_pids(VIDEO) not in ([], [pid])
+
+
+def peak_rss_during(pid: int, call):
+    """(result of call(), peak RSS in bytes of process ``pid`` while it ran, sampled every 50 ms)."""
+    worker, peak, done = psutil.Process(pid), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.append(worker.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return call(), max(peak)
+    finally:
+        done.set()
+        sampler.join()
+
+
+def test_a_4k_clip_analysed_whole_stays_within_the_memory_budget(server, rest):
+    """60 4K frames with sampling=all: the worker holds about one frame at a time. Holding them all (the
+    decoder before) would add 60 x 25 MB = 1.5 GB; the documented budget is 2 GB per worker."""
+    clip = samples.encode_video(samples.moving_face_frames(60, size=(3840, 2160)), "mp4")
+    (pid,) = server.worker_pids(VIDEO)
+    before = psutil.Process(pid).memory_info().rss
+    answer, peak = peak_rss_during(pid, lambda: rest.predict(VIDEO, clip, options={"sampling": "all"}))
+    assert answer.status == 200 and answer.body["frames_analyzed"] == 60
+    print(f"worker RSS {before / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB")
+    assert peak < 2 * 2**30 and peak - before < 2**30  # 616 MB in the recorded run; all frames: > 1.5 GB
+
+
+def test_the_decoded_pixel_budget_is_set_per_archive(server, rest, clip, tmp_path):
+    """An archive built with a budget of 20 frames of 640x480: a sampling that decodes the whole 48-frame
+    clip is refused, one that stops after frame 0 is answered."""
+    assert main(["archive", "--variant", IMAGE, "--media", "video", "--version", "1.0", "--model-name", "lean-video",
+                 "--max-decoded-pixels", str(640 * 480 * 20), "--export-path", str(server.model_store)]) == 0
+    server.register("lean-video-v1.0.mar")
+    refused = rest.predict("lean-video", clip, options={"frames": 2})
+    assert (refused.status, refused.body["error"]["code"]) == (413, "decode_budget_exceeded")
+    assert rest.predict("lean-video", clip, options={"sampling": "every_nth", "every": 100}).status == 200
