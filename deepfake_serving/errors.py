@@ -105,13 +105,13 @@ def with_tables(readme: str) -> str:
     return re.sub(r"(<!-- errors:([a-z,]+) -->)\n.*?(<!-- /errors:\2 -->)", table, readme, flags=re.S)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the variant it was meant for."""
+
+
 if __name__ == "__main__":
     import sys
     from pathlib import Path
 
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
     path.write_text(with_tables(path.read_text()))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the variant it was meant for."""

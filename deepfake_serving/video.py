@@ -58,7 +58,12 @@ class Sampling:
         if self.strategy == "linspace":
             idx = np.linspace(0, frame_count - 1, self.frames, endpoint=True).astype(np.int64)
             return sorted(set(int(i) for i in idx))
-        return list(range(0, frame_count, self.every if self.strategy == "every_nth" else 1))
+        return list(range(0, frame_count, self.step))
+
+    @property
+    def step(self) -> int:
+        """The stride of every_nth and all (linspace has none)."""
+        return self.every if self.strategy == "every_nth" else 1
 
     def count(self, frame_count: int) -> int:
         """How many frames ``indices`` selects, without building the list (headers can claim 2**32 frames)."""
@@ -66,15 +71,18 @@ class Sampling:
             return 0
         if self.strategy == "linspace":
             return len(self.indices(frame_count))
-        step = self.every if self.strategy == "every_nth" else 1
-        return -(-frame_count // step)
+        return -(-frame_count // self.step)
 
-    def selects(self, index: int, frame_count: int, linspace_set: frozenset[int]) -> bool:
-        if index >= frame_count:
-            return False
+    def last(self, frame_count: int) -> int:
+        """The last index ``indices`` selects: decoding stops there, never past the header's count."""
+        if self.strategy == "linspace":
+            return self.indices(frame_count)[-1]
+        return (frame_count - 1) // self.step * self.step
+
+    def selects(self, index: int, linspace_set: frozenset[int]) -> bool:
         if self.strategy == "linspace":
             return index in linspace_set
-        return self.strategy == "all" or index % self.every == 0
+        return index % self.step == 0
 
 
 @dataclass(frozen=True)
@@ -192,8 +200,7 @@ class VideoStream:
         """The sampled frames, upright, in order. Raises RequestError at the first frame over a limit."""
         info, limits, sampling = self.info, self.limits, self.sampling
         linspace = frozenset(sampling.indices(info.frame_count)) if sampling.strategy == "linspace" else frozenset()
-        step = sampling.every if sampling.strategy == "every_nth" else 1
-        last = max(linspace) if linspace else (info.frame_count - 1) // step * step  # the last selected frame
+        last = sampling.last(info.frame_count)
         self.stream.thread_type = "AUTO"
         decoded_pixels, sampled, index = 0, 0, -1
         try:
@@ -211,7 +218,7 @@ class VideoStream:
                 if timestamp > limits.max_duration_s:
                     raise RequestError("video_too_long", f"frame {index} is at {timestamp:.1f} s; the limit is "
                                        f"{limits.max_duration_s:.0f} s")
-                if sampling.selects(index, info.frame_count, linspace):  # never past the header's count
+                if sampling.selects(index, linspace):
                     sampled += 1
                     info.rotation = int(getattr(frame, "rotation", 0) or 0)
                     image = _upright(frame.to_ndarray(format="rgb24"), info.rotation)

@@ -122,3 +122,8 @@ def test_video_memory_follows_the_chunk_not_the_clip(videos):
         tracemalloc.stop()
     assert result["frames_analyzed"] == frames and result["metrics"]["total_faces_detected"] >= frames
     assert peak < 6 * frame_bytes, f"peak {peak / frame_bytes:.1f} frames"
+
+
+def test_decoding_stops_at_the_last_selected_frame():
+    assert [Sampling(s, frames=4, every=7).last(20) for s in ("linspace", "every_nth", "all")] == [19, 14, 19]
+    assert Sampling("every_nth", every=100).last(48) == 0
