@@ -1,7 +1,9 @@
-"""A model bundle: one variant's weights (safetensors, one file per checkpoint) plus a manifest.
+"""A model bundle: one variant's weights (safetensors, one file per checkpoint), the same
+checkpoints as one ONNX graph (``classifier.onnx``, exported at build time), and a manifest.
 
 Both backends serve bundles: a TorchServe archive carries one, a Triton model
-version directory holds one. Loading checks every weights file's sha256.
+version directory holds one. Loading checks every file's sha256 against the
+manifest. Reading a manifest and serving the graph import no torch.
 """
 
 from __future__ import annotations
@@ -12,17 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from safetensors.torch import load_file, save_file
-
 from . import __version__
-from .checkpoints import load_checkpoint_into, load_state_dict_strict
+from .engines import DEFAULT_ENGINE, Device, check_engine, load_scorer
 from .errors import CheckpointError
-from .pipeline import ImagePipeline
 from .runtime import sha256_of
 from .variants import get_variant
 
 MANIFEST_NAME = "deepfake_manifest.json"
+GRAPH_NAME = "classifier.onnx"
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,25 @@ class BundleManifest:
     trained: bool
     created_at: str
     package_version: str
+    engine: str = DEFAULT_ENGINE  # what serves it unless told otherwise
+    # {"file", "sha256", "checkpoints", "opset", "exporter"}: the checkpoints as one graph, (faces, checkpoints) out
+    onnx: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def read(cls, directory: str | Path) -> "BundleManifest":
-        return cls(**json.loads((Path(directory) / MANIFEST_NAME).read_text()))
+        path = Path(directory) / MANIFEST_NAME
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: not a bundle manifest ({exc})") from None
+
+    @property
+    def files(self) -> list[dict]:
+        """Every file entry ({"file", "sha256", ...}): the weights, then the graph."""
+        return [*self.weights, *([self.onnx] if self.onnx else [])]
 
     @property
     def weight_files(self) -> list[str]:
@@ -61,11 +72,17 @@ def write_bundle(
     version: str,
     checkpoints: Sequence[str | Path] = (),
     seed: int = 0,
+    engine: str = DEFAULT_ENGINE,
 ) -> BundleManifest:
-    """Write weights and manifest. Without checkpoints the weights are random (seeded) and flagged untrained.
+    """Write weights, graph and manifest. Without checkpoints the weights are random (seeded) and
+    flagged untrained. Every checkpoint is loaded into the variant before anything is written."""
+    import torch
+    from safetensors.torch import save_file
 
-    Every checkpoint is loaded into the variant before anything is written.
-    """
+    from .checkpoints import load_checkpoint_into
+    from .onnx_export import export_onnx, exporter_info
+
+    check_engine(engine)
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -82,6 +99,8 @@ def write_bundle(
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         source = {"name": Path(checkpoint).name, "sha256": sha256_of(checkpoint)} if checkpoint else None
         entries.append({"file": path.name, "sha256": sha256_of(path), "source_checkpoint": source})
+    graph = export_onnx(variant, [model for model, _ in models], directory / GRAPH_NAME)
+    onnx = {"file": graph.name, "sha256": sha256_of(graph), "checkpoints": len(models), **exporter_info()}
     manifest = BundleManifest(
         variant=variant.name,
         version=version,
@@ -93,37 +112,58 @@ def write_bundle(
         trained=bool(checkpoints),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         package_version=__version__,
+        engine=engine,
+        onnx=onnx,
     )
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
 
 
-def load_models(directory: str | Path) -> tuple[BundleManifest, list[torch.nn.Module]]:
-    """The bundle's models, refusing any weights file whose sha256 differs from the manifest's."""
+def check_file(directory: Path, entry: dict) -> Path:
+    """A file the manifest lists, refused when missing or when its sha256 differs from the manifest's."""
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise CheckpointError(f"{path.name} has sha256 {digest}, the manifest says {entry['sha256']}")
+    return path
+
+
+def load_models(directory: str | Path) -> tuple[BundleManifest, list]:
+    """The bundle's torch models, refusing any weights file whose sha256 differs from the manifest's."""
+    from safetensors.torch import load_file
+
+    from .checkpoints import load_state_dict_strict
+
     directory = Path(directory)
     manifest = BundleManifest.read(directory)
     variant = get_variant(manifest.variant)
     models = []
     for entry in manifest.weights:
-        path = directory / entry["file"]
-        digest = sha256_of(path)
-        if digest != entry["sha256"]:
-            raise CheckpointError(f"{path.name} has sha256 {digest}, the manifest says {entry['sha256']}")
+        path = check_file(directory, entry)
         model = variant.build()
         load_state_dict_strict(model, load_file(str(path)), path.name)
         models.append(model.eval())
     return manifest, models
 
 
-def load_bundle(directory: str | Path, **pipeline_options) -> ImagePipeline:
-    manifest, models = load_models(directory)
-    return ImagePipeline(get_variant(manifest.variant), models, version=manifest.version,
-                         weights_trained=manifest.trained, **pipeline_options)
+def load_bundle(directory: str | Path, engine: str | None = None, device: Device = Device(),
+                threads: int | None = None, **pipeline_options):
+    """The image pipeline over a bundle, its classifier on ``engine`` (default: the manifest's)."""
+    from .pipeline import ImagePipeline
+
+    manifest = BundleManifest.read(directory)
+    scorer = load_scorer(directory, engine, device, threads)
+    return ImagePipeline(get_variant(manifest.variant), scorer, version=manifest.version,
+                         weights_trained=manifest.trained, threads=threads, device=device, **pipeline_options)
 
 
-def load_video_bundle(directory: str | Path, **pipeline_options):
+def load_video_bundle(directory: str | Path, engine: str | None = None, device: Device = Device(),
+                      threads: int | None = None, **pipeline_options):
     from .video_pipeline import VideoPipeline
 
-    manifest, models = load_models(directory)
-    return VideoPipeline(get_variant(manifest.variant), models, version=manifest.version,
-                         weights_trained=manifest.trained, **pipeline_options)
+    manifest = BundleManifest.read(directory)
+    scorer = load_scorer(directory, engine, device, threads)
+    return VideoPipeline(get_variant(manifest.variant), scorer, version=manifest.version,
+                         weights_trained=manifest.trained, threads=threads, device=device, **pipeline_options)

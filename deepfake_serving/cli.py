@@ -33,11 +33,11 @@ def cmd_archive(args) -> int:
         config.update(minWorkers=args.workers, maxWorkers=args.workers)
     if args.batch_size:
         config["batchSize"] = args.batch_size
-    handler = {"torch_threads": args.threads, "max_decoded_pixels": args.max_decoded_pixels}
+    handler = {"threads": args.threads, "max_decoded_pixels": args.max_decoded_pixels}
     if any(handler.values()):
         config["handler"] = {key: value for key, value in handler.items() if value}
     path = build_archive(args.variant, args.version, checkpoints=args.checkpoint or (), export_path=args.export_path,
-                         model_name=args.model_name, model_config=config, media=args.media)
+                         model_name=args.model_name, model_config=config, media=args.media, engine=args.engine)
     print(path)
     return 0
 
@@ -147,7 +147,7 @@ def cmd_triton_serve(args) -> int:
     names = model_names(args.variant)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,
-                    torch_threads=args.torch_threads, ort_threads=args.ort_threads).start()
+                    threads=args.threads).start()
     return _wait_forever(server, f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on "
                                  f"{server.http_url} (HTTP) and {server.grpc_target} (gRPC), metrics on "
                                  f"{server.metrics_url}. Ctrl-C stops it.")
@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"of a server started with the default --workdir, {DEFAULT_WORKDIR} or {DEFAULT_TRITON_WORKDIR})")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .engines import DEFAULT_ENGINE, ENGINES
+
     sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
 
     p = sub.add_parser("archive", help="package a variant as a versioned .mar")
@@ -294,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="TorchServe model name (default: the variant, or {variant}-video)")
     p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
     p.add_argument("--workers", type=int)
-    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="what runs the classifier in the worker (the archive carries the ONNX graph and the "
+                        "safetensors weights either way)")
+    p.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores ÷ workers on the server)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-decoded-pixels", type=int,
                    help="video archives: decoded pixels allowed per request (default 3e9; 413 above)")
@@ -328,9 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     serve = triton.choices["serve"]
     serve.add_argument("--workdir", default=DEFAULT_TRITON_WORKDIR)
-    # One thread per instance: two preprocess instances + one classifier fill two cores (see the README).
-    serve.add_argument("--torch-threads", type=int, default=1, help="torch threads per preprocess/video instance")
-    serve.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime threads per classifier instance")
+    serve.add_argument("--threads", type=int, help="intra-op threads per model instance (default: cores ÷ instances)")
 
     p = sub.add_parser("rollout", help="A/B rollout of a candidate archive: shadow, gate, canary, promote/rollback")
     p.add_argument("candidate", help="TorchServe: the candidate .mar in the model store; Triton: a built "

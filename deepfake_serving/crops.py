@@ -13,7 +13,6 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
 
 def padded_crop(image: np.ndarray, box: Sequence[int], margin: Fraction) -> np.ndarray:
@@ -74,9 +73,9 @@ def center_square(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, i
     return image[y1:y1 + side, x1:x1 + side], (x1, y1, x1 + side, y1 + side)
 
 
-def to_tensor(faces: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Stack HxWx3 uint8 RGB faces into a normalised float32 NCHW batch."""
-    batch = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return batch.sub_(mean_t).div_(std_t)
+def to_array(faces: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Stack HxWx3 uint8 RGB faces into a normalised float32 NCHW batch: (x / 255 - mean) / std in
+    float32, the arithmetic torchvision-style ``to_tensor`` + ``normalize`` does."""
+    batch = np.stack(faces).astype(np.float32) / np.float32(255.0)
+    batch = (batch - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

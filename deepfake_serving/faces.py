@@ -1,4 +1,4 @@
-"""Face detection with facenet-pytorch's MTCNN (its P/R/O-Net weights ship in its wheel)."""
+"""Face detection: facenet-pytorch's MTCNN, run without torch (``mtcnn.OnnxMTCNN``), one image per call."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from facenet_pytorch import MTCNN
 from PIL import Image
 
+from .engines import Device, ort_providers
+from .mtcnn import OnnxMTCNN
 from .variants import FaceStage
 
 
@@ -42,57 +43,25 @@ def image_detect_scale(shape: tuple[int, ...], params: FaceStage) -> float:
 
 
 class FaceDetector:
-    """Batched MTCNN: images that share a size go through one call; every face is kept."""
+    """MTCNN one image per call, as the DFDC reference detects: an image's boxes never depend on
+    the images that arrive with it. Every face is kept, largest first."""
 
-    def __init__(self, params: FaceStage):
+    def __init__(self, params: FaceStage, threads: int | None = None, device: Device = Device()):
         self.params = params
-        self.mtcnn = MTCNN(
-            margin=0,
-            thresholds=list(params.thresholds),
-            min_face_size=params.min_face_size,
-            keep_all=True,
-            select_largest=True,  # the DFDC reference's default: boxes come largest first
-            post_process=False,
-            device="cpu",
-        )
+        self.mtcnn = OnnxMTCNN(params.min_face_size, params.thresholds, threads, ort_providers("onnxruntime", device))
 
     def detect(self, images: Sequence[np.ndarray], scales: Sequence[float]) -> list[list[DetectedFace] | Exception]:
         """Detect faces in each RGB image after shrinking it by its scale; boxes come back full size.
-
-        A failure stays with its image: a group that fails is detected again one image at a
-        time, and an image that still fails gets its exception in place of its faces.
-        """
-        shrunk = [shrink(img, s) for img, s in zip(images, scales)]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, img in enumerate(shrunk):
-            groups.setdefault(img.shape, []).append(i)
-        results: list[list[DetectedFace] | Exception] = [[] for _ in images]
-        for indices in groups.values():
+        A failure stays with its image: it gets the exception in place of its faces."""
+        results: list[list[DetectedFace] | Exception] = []
+        for image, scale in zip(images, scales):
             try:
-                found = self._detect_group([shrunk[i] for i in indices])
-            except Exception:  # noqa: BLE001 - isolate the image at fault
-                found = [self._detect_alone(shrunk[i]) for i in indices]
-            for i, item in zip(indices, found):
-                results[i] = item if isinstance(item, Exception) else self._faces(*item, scales[i])
+                results.append(self._faces(*self.mtcnn.detect(shrink(image, scale)), scale))
+            except Exception as exc:  # noqa: BLE001 - isolate the image at fault
+                results.append(exc)
         return results
 
-    def _detect_group(self, images: list[np.ndarray]) -> list[tuple]:
-        batch_boxes, batch_probs = self.mtcnn.detect(np.stack(images))
-        return list(zip(batch_boxes, batch_probs))
-
-    def _detect_alone(self, image: np.ndarray) -> tuple | Exception:
-        try:
-            return self._detect_group([image])[0]
-        except Exception as exc:  # noqa: BLE001
-            return exc
-
     @staticmethod
-    def _faces(boxes, probs, scale: float) -> list[DetectedFace]:
-        if boxes is None:
-            return []
+    def _faces(boxes: np.ndarray, probs: np.ndarray, scale: float) -> list[DetectedFace]:
         inverse = 1.0 / scale
-        return [
-            DetectedFace(tuple(int(float(b) * inverse) for b in box), float(p))
-            for box, p in zip(boxes, probs)
-            if box is not None
-        ]
+        return [DetectedFace(tuple(int(float(b) * inverse) for b in box), float(p)) for box, p in zip(boxes, probs)]

@@ -32,6 +32,11 @@ class FakeProbabilities(nn.Module):
         return torch.stack([self.variant.fake_probability(model(faces)) for model in self.models], dim=1)
 
 
+def exporter_info() -> dict:
+    """What the manifest records about the export."""
+    return {"opset": OPSET, "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"}
+
+
 def export_onnx(variant: Variant, models: Sequence[nn.Module], path: str | Path) -> Path:
     """Export with a dynamic face count (the TorchScript-based exporter: no onnxscript needed)."""
     path = Path(path)

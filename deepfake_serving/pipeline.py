@@ -1,4 +1,4 @@
-"""The image pipeline: decode → detect faces (batched) → crops → one forward pass → responses.
+"""The image pipeline: decode → detect faces → crops → one forward pass → responses.
 
 Backend-agnostic: the TorchServe handler and the Triton models call it.
 """
@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from torch import nn
 
-from .classifier import FaceScorer, as_scorer
 from .crops import center_square, fit_to_input, padded_crop
+from .engines import Device, FaceScorer, as_scorer
 from .errors import RequestError, internal_error
 from .faces import FaceDetector, detectable, detection_size, image_detect_scale
 from .imaging import ImageLimits, decode_image
 from .schema import face_entry, image_response
 from .variants import Variant
+
+if TYPE_CHECKING:  # a scorer, or torch models for the torch engine; torch is never imported here
+    from torch import nn
 
 
 @dataclass
@@ -51,13 +53,14 @@ def _ms(since: float) -> float:
 
 
 class ImageFaceStage:
-    """Decode → batched MTCNN → model-ready crops (what Triton's preprocess model runs)."""
+    """Decode → MTCNN (one image per call) → model-ready crops (what Triton's preprocess model runs)."""
 
-    def __init__(self, variant: Variant, limits: ImageLimits = ImageLimits(), max_faces: int = 32):
+    def __init__(self, variant: Variant, limits: ImageLimits = ImageLimits(), max_faces: int = 32,
+                 threads: int | None = None, device: Device = Device()):
         self.variant = variant
         self.limits = limits
         self.max_faces = max_faces
-        self.face_detector = FaceDetector(variant.preprocessing.faces)
+        self.face_detector = FaceDetector(variant.preprocessing.faces, threads, device)
 
     def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | RequestError]:
         """Decode every payload and detect faces over the whole batch; failures stay per item."""
@@ -132,20 +135,22 @@ class ImagePipeline:
     def __init__(
         self,
         variant: Variant,
-        model: nn.Module | Sequence[nn.Module] | FaceScorer,
+        model: "FaceScorer | nn.Module | Sequence[nn.Module]",
         *,
         version: str = "0",
         weights_trained: bool = False,
         model_name: str | None = None,
         limits: ImageLimits = ImageLimits(),
         max_faces: int = 32,
+        threads: int | None = None,
+        device: Device = Device(),
     ):
         self.variant = variant
         self.classifier = as_scorer(variant, model)
         self.version = version
         self.weights_trained = weights_trained
         self.model_name = model_name or variant.name
-        self.face_stage = ImageFaceStage(variant, limits, max_faces)
+        self.face_stage = ImageFaceStage(variant, limits, max_faces, threads, device)
 
     def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | RequestError]:
         return self.face_stage.prepare(payloads)

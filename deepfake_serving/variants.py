@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # the registry imports no torch: torch-free workers read it too
+    from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # How a model's raw output becomes P(fake), one value per face.
-OUTPUT_CONVENTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+OUTPUT_CONVENTIONS: dict[str, Callable[["Tensor"], "Tensor"]] = {
     "prob_fake": lambda out: out.reshape(-1),  # head ends in a sigmoid over "fake"
-    "logit_fake": lambda out: torch.sigmoid(out.reshape(-1)),
+    "logit_fake": lambda out: out.reshape(-1).sigmoid(),
     "prob_real": lambda out: 1.0 - out.reshape(-1),  # head ends in a sigmoid over "real"
-    "logits_real_fake": lambda out: torch.softmax(out, dim=1)[:, 1],
+    "logits_real_fake": lambda out: out.softmax(dim=1)[:, 1],
 }
 
 
@@ -62,14 +62,14 @@ class Variant:
     name: str
     seed: str
     description: str
-    build: Callable[[], nn.Module]
+    build: Callable[[], "nn.Module"]
     output: str
     preprocessing: Preprocessing
     threshold: float = 0.5
     # Checkpoint keys that the reference format carries but the model does not use.
     ignored_checkpoint_prefixes: tuple[str, ...] = ()
 
-    def fake_probability(self, output: torch.Tensor) -> torch.Tensor:
+    def fake_probability(self, output: "Tensor") -> "Tensor":
         return OUTPUT_CONVENTIONS[self.output](output)
 
 
@@ -96,7 +96,7 @@ def get_variant(name: str) -> Variant:
         raise KeyError(f"unknown variant {name!r}; known: {', '.join(list_variants())}") from None
 
 
-def create_model(name: str, checkpoint: str | None = None) -> nn.Module:
+def create_model(name: str, checkpoint: str | None = None) -> "nn.Module":
     """Build a variant with random weights (never downloads), or load a user checkpoint."""
     variant = get_variant(name)
     model = variant.build()

@@ -1,24 +1,25 @@
-"""The video pipeline (DFDC reference procedure): sample frames → batched MTCNN on half-size
-frames → pool of at most 127 faces → classify in batches → confident strategy per model →
+"""The video pipeline (DFDC reference procedure): sample frames → MTCNN on half-size
+frames, one per call → pool of at most 127 faces → classify in batches → confident strategy per model →
 mean across models. Backend-agnostic; progress goes to an optional callback."""
 
 from __future__ import annotations
 
-import itertools
 import time
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
-from torch import nn
 
 from .aggregation import confident_strategy, label_for
-from .classifier import FaceScorer, as_scorer
 from .crops import fit_to_input, padded_crop
+from .engines import Device, FaceScorer, as_scorer
 from .errors import RequestError
 from .faces import FaceDetector, detectable
 from .schema import SCHEMA_VERSION, face_entry
 from .variants import Variant
 from .video import DecodedVideo, SampledFrame, Sampling, VideoInfo, VideoLimits, VideoStream
+
+if TYPE_CHECKING:  # a scorer, or torch models for the torch engine; torch is never imported here
+    from torch import nn
 
 Progress = Callable[[dict], None]
 EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
@@ -32,28 +33,26 @@ class VideoPipeline:
     def __init__(
         self,
         variant: Variant,
-        models: nn.Module | Sequence[nn.Module] | FaceScorer,
+        models: "FaceScorer | nn.Module | Sequence[nn.Module]",
         *,
         version: str = "0",
         weights_trained: bool = False,
         model_name: str | None = None,
         limits: VideoLimits = VideoLimits(),
         max_faces: int = 127,
-        detect_batch: int = 1,
-        classify_batch: int = 16,
+        threads: int | None = None,
+        device: Device = Device(),
     ):
         self.variant = variant
-        self.classifier = as_scorer(variant, models, batch_size=classify_batch)
-        self.face_detector = FaceDetector(variant.preprocessing.faces)
+        self.classifier = as_scorer(variant, models)
+        # One frame per MTCNN call, as the DFDC reference: a frame's boxes never depend on other frames,
+        # and only one decoded frame is held at a time.
+        self.face_detector = FaceDetector(variant.preprocessing.faces, threads, device)
         self.version = version
         self.weights_trained = weights_trained
         self.model_name = model_name or f"{variant.name}-video"
         self.limits = limits
         self.max_faces = max_faces
-        # One frame per MTCNN call, as the DFDC reference: a frame's boxes then never depend on the frames
-        # that share its call, only one frame is held at a time, and on this CPU batching was no faster
-        # (a 4K clip: 2.4 GB peak and no gain with 8 frames a call, against ~1.5 GB with one).
-        self.detect_batch = detect_batch
 
     def analyze(self, data: bytes, sampling: Sampling = Sampling(), progress: Progress | None = None,
                 progress_every: int = 8) -> dict:
@@ -78,41 +77,39 @@ class VideoPipeline:
         frame_faces: list[list] = []
         crops, owners = [], []  # the face pool, in frame order, and the frame each face came from
         timings = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
-        while True:
-            t = time.perf_counter()
-            chunk = list(itertools.islice(frames, self.detect_batch))
+        t = time.perf_counter()
+        for frame in frames:
             timings["decode"] += _ms(t)
-            if not chunk:
-                break
-            for frame in chunk:
-                if not detectable(frame.image.shape, scale, pre.faces):
-                    raise RequestError("frame_too_small", f"frame {frame.index} is {frame.image.shape[1]}x"
-                                       f"{frame.image.shape[0]}: faces are detected at {scale:g}x and need "
-                                       f"{pre.faces.min_face_size} px on each side")
+            if not detectable(frame.image.shape, scale, pre.faces):
+                raise RequestError("frame_too_small", f"frame {frame.index} is {frame.image.shape[1]}x"
+                                   f"{frame.image.shape[0]}: faces are detected at {scale:g}x and need "
+                                   f"{pre.faces.min_face_size} px on each side")
             t = time.perf_counter()
-            detections = self.face_detector.detect([f.image for f in chunk], [scale] * len(chunk))
+            (faces,) = self.face_detector.detect([frame.image], [scale])
             timings["detect"] += _ms(t)
+            if isinstance(faces, Exception):
+                raise faces
             t = time.perf_counter()
-            for frame, faces in zip(chunk, detections):
-                if isinstance(faces, Exception):
-                    raise faces
-                kept = []
-                for face in faces:
-                    crop = padded_crop(frame.image, face.box, pre.faces.crop_margin)
-                    if crop.size == 0:
-                        continue
-                    kept.append(face)
-                    if len(crops) < self.max_faces:
-                        crops.append(fit_to_input(crop, pre.input_size, pre.resize))
-                        owners.append((len(analysed), len(kept) - 1))
-                analysed.append(SampledFrame(frame.index, frame.timestamp, EMPTY))
-                frame_faces.append(kept)
+            kept = []
+            for face in faces:
+                crop = padded_crop(frame.image, face.box, pre.faces.crop_margin)
+                if crop.size == 0:
+                    continue
+                kept.append(face)
+                if len(crops) < self.max_faces:
+                    crops.append(fit_to_input(crop, pre.input_size, pre.resize))
+                    owners.append((len(analysed), len(kept) - 1))
+            analysed.append(SampledFrame(frame.index, frame.timestamp, EMPTY))
+            frame_faces.append(kept)
             timings["crop"] += _ms(t)
-            done = len(analysed)
-            if done % progress_every < len(chunk) or len(chunk) < self.detect_batch:  # or the last chunk
-                emit({"event": "progress", "phase": "detect", "frames_done": done, "frames_total": info.planned,
-                      "faces_so_far": sum(len(f) for f in frame_faces)})
-            del chunk, detections
+            if len(analysed) % progress_every == 0:
+                emit({"event": "progress", "phase": "detect", "frames_done": len(analysed),
+                      "frames_total": info.planned, "faces_so_far": sum(len(f) for f in frame_faces)})
+            del frame
+            t = time.perf_counter()
+        if len(analysed) % progress_every:  # the last frames' progress
+            emit({"event": "progress", "phase": "detect", "frames_done": len(analysed), "frames_total": info.planned,
+                  "faces_so_far": sum(len(f) for f in frame_faces)})
         t = time.perf_counter()
         per_model = self.classifier.scores(crops)  # (models, faces)
         timings["classify"] = _ms(t)

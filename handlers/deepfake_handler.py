@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from deepfake_serving.bundle import load_bundle, load_video_bundle
+from deepfake_serving.engines import Device
 from deepfake_serving.errors import RequestError, internal_error
-from deepfake_serving.runtime import set_torch_threads
+from deepfake_serving.threads import intra_op_threads
 from deepfake_serving.video import Sampling, VideoLimits
 
 logger = logging.getLogger(__name__)
@@ -68,21 +68,26 @@ class DeepfakeHandler(BaseHandler):
     def initialize(self, context):
         properties = context.system_properties
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
-        threads = set_torch_threads(int(os.environ.get("DEEPFAKE_TORCH_THREADS", config.get("torch_threads", 1))))
         self.media = config.get("media", "image")
-        model_dir = properties.get("model_dir")
+        # The archive's engine (default: the manifest's), TorchServe's GPU if it assigned one, and the
+        # threads rule (cores ÷ workers) unless the archive sets handler.threads.
+        engine = config.get("engine")
+        device = Device.from_gpu_id(properties.get("gpu_id"))
+        threads = intra_op_threads(int(config.get("threads") or 0) or None)
+        options = {"engine": engine, "device": device, "threads": threads, "model_name": context.model_name}
         if self.media == "video":
             # The face pool cap (DFDC: 127) and the decoded-pixel budget can be set per archive.
             limits = VideoLimits(max_decoded_pixels=int(config.get("max_decoded_pixels",
                                                                    VideoLimits.max_decoded_pixels)))
-            self.pipeline = load_video_bundle(model_dir, model_name=context.model_name, limits=limits,
-                                              max_faces=int(config.get("max_faces", 127)))
+            self.pipeline = load_video_bundle(properties.get("model_dir"), limits=limits,
+                                              max_faces=int(config.get("max_faces", 127)), **options)
         else:
-            self.pipeline = load_bundle(model_dir, model_name=context.model_name)
+            self.pipeline = load_bundle(properties.get("model_dir"), **options)
         self.context = context
         self.initialized = True
-        logger.info("deepfake handler ready: %s v%s, %d torch threads, trained weights: %s",
-                    context.model_name, self.pipeline.version, threads, self.pipeline.weights_trained)
+        logger.info("deepfake handler ready: %s v%s, engine %s on %s, %d threads, trained weights: %s",
+                    context.model_name, self.pipeline.version, engine or "(manifest's)", device.torch, threads,
+                    self.pipeline.weights_trained)
 
     def preprocess(self, data):
         payloads = []

@@ -11,7 +11,7 @@ from checkpoint_formats import save_dfdc_checkpoint
 from deepfake_serving.bundle import MANIFEST_NAME, load_bundle, write_bundle
 from deepfake_serving.runtime import sha256_of
 from deepfake_serving.cli import main
-from deepfake_serving.crops import to_tensor
+from deepfake_serving.crops import to_array
 from deepfake_serving.errors import CheckpointError
 from deepfake_serving.variants import create_model
 
@@ -56,19 +56,21 @@ def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
     answer = pipeline.predict(astronaut_jpeg)
     prepared = pipeline.prepare([astronaut_jpeg])[0]
     with torch.inference_mode():
-        expected = torch.softmax(source(to_tensor(prepared.crops, pipeline.variant.preprocessing.mean,
-                                                  pipeline.variant.preprocessing.std)), 1)[:, 1]
+        expected = torch.softmax(source(torch.from_numpy(to_array(prepared.crops, pipeline.variant.preprocessing.mean,
+                                                                  pipeline.variant.preprocessing.std))), 1)[:, 1]
     assert answer["fake_probability"] == pytest.approx(float(expected.max()), abs=1e-6)
 
 
-def test_tampered_weights_are_refused(tmp_path):
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("tampered", ["weights.safetensors", "classifier.onnx"])
+def test_tampered_files_are_refused(tmp_path, tampered, engine):
     write_bundle(tmp_path, "b4-mobile", "1.0")
-    weights = tmp_path / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
+    path = tmp_path / tampered
+    data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="sha256"):
-        load_bundle(tmp_path)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{tampered} has sha256"):
+        load_bundle(tmp_path, engine=engine)
 
 
 def test_a_checkpoint_for_another_variant_is_refused_before_archiving(tmp_path, dfdc_checkpoint):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepfake_serving.crops import (
-    center_square, fit_to_input, isotropic_resize, padded_crop, put_to_center, to_tensor,
+    center_square, fit_to_input, isotropic_resize, padded_crop, put_to_center, to_array,
 )
 
 
@@ -87,12 +87,21 @@ def test_center_square():
     np.testing.assert_array_equal(crop, img[:, 30:130])
 
 
-def test_to_tensor_normalises_with_imagenet_statistics():
+def test_to_array_normalises_with_imagenet_statistics():
     face = np.zeros((4, 4, 3), dtype=np.uint8)
     face[..., 0], face[..., 1], face[..., 2] = 255, 0, 128
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    t = to_tensor([face, face], mean, std)
-    assert t.shape == (2, 3, 4, 4) and t.dtype == torch.float32
+    t = to_array([face, face], mean, std)
+    assert t.shape == (2, 3, 4, 4) and t.dtype == np.float32 and t.flags.c_contiguous
     expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
     for c in range(3):
-        assert t[1, c].allclose(torch.full((4, 4), expected[c]), atol=1e-6)
+        np.testing.assert_allclose(t[1, c], np.full((4, 4), expected[c]), atol=1e-6)
+
+
+def test_to_array_matches_torchvision_normalisation_bit_for_bit():
+    from torchvision.transforms import functional as tvf
+
+    faces = [np.random.default_rng(i).integers(0, 256, (9, 7, 3), dtype=np.uint8) for i in range(3)]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = torch.stack([tvf.normalize(tvf.to_tensor(f), mean, std) for f in faces]).numpy()
+    np.testing.assert_array_equal(to_array(faces, mean, std), expected)

@@ -8,7 +8,7 @@ import pytest
 import media
 from deepfake_serving import samples
 from deepfake_serving.errors import RequestError
-from deepfake_serving.faces import FaceDetector
+from deepfake_serving.mtcnn import OnnxMTCNN
 from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.variants import create_model, get_variant
 from deepfake_serving.video import Sampling, VideoLimits, decode_video
@@ -47,14 +47,14 @@ def test_accepted_formats_find_the_face(images, name):
 def test_a_detector_fault_fails_only_its_own_request(images, astronaut_jpeg, monkeypatch):
     """An unexpected exception (not a bad input) for one image: 500 internal_error for it, answers for the rest."""
     odd = samples.encode(samples.astronaut()[:300, :300])
-    group = FaceDetector._detect_group
+    detect = OnnxMTCNN.detect
 
-    def fails_on_300px(self, batch):
-        if any(image.shape[:2] == (300, 300) for image in batch):
+    def fails_on_300px(self, image):
+        if image.shape[:2] == (300, 300):
             raise RuntimeError("detector fault")
-        return group(self, batch)
+        return detect(self, image)
 
-    monkeypatch.setattr(FaceDetector, "_detect_group", fails_on_300px)
+    monkeypatch.setattr(OnnxMTCNN, "detect", fails_on_300px)
     answers = images.predict_batch([astronaut_jpeg, odd, astronaut_jpeg])
     assert isinstance(answers[1], RequestError) and (answers[1].status, answers[1].code) == (500, "internal_error")
     assert "detector fault" in answers[1].message

@@ -79,7 +79,7 @@ def store(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     weights = checkpoint(store / "weights.pt", 1)
     # Two versions share the 2 cores during a rollout: one torch thread per worker, or they oversubscribe.
-    one = {"model_config": {"handler": {"torch_threads": 1}}}
+    one = {"model_config": {"handler": {"threads": 1}}}
     build_archive(MODEL, "1.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "2.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "3.0", checkpoints=[weights], export_path=store, media="video", model_name=MODEL, **one)

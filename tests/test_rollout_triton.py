@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from deepfake_serving import samples
+from deepfake_serving.bundle import GRAPH_NAME
 from deepfake_serving.onnx_export import export_onnx
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
@@ -77,9 +78,9 @@ def live_load(server, target, tmp_path, seconds: int) -> Load:
 
 def replace_onnx(version_dir, variant, models):
     """Put another graph into a built version (its manifest's checksum updated, so it loads)."""
-    onnx = export_onnx(variant, models, version_dir / "model.onnx")
+    onnx = export_onnx(variant, models, version_dir / GRAPH_NAME)
     manifest = json.loads((version_dir / "deepfake_manifest.json").read_text())
-    manifest["weights"][0]["sha256"] = sha256_of(onnx)
+    manifest["onnx"]["sha256"] = sha256_of(onnx)
     (version_dir / "deepfake_manifest.json").write_text(json.dumps(manifest))
 
 
@@ -190,7 +191,7 @@ def test_a_version_that_cannot_load_leaves_the_serving_version(server, repositor
     target = TritonTarget(VARIANT, server.http_url, server.metrics_url)
     serving = target.serving_version()
     broken = build_classifier_version(VARIANT, 4, [weights], label="4.0", repository=repository)
-    (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:-100] + b"\0" * 100)
+    (broken / GRAPH_NAME).write_bytes((broken / GRAPH_NAME).read_bytes()[:-100] + b"\0" * 100)
     with pytest.raises(RolloutError, match="register"):
         rollout(target, tmp_path).run("4")
     entry = AuditLog(tmp_path / "audit.jsonl").entries()[-1]

@@ -15,8 +15,8 @@ import tritonclient.http as triton_http
 
 import media
 from deepfake_serving import samples
-from deepfake_serving.classifier import FaceClassifier
-from deepfake_serving.crops import to_tensor
+from deepfake_serving.crops import to_array
+from deepfake_serving.engines import TorchScorer
 from deepfake_serving.pipeline import ImageFaceStage
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import RestClient, TritonClient
@@ -97,7 +97,7 @@ def repository(tmp_path_factory, checkpoints):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, repository, torchserve_answers):
     triton = Triton(tmp_path_factory.mktemp("triton"), [ENSEMBLE, VIDEO], repository=repository,
-                    ports=TritonPorts.free(), torch_threads=2, ort_threads=2)
+                    ports=TritonPorts.free())
     with triton:
         yield triton
 
@@ -169,10 +169,10 @@ def classify_directly(server, version: str, faces: np.ndarray) -> np.ndarray:
 def test_both_classifier_versions_serve_their_own_weights(server, checkpoints):
     variant = get_variant(VARIANT)
     item = ImageFaceStage(variant).prepare([samples.astronaut_jpeg()])[0]
-    faces = to_tensor(item.crops, variant.preprocessing.mean, variant.preprocessing.std).numpy()
+    faces = to_array(item.crops, variant.preprocessing.mean, variant.preprocessing.std)
     for version, checkpoint in (("1", checkpoints[0]), ("2", checkpoints[1])):
         assert server.model_ready(CLASSIFIER, int(version))
-        expected = FaceClassifier(variant, create_model(VARIANT, checkpoint=str(checkpoint))).scores(item.crops)
+        expected = TorchScorer(variant, create_model(VARIANT, checkpoint=str(checkpoint))).scores(item.crops)
         np.testing.assert_allclose(classify_directly(server, version, faces).T, expected, atol=1e-4)
     assert not np.allclose(classify_directly(server, "1", faces), classify_directly(server, "2", faces), atol=1e-3)
 
@@ -229,6 +229,16 @@ def test_bad_videos_get_clear_errors_and_stubs_survive(server, client, clip, nam
 def test_a_video_sent_to_the_image_ensemble_is_refused(client, clip):
     answer = client.predict(VARIANT, clip)
     assert (answer.status, answer.body["error"]["code"]) == (415, "video_sent_to_image_endpoint")
+
+
+def test_no_model_process_imports_torch(server, client, clip):
+    """Every python-backend stub (preprocess ×2, classifier versions, postprocess, video) after serving
+    images and a video: none has libtorch mapped, i.e. none imported torch; ONNX Runtime is there."""
+    assert client.predict(VARIANT, samples.astronaut_jpeg()).ok and client.predict(VIDEO, clip).ok
+    maps = [Path(f"/proc/{pid}/maps").read_text() for pid in server.stub_pids()]
+    assert len(maps) >= 6
+    assert not [m for m in maps if "libtorch" in m]
+    assert sum("onnxruntime_pybind11_state" in m for m in maps) >= 5  # preprocess ×2, classifier ×2, video
 
 
 def test_health_readiness_and_metrics(server):

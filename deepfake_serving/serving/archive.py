@@ -11,24 +11,25 @@ from pathlib import Path
 import yaml
 
 from ..bundle import MANIFEST_NAME, write_bundle
+from ..engines import DEFAULT_ENGINE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLER = REPO_ROOT / "handlers" / "deepfake_handler.py"
 
-# Worker settings that go into the archive's model-config.yaml. On 2 cores one
-# worker with 2 torch threads and server-side batching measured best
-# (benchmarks/bench_image.py prints the sweep).
+# Worker settings that go into the archive's model-config.yaml: one worker, server-side batching
+# (benchmarks/bench_image.py prints the sweep); threads follow deepfake_serving.threads' rule
+# unless ``handler.threads`` is set.
 DEFAULT_MODEL_CONFIG = {
     "minWorkers": 1,
     "maxWorkers": 1,
     "batchSize": 8,
     "maxBatchDelay": 10,
     "responseTimeout": 300,
-    "handler": {"media": "image", "torch_threads": 2},
+    "handler": {"media": "image"},
 }
 # A video is already a batch of faces: one request per forward pass, a longer timeout.
 VIDEO_MODEL_CONFIG = {**DEFAULT_MODEL_CONFIG, "batchSize": 1, "maxBatchDelay": 0, "responseTimeout": 900,
-                      "handler": {"media": "video", "torch_threads": 2}}
+                      "handler": {"media": "video"}}
 
 
 def archive_file_name(model_name: str, version: str) -> str:
@@ -49,6 +50,7 @@ def build_archive(
     model_config: dict | None = None,
     media: str = "image",
     seed: int = 0,
+    engine: str = DEFAULT_ENGINE,
 ) -> Path:
     """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
     several checkpoints of one variant averaged (as the DFDC winner did)."""
@@ -59,11 +61,11 @@ def build_archive(
     export_path.mkdir(parents=True, exist_ok=True)
     base = DEFAULT_MODEL_CONFIG if media == "image" else VIDEO_MODEL_CONFIG
     config = {**base, **(model_config or {})}
-    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media}
+    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media, "engine": engine}
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         tmp = Path(tmp)
-        manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed)
-        files = [tmp / "bundle" / name for name in manifest.weight_files]
+        manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine)
+        files = [tmp / "bundle" / name for name in [*manifest.weight_files, manifest.onnx["file"]]]
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
             [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from ..threads import worker_environment
 from .auth import ServerKeys, register_key_file
 from .processes import free_ports, stop_group
 
@@ -55,13 +56,17 @@ class TorchServe:
         ports: Ports = Ports(),
         config: Path = CONFIG,
         env: dict[str, str] | None = None,
+        workers: int | None = None,
     ):
+        """``workers``: model workers that will share this machine's cores, counting versions
+        registered later (a canary) — the threads rule divides the cores by it (default: one per
+        model loaded at start)."""
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
         self.models = models or []
         self.ports = ports
         self.config = config
-        self.env = env or {}
+        self.env = {**worker_environment(workers or len(models or []) or 1), **(env or {})}
         self.process: subprocess.Popen | None = None
         self.inference_url = f"http://127.0.0.1:{ports.inference}"
         self.management_url = f"http://127.0.0.1:{ports.management}"

@@ -25,7 +25,8 @@ import requests
 
 from .auth import ServerKeys, register_key_file
 from .processes import free_ports, stop_group
-from .triton_repository import REPOSITORY, compile_model_files
+from ..threads import THREADS_ENV, worker_environment
+from .triton_repository import DEFAULT_INSTANCES, REPOSITORY, compile_model_files
 
 SHM_DIR = Path("/dev/shm")
 # The python backend's shared memory per stub starts here and grows in steps; a 100 MB clip
@@ -61,6 +62,20 @@ class TritonPorts:
         return cls(*free_ports(3))
 
 
+def compute_instances(models: list[str]) -> int:
+    """Model instances that take CPU among ``models``: an image ensemble's preprocess instances and its
+    classifier, a video model (it shares the classifier). Postprocess only formats JSON."""
+    count = 0
+    for name in models:
+        if name.endswith("_video"):
+            count += 1
+        elif not name.endswith(("_preprocess", "_classifier", "_postprocess")):
+            count += DEFAULT_INSTANCES.get("preprocess", 1) + 1
+        elif name.endswith(("_preprocess", "_classifier")):
+            count += 1
+    return max(1, count)
+
+
 class Triton:
     def __init__(
         self,
@@ -68,16 +83,17 @@ class Triton:
         models: list[str],
         repository: str | Path = REPOSITORY,
         ports: TritonPorts = TritonPorts(),
-        torch_threads: int = 1,
-        ort_threads: int = 1,
+        threads: int | None = None,
+        workers: int | None = None,
         env: dict[str, str] | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.repository = Path(repository).resolve()
         self.models = models
         self.ports = ports
-        self.env = {"DEEPFAKE_TORCH_THREADS": str(torch_threads), "DEEPFAKE_ORT_THREADS": str(ort_threads),
-                    "OMP_NUM_THREADS": str(max(torch_threads, ort_threads)), **(env or {})}
+        # The threads rule counts every instance that computes (deepfake_serving.threads).
+        self.env = {**worker_environment(workers or compute_instances(models)),
+                    **({THREADS_ENV: str(threads)} if threads else {}), **(env or {})}
         self.http_url = f"http://127.0.0.1:{ports.http}"
         self.grpc_target = f"127.0.0.1:{ports.grpc}"
         self.metrics_url = f"http://127.0.0.1:{ports.metrics}/metrics"

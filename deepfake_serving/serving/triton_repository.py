@@ -20,13 +20,10 @@ import compileall
 import json
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from ..bundle import MANIFEST_NAME, load_models, write_bundle
-from ..onnx_export import export_onnx
-from ..runtime import sha256_of
+from ..bundle import GRAPH_NAME, MANIFEST_NAME, write_bundle
 from ..variants import Variant, get_variant, list_variants
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -153,7 +150,8 @@ def build_classifier_version(
     seed: int = 0,
     repository: str | Path = REPOSITORY,
 ) -> Path:
-    """Export one classifier version (all checkpoints in one ONNX graph) into ``<classifier>/<version>/``.
+    """Write one classifier version into ``<classifier>/<version>/``: a bundle (the same files as an
+    archive's: all checkpoints in one ONNX graph, which the classifier model serves).
 
     ``label`` is the version the responses report (an archive's ``--version``,
     e.g. "2.0"); the same checkpoints and seed give the same weights as
@@ -167,15 +165,8 @@ def build_classifier_version(
         raise FileNotFoundError(f"{model_dir}/config.pbtxt is missing: run write_configs first")
     target = model_dir / str(version)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = write_bundle(tmp, variant.name, label or f"{version}.0", checkpoints, seed)
-        _, models = load_models(tmp)
         staging = Path(tmp) / "version"
-        staging.mkdir()
-        onnx_path = export_onnx(variant, models, staging / "model.onnx")
-        sources = [w["source_checkpoint"] for w in bundle.weights]
-        manifest = replace(bundle, weights=[{"file": onnx_path.name, "sha256": sha256_of(onnx_path),
-                                             "checkpoints": len(models), "source_checkpoints": sources}])
-        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        write_bundle(staging, variant.name, label or f"{version}.0", checkpoints, seed)
         shutil.copy(model_dir / "model.py", staging / "model.py")
         if target.exists():
             shutil.rmtree(target)
@@ -195,7 +186,7 @@ def compile_model_files(path: str | Path) -> None:
 
 def built_versions(variant_name: str, repository: str | Path = REPOSITORY) -> list[int]:
     model_dir = Path(repository) / model_names(variant_name)["classifier"]
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "model.onnx").exists())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / GRAPH_NAME).exists())
 
 
 def version_label(variant_name: str, version: int, repository: str | Path = REPOSITORY) -> str:

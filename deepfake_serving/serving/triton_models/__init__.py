@@ -3,18 +3,17 @@
 The repository's ``model.py`` files import these classes, so the code lives in
 the installed package (one copy for all variants) and a model's config.pbtxt
 says which variant it serves. They import ``triton_python_backend_utils``,
-which exists only inside Triton's python-backend stub.
+which exists only inside Triton's python-backend stub, and never torch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deepfake_serving import runtime
+from deepfake_serving.engines import Device
 from deepfake_serving.errors import RequestError, internal_error
 
 
@@ -24,9 +23,12 @@ def parameters(args: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
 
-def set_torch_threads() -> int:
-    """Threads per instance come from the launcher's environment, never from config.pbtxt (machine-specific)."""
-    return runtime.set_torch_threads(int(os.environ.get("DEEPFAKE_TORCH_THREADS", "1")))
+def instance_device(args: dict) -> Device:
+    """This instance's device: KIND_GPU instances get their GPU (untested here: no GPU), all others the CPU.
+    Threads come from the launcher's environment (deepfake_serving.threads), never from config.pbtxt."""
+    if args.get("model_instance_kind") == "GPU":
+        return Device("cuda", int(args.get("model_instance_device_id", 0)))
+    return Device()
 
 
 def input_bytes(request, name: str) -> bytes:

@@ -7,43 +7,22 @@ run as one ONNX call. Imports no torch: this stub stays small.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from deepfake_serving.runtime import sha256_of
+from deepfake_serving.engines import open_graph
 
-from . import error_response
-
-MANIFEST_NAME = "deepfake_manifest.json"  # the same file name as a bundle's (deepfake_serving.bundle)
-
-
-def open_session(directory: Path) -> tuple[ort.InferenceSession, dict]:
-    """The version directory's ONNX graph, refused when its sha256 differs from the manifest's."""
-    manifest = json.loads((directory / MANIFEST_NAME).read_text())
-    (entry,) = manifest["weights"]
-    path = directory / entry["file"]
-    if sha256_of(path) != entry["sha256"]:
-        raise RuntimeError(f"{path} does not match the sha256 in {MANIFEST_NAME}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("DEEPFAKE_ORT_THREADS", "0"))  # 0: ONNX Runtime decides
-    options.inter_op_num_threads = 1
-    # Idle ONNX Runtime threads spin by default, burning the CPU that preprocess instances need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(path), options, providers=providers), manifest
+from . import error_response, instance_device
 
 
 class TritonPythonModel:
     def initialize(self, args):
         directory = Path(args["model_repository"]) / args["model_version"]
-        self.session, manifest = open_session(directory)
+        self.session, manifest = open_graph(directory, device=instance_device(args))
         self.input_name = self.session.get_inputs()[0].name
-        self.checkpoint = {"version": manifest["version"], "trained": manifest["trained"],
-                           "variant": manifest["variant"]}
+        self.checkpoint = {"version": manifest.version, "trained": manifest.trained, "variant": manifest.variant}
 
     def execute(self, requests):
         """One ONNX call for the whole dynamic batch; if it fails, each request runs alone, so a

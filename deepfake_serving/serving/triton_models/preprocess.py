@@ -1,15 +1,15 @@
-"""Image ensemble step 1: decode, MTCNN, crops, normalisation (the core's ImageFaceStage)."""
+"""Image ensemble step 1: decode, MTCNN (ONNX Runtime), crops, normalisation (the core's ImageFaceStage)."""
 
 from __future__ import annotations
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deepfake_serving.crops import to_tensor
+from deepfake_serving.crops import to_array
 from deepfake_serving.pipeline import ImageFaceStage
 from deepfake_serving.variants import get_variant
 
-from . import error_response, input_bytes, json_tensor, parameters, set_torch_threads
+from . import error_response, input_bytes, instance_device, json_tensor, parameters
 
 
 def face_tensor(crops, variant) -> np.ndarray:
@@ -19,15 +19,15 @@ def face_tensor(crops, variant) -> np.ndarray:
     if not crops:
         size = pre.input_size
         crops = [np.zeros((size, size, 3), dtype=np.uint8)]
-    return to_tensor(crops, pre.mean, pre.std).numpy()
+    return to_array(crops, pre.mean, pre.std)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        set_torch_threads()
         self.variant = get_variant(params["variant"])
-        self.stage = ImageFaceStage(self.variant, max_faces=int(params.get("max_faces", 32)))
+        self.stage = ImageFaceStage(self.variant, max_faces=int(params.get("max_faces", 32)),
+                                    device=instance_device(args))
 
     def execute(self, requests):
         payloads, responses = [], [None] * len(requests)
@@ -37,7 +37,7 @@ class TritonPythonModel:
             except Exception as err:  # noqa: BLE001 - answered per request
                 responses[i] = error_response(err)
         try:
-            prepared = self.stage.prepare([data for _, data in payloads])  # MTCNN over all at once
+            prepared = self.stage.prepare([data for _, data in payloads])  # one MTCNN call per image
         except Exception as err:  # noqa: BLE001
             prepared = [err] * len(payloads)
         for (i, _), item in zip(payloads, prepared):

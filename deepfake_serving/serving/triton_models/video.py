@@ -16,7 +16,7 @@ from deepfake_serving.variants import get_variant
 from deepfake_serving.video import Sampling
 from deepfake_serving.video_pipeline import VideoPipeline
 
-from . import error_response, input_bytes, json_tensor, optional_scalar, parameters, set_torch_threads
+from . import error_response, input_bytes, instance_device, json_tensor, optional_scalar, parameters
 from .preprocess import face_tensor
 
 
@@ -45,10 +45,10 @@ class TritonClassifier:
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
-        set_torch_threads()
         variant = get_variant(params["variant"])
         self.classifier = TritonClassifier(variant, params["classifier"], int(params.get("classifier_batch", 16)))
-        self.pipeline = VideoPipeline(variant, self.classifier, max_faces=int(params.get("max_faces", 127)))
+        self.pipeline = VideoPipeline(variant, self.classifier, max_faces=int(params.get("max_faces", 127)),
+                                      device=instance_device(args))
 
     def execute(self, requests):
         responses = []

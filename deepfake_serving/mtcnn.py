@@ -1,0 +1,229 @@
+"""MTCNN without torch: facenet-pytorch's P/R/O-nets as ONNX graphs, its glue in numpy.
+
+facenet-pytorch 2.5.3's ``detect_face`` reproduced step by step for one image
+per call (the DFDC reference's way): the same image pyramid, area resampling
+(``adaptive_avg_pool2d``'s bins), float32 box arithmetic, torchvision's NMS
+(IoU without +1, scores descending) and the final "Min" NMS in numpy.
+``tests/test_mtcnn_onnx.py`` compares every box with facenet-pytorch's.
+
+The graphs are exported once from the weights in facenet-pytorch's wheel
+(MIT licence) by ``python -m deepfake_serving.mtcnn export`` and ship in the
+package with their sha256 in ``assets/mtcnn/graphs.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+
+from .engines import ort_session
+
+ASSETS = resources.files("deepfake_serving") / "assets" / "mtcnn"
+NETS = ("pnet", "rnet", "onet")
+FACTOR = 0.709  # facenet-pytorch's pyramid factor
+F32 = np.float32
+
+
+class AreaSampler:
+    """torch's ``interpolate(mode="area")`` (adaptive average pooling) of any region of a uint8 image,
+    bit for bit: output cell (i, j) is the integer sum over rows floor(i·H/h) .. ceil((i+1)·H/h) and
+    the matching columns, divided by the rows' count and then by the columns' in float32, as
+    ATen's kernel does. One integral image serves the whole pyramid and every crop."""
+
+    def __init__(self, rgb: np.ndarray):
+        h, w = rgb.shape[:2]
+        # int32 holds any sum of a frame up to 8.4 Mpx (255 · H · W < 2³¹); larger copies use int64.
+        dtype = np.int32 if 255 * h * w < 2**31 else np.int64
+        self.integral = np.zeros((h + 1, w + 1, 3), dtype=dtype)
+        self.integral[1:, 1:] = rgb.cumsum(0, dtype=dtype).cumsum(1, dtype=dtype)
+
+    @staticmethod
+    def _bins(start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        n, i = stop - start, np.arange(size)
+        return start + (i * n) // size, start - ((-(i + 1) * n) // size)
+
+    def resize(self, rows: tuple[int, int], cols: tuple[int, int], height: int, width: int) -> np.ndarray:
+        """The region rows × cols resized to (3, height, width) float32."""
+        r0, r1 = self._bins(*rows, height)
+        c0, c1 = self._bins(*cols, width)
+        band = self.integral[r1] - self.integral[r0]  # each output row's sums, cumulative along columns
+        sums = (band[:, c1] - band[:, c0]).astype(F32)
+        out = sums / (r1 - r0).astype(F32)[:, None, None] / (c1 - c0).astype(F32)[None, :, None]
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """torchvision.ops.nms on the CPU: float32 IoU, > threshold suppresses, kept indices by descending score."""
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(len(scores), dtype=bool)
+    keep = []
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[pos + 1:]
+        w = np.maximum(F32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(F32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        suppressed[rest[inter / (areas[i] + areas[rest] - inter) > F32(threshold)]] = True
+    return np.array(keep, dtype=np.int64)
+
+
+def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """facenet-pytorch's ``nms_numpy(..., 'Min')`` (its last stage), verbatim in behaviour."""
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(scores)
+    pick = []
+    while order.size > 0:
+        i = order[-1]
+        pick.append(i)
+        idx = order[:-1]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[idx]) - np.maximum(x1[i], x1[idx]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[idx]) - np.maximum(y1[i], y1[idx]) + 1)
+        order = order[np.where(w * h / np.minimum(area[i], area[idx]) <= threshold)]
+    return np.array(pick, dtype=np.int64)
+
+
+def _rerec(boxes: np.ndarray) -> np.ndarray:
+    """Square the boxes around their centres."""
+    h = boxes[:, 3] - boxes[:, 1]
+    w = boxes[:, 2] - boxes[:, 0]
+    side = np.maximum(w, h)
+    boxes[:, 0] = boxes[:, 0] + w * F32(0.5) - side * F32(0.5)
+    boxes[:, 1] = boxes[:, 1] + h * F32(0.5) - side * F32(0.5)
+    boxes[:, 2:4] = boxes[:, :2] + side[:, None]
+    return boxes
+
+
+def _bbreg(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, :4] = np.stack([boxes[:, 0] + reg[:, 0] * w, boxes[:, 1] + reg[:, 1] * h,
+                             boxes[:, 2] + reg[:, 2] * w, boxes[:, 3] + reg[:, 3] * h], axis=1)
+    return boxes
+
+
+def _pad(boxes: np.ndarray, w: int, h: int):
+    b = np.trunc(boxes[:, :4]).astype(np.int32)
+    x, y, ex, ey = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    x[x < 1] = 1
+    y[y < 1] = 1
+    ex[ex > w] = w
+    ey[ey > h] = h
+    return y, ey, x, ex
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    return (a - F32(127.5)) * F32(0.0078125)
+
+
+@dataclass
+class OnnxMTCNN:
+    """Detect faces in one RGB uint8 image: (boxes (N, 4) float32, probs (N,)) largest first, as
+    facenet-pytorch's ``MTCNN(keep_all=True, select_largest=True).detect`` returns them."""
+
+    min_face_size: int = 20
+    thresholds: Sequence[float] = (0.6, 0.7, 0.7)
+    threads: int | None = None
+    providers: Sequence | None = None
+
+    def __post_init__(self):
+        digests = json.loads((ASSETS / "graphs.json").read_text())
+        self.sessions = {}
+        for net in NETS:
+            data = (ASSETS / f"{net}.onnx").read_bytes()
+            self.sessions[net] = ort_session(data, f"{net}.onnx", digests[net], self.threads, self.providers)
+
+    def _run(self, net: str, batch: np.ndarray) -> list[np.ndarray]:
+        return self.sessions[net].run(None, {"image": batch})
+
+    def _stage(self, net: str, image: AreaSampler, boxes: np.ndarray, size: int, w: int, h: int) -> list[np.ndarray]:
+        y, ey, x, ex = _pad(boxes, w, h)
+        crops = [image.resize((y[k] - 1, ey[k]), (x[k] - 1, ex[k]), size, size)
+                 for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
+        return self._run(net, _normalise(np.stack(crops)))
+
+    def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = rgb.shape[:2]
+        image = AreaSampler(rgb)
+        m = 12.0 / self.min_face_size
+        scales, minl = [], min(h, w) * m
+        scale = m
+        while minl >= 12:
+            scales.append(scale)
+            scale, minl = scale * FACTOR, minl * FACTOR
+        candidates = []
+        for scale in scales:
+            scaled = image.resize((0, h), (0, w), int(h * scale + 1), int(w * scale + 1))
+            reg, probs = self._run("pnet", _normalise(scaled)[None])
+            found = self._candidates(reg[0], probs[0, 1], scale, self.thresholds[0])
+            candidates.append(found[nms(found[:, :4], found[:, 4], 0.5)])
+        boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9), F32)
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        reg_w, reg_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = np.stack([boxes[:, 0] + boxes[:, 5] * reg_w, boxes[:, 1] + boxes[:, 6] * reg_h,
+                          boxes[:, 2] + boxes[:, 7] * reg_w, boxes[:, 3] + boxes[:, 8] * reg_h, boxes[:, 4]], axis=1)
+        boxes = _rerec(boxes)
+        if len(boxes):
+            reg, probs = self._stage("rnet", image, boxes, 24, w, h)
+            keep = probs[:, 1] > F32(self.thresholds[1])
+            boxes = np.concatenate([boxes[keep, :4], probs[keep, 1:2]], axis=1)
+            reg = reg[keep]
+            pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
+            boxes = _rerec(_bbreg(boxes[pick], reg[pick]))
+        if len(boxes):
+            reg, _, probs = self._stage("onet", image, boxes, 48, w, h)
+            keep = probs[:, 1] > F32(self.thresholds[2])
+            boxes = _bbreg(np.concatenate([boxes[keep, :4], probs[keep, 1:2]], axis=1), reg[keep])
+            boxes = boxes[nms_min(boxes[:, :4], boxes[:, 4], 0.7)]
+        order = np.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[::-1]
+        boxes = boxes[order]
+        return boxes[:, :4], boxes[:, 4]
+
+    @staticmethod
+    def _candidates(reg: np.ndarray, probs: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+        """facenet-pytorch's generateBoundingBox for one image: (x1, y1, x2, y2, score, 4 offsets) rows."""
+        ys, xs = np.nonzero(probs >= F32(threshold))
+        cells = np.stack([xs, ys], axis=1).astype(F32)
+        q1 = np.floor((2 * cells + 1) / F32(scale))
+        q2 = np.floor((2 * cells + 12) / F32(scale))
+        return np.concatenate([q1, q2, probs[ys, xs, None], reg[:, ys, xs].T], axis=1).astype(F32)
+
+
+# -- exporting the graphs (needs torch and facenet-pytorch; run once, the output is committed) ----------
+def export(directory=None) -> dict[str, str]:
+    import hashlib
+    from pathlib import Path
+
+    import torch
+    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+
+    directory = Path(directory or str(ASSETS))
+    directory.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for net, module, size, outputs in (("pnet", PNet(), None, ["reg", "prob"]),
+                                       ("rnet", RNet(), 24, ["reg", "prob"]),
+                                       ("onet", ONet(), 48, ["reg", "landmarks", "prob"])):
+        example = torch.zeros(1, 3, size or 48, size or 64)
+        axes = {"image": {0: "n", 2: "h", 3: "w"} if size is None else {0: "n"}}
+        path = directory / f"{net}.onnx"
+        torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"], output_names=outputs,
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        digests[net] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (directory / "graphs.json").write_text(json.dumps(digests, indent=2) + "\n")
+    return digests
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["export"]:
+        sys.exit("usage: python -m deepfake_serving.mtcnn export")
+    print(json.dumps(export(), indent=2))
