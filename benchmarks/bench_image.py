@@ -157,7 +157,7 @@ def in_process(variant: str, image: bytes, requests_total: int, batch: int, proc
 def served(variant: str, image: bytes, store: Path, workers: int, threads: int, batch: int,
            requests_total: int, concurrency: int) -> dict:
     config = {**DEFAULT_MODEL_CONFIG, "minWorkers": workers, "maxWorkers": workers, "batchSize": batch,
-              "handler": {"torch_threads": threads}}
+              "handler": {"threads": threads}}
     mar = build_archive(variant, f"{workers}.{threads}.{batch}", export_path=store, model_config=config)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
@@ -212,7 +212,7 @@ def triton_served(variant: str, image: bytes, repository: Path, preprocess: int,
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         server = Triton(work, [names["ensemble"]], repository=repository, ports=TritonPorts.free(),
-                        torch_threads=threads, ort_threads=threads).start()
+                        threads=threads).start()
         try:
             send = triton_sender(server.http_url, variant, image)
             send()

@@ -73,16 +73,23 @@ def write_bundle(
     checkpoints: Sequence[str | Path] = (),
     seed: int = 0,
     engine: str = DEFAULT_ENGINE,
+    quantize: str | None = None,
+    calibration: str | Path | None = None,
+    holdout: str | Path | None = None,
 ) -> BundleManifest:
     """Write weights, graph and manifest. Without checkpoints the weights are random (seeded) and
-    flagged untrained. Every checkpoint is loaded into the variant before anything is written."""
+    flagged untrained. Every checkpoint is loaded into the variant before anything is written.
+    ``quantize="int8"`` makes the graph int8, calibrated on ``calibration``'s faces and refused
+    unless it agrees with fp32 on ``holdout``'s (deepfake_serving.quantize)."""
     import torch
     from safetensors.torch import save_file
 
     from .checkpoints import load_checkpoint_into
     from .onnx_export import export_onnx, exporter_info
+    from .quantize import check_options, quantize_int8
 
     check_engine(engine)
+    check_options(quantize, calibration, holdout)
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,7 +107,14 @@ def write_bundle(
         source = {"name": Path(checkpoint).name, "sha256": sha256_of(checkpoint)} if checkpoint else None
         entries.append({"file": path.name, "sha256": sha256_of(path), "source_checkpoint": source})
     graph = export_onnx(variant, [model for model, _ in models], directory / GRAPH_NAME)
-    onnx = {"file": graph.name, "sha256": sha256_of(graph), "checkpoints": len(models), **exporter_info()}
+    onnx = {"file": graph.name, "checkpoints": len(models), **exporter_info(), "precision": "fp32"}
+    if quantize:
+        fp32 = graph.rename(directory / "classifier.fp32.onnx")
+        try:
+            onnx.update(precision="int8", quantization=quantize_int8(fp32, graph, variant, calibration, holdout))
+        finally:
+            fp32.unlink()
+    onnx["sha256"] = sha256_of(graph)
     manifest = BundleManifest(
         variant=variant.name,
         version=version,

@@ -37,7 +37,8 @@ def cmd_archive(args) -> int:
     if any(handler.values()):
         config["handler"] = {key: value for key, value in handler.items() if value}
     path = build_archive(args.variant, args.version, checkpoints=args.checkpoint or (), export_path=args.export_path,
-                         model_name=args.model_name, model_config=config, media=args.media, engine=args.engine)
+                         model_name=args.model_name, model_config=config, media=args.media, engine=args.engine,
+                         quantize=args.quantize, calibration=args.calibration, holdout=args.holdout)
     print(path)
     return 0
 
@@ -300,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the classifier in the worker (the archive carries the ONNX graph and the "
                         "safetensors weights either way)")
     p.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores ÷ workers on the server)")
+    p.add_argument("--quantize", choices=["int8"], help="an int8 graph (ONNX Runtime static quantization); "
+                   "needs --calibration and --holdout, refused when it strays from fp32 beyond the README's limits")
+    p.add_argument("--calibration", help="folder of face images to calibrate the int8 graph on")
+    p.add_argument("--holdout", help="another folder of face images: int8 must agree with fp32 on their faces")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-decoded-pixels", type=int,
                    help="video archives: decoded pixels allowed per request (default 3e9; 413 above)")

@@ -51,9 +51,11 @@ def build_archive(
     media: str = "image",
     seed: int = 0,
     engine: str = DEFAULT_ENGINE,
+    **quantization,
 ) -> Path:
     """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
-    several checkpoints of one variant averaged (as the DFDC winner did)."""
+    several checkpoints of one variant averaged (as the DFDC winner did). ``quantization``:
+    write_bundle's ``quantize``, ``calibration`` and ``holdout``."""
     if media not in ("image", "video"):
         raise ValueError("media must be image or video")
     model_name = model_name or default_model_name(variant, media)
@@ -64,7 +66,8 @@ def build_archive(
     config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media, "engine": engine}
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         tmp = Path(tmp)
-        manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine)
+        manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine,
+                                **quantization)
         files = [tmp / "bundle" / name for name in [*manifest.weight_files, manifest.onnx["file"]]]
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(

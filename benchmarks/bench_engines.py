@@ -1,0 +1,356 @@
+"""Engines side by side in one run: ONNX Runtime against PyTorch eager (and the code of another revision).
+
+Sections (``--sections``, all by default):
+  faces   per-face ms of the classifier alone: b4-mobile at 224 and b7-dfdc at 380, batch 1 and 8, 2 threads
+  detect  MTCNN ms per 720p frame (its half-size detection copy): ONNX graphs + numpy vs facenet-pytorch
+  image   b4-mobile images: in-process req/s and TorchServe req/s (8 clients, the astronaut JPEG), the
+          worker's RSS after load and the cold start (server start to first answer) per engine
+  video   b7-dfdc, a 10 s 720p clip, 32 frames: seconds in process per engine (and ``--compare REV``'s
+          code, run from a git worktree), and served on TorchServe per engine
+  triton  b4-mobile on Triton: RSS of every python-backend process after load, cold start
+  canary  TorchServe b4-mobile: the serving version's req/s alone, with a canary version loaded beside
+          it (idle), and with the canary taking one client of nine
+
+Rounds alternate between engines so that machine noise falls on both. Prints a table per section and
+writes benchmarks/results/bench_engines.json.
+
+Run: python benchmarks/bench_engines.py [--sections faces,detect] [--compare e3db085]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from deepfake_serving import samples  # noqa: E402
+from deepfake_serving.bundle import load_bundle, load_video_bundle, write_bundle  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = ("onnxruntime", "torch")
+THREADS = 2
+
+
+def median_seconds(fn, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(candidates: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each callable, rounds alternating between them (after one warm-up each)."""
+    for fn in candidates.values():
+        fn()
+    times = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def face_crops(size: int, count: int) -> list[np.ndarray]:
+    """Real face crops (the astronaut and the two-face picture) ready for a ``size`` input."""
+    from deepfake_serving.pipeline import ImageFaceStage
+    from deepfake_serving.variants import get_variant
+
+    variant = "b4-mobile" if size == 224 else "b7-dfdc"
+    stage = ImageFaceStage(get_variant(variant))
+    crops = [c for item in stage.prepare([samples.astronaut_jpeg(), samples.encode(samples.two_faces())])
+             for c in item.crops]
+    return (crops * count)[:count]
+
+
+def section_faces(args) -> dict:
+    import torch
+
+    from deepfake_serving.engines import OnnxScorer, TorchScorer, ort_session
+    from deepfake_serving.onnx_export import export_onnx
+    from deepfake_serving.variants import create_model, get_variant
+
+    torch.set_num_threads(THREADS)
+    out = {}
+    for name, rounds in (("b4-mobile", 7), ("b7-dfdc", 3)):
+        variant = get_variant(name)
+        torch.manual_seed(0)
+        model = create_model(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = export_onnx(variant, [model], Path(tmp) / "g.onnx")
+            session = ort_session(graph.read_bytes(), graph.name, __import__("hashlib").sha256(
+                graph.read_bytes()).hexdigest(), THREADS)
+        crops = face_crops(variant.preprocessing.input_size, 8)
+        for batch in (1, 8):
+            scorers = {"onnxruntime": OnnxScorer(session, variant, batch), "torch": TorchScorer(variant, model, batch)}
+            seconds = interleaved({e: (lambda s=s: s.scores(crops)) for e, s in scorers.items()}, rounds)
+            for engine, s in seconds.items():
+                out[f"{name} batch {batch} {engine}"] = round(s * 1000 / len(crops), 1)
+                print(f"faces   {name:10s} batch {batch}  {engine:12s} {s * 1000 / len(crops):8.1f} ms/face",
+                      flush=True)
+    return out
+
+
+def section_detect(args) -> dict:
+    import torch
+    from facenet_pytorch import MTCNN
+
+    from deepfake_serving.faces import shrink
+    from deepfake_serving.mtcnn import OnnxMTCNN
+    from deepfake_serving.video import Sampling, decode_video
+
+    torch.set_num_threads(THREADS)
+    clip = samples.encode_video(samples.moving_face_frames(60, size=(1280, 720)), "mp4")
+    frames = [shrink(f, 0.5) for f in decode_video(clip, Sampling(frames=12)).frames]
+    ours = OnnxMTCNN(20, (0.7, 0.8, 0.8), THREADS)
+    reference = MTCNN(margin=0, thresholds=[0.7, 0.8, 0.8], keep_all=True, device="cpu")
+    seconds = interleaved({"onnxruntime": lambda: [ours.detect(f) for f in frames],
+                           "facenet-pytorch": lambda: [reference.detect(f) for f in frames]}, 3)
+    out = {k: round(v * 1000 / len(frames), 1) for k, v in seconds.items()}
+    for k, v in out.items():
+        print(f"detect  720p frame (640x360 copy)  {k:16s} {v:8.1f} ms/frame", flush=True)
+    return out
+
+
+def closed_loop(send, total: int, clients: int) -> float:
+    """req/s of ``clients`` threads calling ``send`` ``total`` times."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(lambda _: send(), range(total)))
+    assert all(answers), "a request failed"
+    return total / (time.perf_counter() - start)
+
+
+def rss_mb(pid: int) -> float:
+    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+
+
+def section_image(args) -> dict:
+    from deepfake_serving.serving.archive import build_archive
+    from deepfake_serving.serving.client import RestClient
+    from deepfake_serving.serving.torchserve import Ports, TorchServe
+
+    image = samples.astronaut_jpeg()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_bundle(tmp / "bundle", "b4-mobile", "bench")
+        for engine in ENGINES:
+            pipeline = load_bundle(tmp / "bundle", engine=engine, threads=THREADS)
+            batch = [image] * 8
+            s = median_seconds(lambda: pipeline.predict_batch(batch), 6)
+            out[f"in-process {engine} req/s"] = round(8 / s, 2)
+            pipeline = None
+        for engine in ENGINES:
+            store = tmp / f"store-{engine}"
+            mar = build_archive("b4-mobile", "1.0", export_path=store, engine=engine)
+            start = time.perf_counter()
+            with TorchServe(store, tmp / f"ts-{engine}", models=[f"b4-mobile={mar.name}"], ports=Ports.free()) as ts:
+                client = RestClient(ts.inference_url)
+                assert client.predict("b4-mobile", image).ok
+                out[f"served {engine} cold start s"] = round(time.perf_counter() - start, 2)
+                (pid,) = ts.worker_pids("b4-mobile")
+                out[f"served {engine} worker RSS MB"] = rss_mb(pid)
+                local = threading.local()
+
+                def send():
+                    if not hasattr(local, "client"):
+                        local.client = RestClient(ts.inference_url)
+                    return local.client.predict("b4-mobile", image).ok
+
+                closed_loop(send, 16, 8)
+                out[f"served {engine} req/s"] = round(closed_loop(send, args.requests, 8), 2)
+        for engine in ENGINES:
+            out[f"served/in-process {engine}"] = round(out[f"served {engine} req/s"] / out[f"in-process {engine} req/s"], 2)
+        out["served onnxruntime/torch"] = round(out["served onnxruntime req/s"] / out["served torch req/s"], 2)
+    for k, v in out.items():
+        print(f"image   {k:36s} {v}", flush=True)
+    return out
+
+
+OLD_VIDEO = """
+import json, os, sys, time
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+sys.path.insert(0, os.environ["BENCH_CODE"])
+import deepfake_serving
+assert deepfake_serving.__file__.startswith(os.environ["BENCH_CODE"]), deepfake_serving.__file__
+import torch
+torch.set_num_threads(2)
+from deepfake_serving.variants import create_model, get_variant
+from deepfake_serving.video import Sampling
+from deepfake_serving.video_pipeline import VideoPipeline
+torch.manual_seed(0)
+pipeline = VideoPipeline(get_variant("b7-dfdc"), create_model("b7-dfdc"))
+data = open(sys.argv[1], "rb").read()
+times = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    answer = pipeline.analyze(data, Sampling(frames=32))
+    times.append(time.perf_counter() - start)
+print(json.dumps({"seconds": sorted(times)[len(times) // 2], "score": answer["fake_probability"]}))
+"""
+
+
+def old_revision(rev: str, clip: Path, rounds: int) -> dict:
+    tree = Path(tempfile.gettempdir()) / f"bench-engines-{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
+                       capture_output=True)
+    run = subprocess.run([sys.executable, "-c", OLD_VIDEO, str(clip), str(rounds)], capture_output=True, text=True,
+                         env={**os.environ, "BENCH_CODE": str(tree)}, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def section_video(args) -> dict:
+    import torch
+
+    from deepfake_serving.serving.archive import build_archive
+    from deepfake_serving.serving.client import RestClient
+    from deepfake_serving.serving.torchserve import Ports, TorchServe
+    from deepfake_serving.video import Sampling
+
+    torch.set_num_threads(THREADS)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = tmp / "clip.mp4"
+        clip.write_bytes(samples.encode_video(samples.moving_face_frames(300, size=(1280, 720)), "mp4", fps=30))
+        data = clip.read_bytes()
+        torch.manual_seed(0)
+        write_bundle(tmp / "bundle", "b7-dfdc", "bench")
+        for engine in ENGINES:
+            pipeline = load_video_bundle(tmp / "bundle", engine=engine, threads=THREADS)
+            pipeline.analyze(data, Sampling(frames=32))
+            out[f"in-process {engine} s"] = round(median_seconds(lambda: pipeline.analyze(data, Sampling(frames=32)),
+                                                                 args.video_rounds), 2)
+            print(f"video   in-process {engine:12s} {out[f'in-process {engine} s']} s", flush=True)
+            pipeline = None
+        if args.compare:
+            old = old_revision(args.compare, clip, args.video_rounds)
+            out[f"in-process {args.compare} (torch) s"] = round(old["seconds"], 2)
+            out[f"in-process {args.compare}/onnxruntime"] = round(old["seconds"] / out["in-process onnxruntime s"], 2)
+            print(f"video   in-process {args.compare} {old['seconds']:.2f} s", flush=True)
+        for engine in ENGINES:
+            store = tmp / f"store-{engine}"
+            mar = build_archive("b7-dfdc", "1.0", export_path=store, engine=engine, media="video")
+            with TorchServe(store, tmp / f"ts-{engine}", models=[f"b7-dfdc-video={mar.name}"], ports=Ports.free()) as ts:
+                client = RestClient(ts.inference_url, timeout=1800)
+                assert client.predict("b7-dfdc-video", data).ok
+                s = median_seconds(lambda: client.predict("b7-dfdc-video", data), args.video_rounds)
+                out[f"served {engine} s"] = round(s, 2)
+                print(f"video   served {engine:12s} {s:.2f} s", flush=True)
+    return out
+
+
+def section_triton(args) -> dict:
+    from deepfake_serving.serving.client import TritonClient
+    from deepfake_serving.serving.triton import Triton, TritonPorts
+    from deepfake_serving.serving.triton_repository import build_classifier_version, model_names, write_configs
+
+    out = {}
+    names = model_names("b4-mobile")
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(tmp) / "repository"
+        write_configs(repository, ["b4-mobile"])
+        build_classifier_version("b4-mobile", 1, repository=repository)
+        start = time.perf_counter()
+        with Triton(Path(tmp) / "triton", [names["ensemble"], names["video"]], repository=repository,
+                    ports=TritonPorts.free()) as server:
+            client = TritonClient(server.http_url, "http")
+            assert client.predict(names["ensemble"], samples.astronaut_jpeg()).ok
+            out["cold start s"] = round(time.perf_counter() - start, 2)
+            for pid in server.stub_pids():
+                model = next((a for a in psutil.Process(pid).cmdline() if "/" in a and "model.py" in a), str(pid))
+                out[f"RSS MB {Path(model).parent.parent.name if model != str(pid) else pid}#{pid}"] = rss_mb(pid)
+    for k, v in out.items():
+        print(f"triton  {k:40s} {v}", flush=True)
+    return out
+
+
+def section_canary(args) -> dict:
+    from deepfake_serving.serving.archive import build_archive
+    from deepfake_serving.serving.client import RestClient
+    from deepfake_serving.serving.torchserve import Ports, TorchServe
+
+    image = samples.astronaut_jpeg()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        v1 = build_archive("b4-mobile", "1.0", export_path=store)
+        v2 = build_archive("b4-mobile", "2.0", export_path=store, seed=1)
+        with TorchServe(store, Path(tmp) / "ts", models=[f"b4-mobile={v1.name}"], ports=Ports.free(), workers=2) as ts:
+            local = threading.local()
+
+            def sender(version):
+                def send():
+                    if not hasattr(local, "client"):
+                        local.client = RestClient(ts.inference_url)
+                    return local.client.predict("b4-mobile", image, version=version).ok
+                return send
+
+            closed_loop(sender("1.0"), 16, 8)
+            out["serving alone req/s"] = round(closed_loop(sender("1.0"), args.requests, 8), 2)
+            ts.register(v2.name)
+            closed_loop(sender("2.0"), 4, 1)
+            out["serving, canary loaded (idle) req/s"] = round(closed_loop(sender("1.0"), args.requests, 8), 2)
+            stop = threading.Event()
+
+            def canary_traffic():
+                client = RestClient(ts.inference_url)
+                while not stop.is_set():
+                    client.predict("b4-mobile", image, version="2.0")
+
+            thread = threading.Thread(target=canary_traffic)
+            thread.start()
+            try:
+                out["serving, canary taking 1 client of 9 req/s"] = round(closed_loop(sender("1.0"), args.requests, 8), 2)
+            finally:
+                stop.set()
+                thread.join()
+    alone = out["serving alone req/s"]
+    out["cost, canary idle"] = round(1 - out["serving, canary loaded (idle) req/s"] / alone, 3)
+    out["cost, canary busy"] = round(1 - out["serving, canary taking 1 client of 9 req/s"] / alone, 3)
+    for k, v in out.items():
+        print(f"canary  {k:44s} {v}", flush=True)
+    return out
+
+
+SECTIONS = {"faces": section_faces, "detect": section_detect, "image": section_image, "video": section_video,
+            "triton": section_triton, "canary": section_canary}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--compare", help="a git revision whose video path runs beside (its code, this venv)")
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--video-rounds", type=int, default=1)
+    args = parser.parse_args()
+    results = {"threads": THREADS, "cores": os.cpu_count()}
+    for name in args.sections.split(","):
+        results[name] = SECTIONS[name](args)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "bench_engines.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
