@@ -65,7 +65,7 @@ class Agreement:
     label_flips: int
     rank_correlation: float
 
-    def breaches(self, limits: Limits = LIMITS) -> list[str]:
+    def breaches(self, limits: Limits) -> list[str]:
         found = []
         if self.max_abs_delta > limits.max_abs_delta:
             found.append(f"max |Δp| {self.max_abs_delta:.4f} > {limits.max_abs_delta}")
@@ -83,7 +83,8 @@ def agreement(fp32: np.ndarray, int8: np.ndarray, threshold: float) -> Agreement
     from scipy.stats import spearmanr
 
     delta = np.abs(fp32 - int8)
-    rho = spearmanr(fp32.ravel(), int8.ravel()).statistic if fp32.size > 1 else float("nan")
+    constant = fp32.size < 2 or np.ptp(fp32) == 0 or np.ptp(int8) == 0  # no ranking to compare
+    rho = float("nan") if constant else spearmanr(fp32.ravel(), int8.ravel()).statistic
     return Agreement(int(fp32.shape[0]), float(delta.max()), float(delta.mean()),
                      int(((fp32 > threshold) != (int8 > threshold)).sum()), float(rho))
 
@@ -100,7 +101,7 @@ class _Reader:
 
 
 def quantize_int8(graph: Path, target: Path, variant: Variant, calibration: str | Path, holdout: str | Path,
-                  limits: Limits = LIMITS) -> dict:
+                  limits: Limits | None = None) -> dict:
     """Write ``target``, the int8 twin of ``graph``, and return the manifest's ``quantization`` record;
     raise QuantizationRefused (writing nothing) when the proof fails."""
     import onnxruntime as ort
@@ -123,6 +124,7 @@ def quantize_int8(graph: Path, target: Path, variant: Variant, calibration: str 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         runs.append(np.concatenate([session.run(None, {"faces": holdout_faces[i:i + 16]})[0]
                                     for i in range(0, len(holdout_faces), 16)]))
+    limits = limits or LIMITS
     measured = agreement(runs[0], runs[1], variant.threshold)
     breaches = measured.breaches(limits)
     if breaches:
