@@ -20,6 +20,7 @@ Run: python benchmarks/bench_engines.py [--sections faces,detect] [--compare e3d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -41,7 +42,7 @@ from deepfake_serving.bundle import load_bundle, load_video_bundle, write_bundle
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("onnxruntime", "torch")
+ENGINES = ("onnxruntime", "openvino", "torch")
 THREADS = 2
 
 
@@ -82,7 +83,7 @@ def face_crops(size: int, count: int) -> list[np.ndarray]:
 def section_faces(args) -> dict:
     import torch
 
-    from deepfake_serving.engines import OnnxScorer, TorchScorer, ort_session
+    from deepfake_serving.engines import GRAPH_RUNTIMES, Device, GraphScorer, TorchScorer
     from deepfake_serving.onnx_export import export_onnx
     from deepfake_serving.variants import create_model, get_variant
 
@@ -93,12 +94,13 @@ def section_faces(args) -> dict:
         torch.manual_seed(0)
         model = create_model(name)
         with tempfile.TemporaryDirectory() as tmp:
-            graph = export_onnx(variant, [model], Path(tmp) / "g.onnx")
-            session = ort_session(graph.read_bytes(), graph.name, __import__("hashlib").sha256(
-                graph.read_bytes()).hexdigest(), THREADS)
+            data = export_onnx(variant, [model], Path(tmp) / "g.onnx").read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        graphs = {engine: runtime(data, "g.onnx", digest, THREADS, Device()) for engine, runtime in GRAPH_RUNTIMES.items()}
         crops = face_crops(variant.preprocessing.input_size, 8)
-        for batch in (1, 8):
-            scorers = {"onnxruntime": OnnxScorer(session, variant, batch), "torch": TorchScorer(variant, model, batch)}
+        for batch in (1, 4, 8):
+            scorers = {**{e: GraphScorer(g, variant, batch) for e, g in graphs.items()},
+                       "torch": TorchScorer(variant, model, batch)}
             seconds = interleaved({e: (lambda s=s: s.scores(crops)) for e, s in scorers.items()}, rounds)
             for engine, s in seconds.items():
                 out[f"{name} batch {batch} {engine}"] = round(s * 1000 / len(crops), 1)

@@ -1,14 +1,14 @@
 """Inference engines: one seam from a bundle's graph or weights to a face scorer.
 
 - ``onnxruntime`` (the serving default): the bundle's ONNX graph, CPU or CUDA.
-- ``openvino``: the same ONNX graph through ONNX Runtime's OpenVINO execution
-  provider when the installed ONNX Runtime has it, else refused.
+- ``openvino``: the same ONNX graph compiled by OpenVINO's runtime for the CPU
+  (measured faster than ONNX Runtime on this machine's CPU, most for b7-dfdc).
 - ``torch``: the bundle's safetensors weights in PyTorch eager (the reference
   engine: parity tests, and whatever needs gradients).
 
-Each engine's batch per call is measured (``benchmarks/bench_engines.py``):
+Faces per call are measured per engine (``benchmarks/bench_engines.py``):
 PyTorch eager on a CPU gets slower per face as the batch grows, so it runs one
-face per call there; ONNX Runtime stays flat or gains.
+face per call; the graph engines do best with small batches.
 Nothing here imports torch unless the torch engine is asked for.
 """
 
@@ -23,15 +23,16 @@ import numpy as np
 
 from .crops import to_array
 from .errors import CheckpointError
-from .threads import intra_op_threads
+from .threads import alone_on_machine, intra_op_threads
 
 if TYPE_CHECKING:
     from .variants import Variant
 
 ENGINES = ("onnxruntime", "openvino", "torch")
 DEFAULT_ENGINE = "onnxruntime"
-# Faces per call on a CPU (measured); on a GPU every engine takes the full batch it is given.
-CPU_BATCH = {"onnxruntime": 16, "openvino": 16, "torch": 1}
+# Faces per call on a CPU (benchmarks/bench_engines.py, 2 threads: ONNX Runtime and OpenVINO are within
+# ~10 % of their best per-face time at 4 for b4-mobile and b7-dfdc); a GPU takes the batch it is given.
+CPU_BATCH = {"onnxruntime": 4, "openvino": 4, "torch": 1}
 GPU_BATCH = 32
 
 
@@ -65,56 +66,96 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def ort_providers(engine: str, device: Device) -> list:
+def ort_providers(device: Device) -> list:
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    if engine == "openvino":
-        if "OpenVINOExecutionProvider" not in available:
-            raise CheckpointError("the openvino engine needs onnxruntime-openvino (ONNX Runtime's OpenVINO "
-                                  f"execution provider); this ONNX Runtime has {', '.join(available)}")
-        return [("OpenVINOExecutionProvider", {"device_type": "GPU" if device.kind == "cuda" else "CPU"}),
-                "CPUExecutionProvider"]
-    if device.kind == "cuda" and "CUDAExecutionProvider" in available:
+    if device.kind == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _checked(graph: bytes, name: str, sha256: str) -> bytes:
+    digest = hashlib.sha256(graph).hexdigest()
+    if digest != sha256:
+        raise CheckpointError(f"{name} has sha256 {digest}, the manifest says {sha256}")
+    return graph
 
 
 def ort_session(graph: bytes, name: str, sha256: str, threads: int | None = None, providers=None):
     """An ONNX Runtime session over ``graph``, refused when its sha256 differs from ``sha256``."""
     import onnxruntime as ort
 
-    digest = hashlib.sha256(graph).hexdigest()
-    if digest != sha256:
-        raise CheckpointError(f"{name} has sha256 {digest}, the manifest says {sha256}")
+    _checked(graph, name, sha256)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle intra-op threads spin by default, taking the cores co-located workers need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # Idle intra-op threads spin by default: ~15 % faster alone, but they take the cores that
+    # co-located workers need, so they spin only when this worker has the machine to itself.
+    spin = "1" if alone_on_machine() else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     try:
         return ort.InferenceSession(graph, options, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several kinds
         raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None
 
 
-class OnnxScorer:
-    """The bundle's ONNX graph: normalised faces → (faces, checkpoints) P(fake)."""
+class OrtGraph:
+    """A classifier graph on ONNX Runtime: ``run(faces)`` → (faces, checkpoints)."""
 
-    def __init__(self, session, variant: "Variant", batch_size: int, name: str = "classifier.onnx"):
+    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device):
+        self.session = ort_session(graph, name, sha256, threads, ort_providers(device))
+        (graph_input,) = self.session.get_inputs()
+        self.input_name, self.input_shape = graph_input.name, list(graph_input.shape)
+
+    def run(self, faces: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: faces})[0]
+
+
+class OpenVinoGraph:
+    """The same graph compiled by OpenVINO for the CPU (one infer request: one caller at a time, as
+    TorchServe workers and Triton instances call)."""
+
+    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device):
+        import openvino as ov
+
+        _checked(graph, name, sha256)
+        if device.kind != "cpu":
+            raise CheckpointError(f"the openvino engine runs on the CPU; use onnxruntime for {device.torch}")
+        core = ov.Core()
+        try:
+            model = core.read_model(graph, b"")
+            # Threads pinned to cores would collide with co-located workers' threads.
+            self.compiled = core.compile_model(model, "CPU", {
+                "INFERENCE_NUM_THREADS": intra_op_threads(threads), "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": alone_on_machine()})
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+            raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.input_shape = [d.get_length() if d.is_static else "faces" for d in model.inputs[0].get_partial_shape()]
+
+    def run(self, faces: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: faces})[0]
+
+
+GRAPH_RUNTIMES = {"onnxruntime": OrtGraph, "openvino": OpenVinoGraph}
+
+
+class GraphScorer:
+    """A bundle's ONNX graph on a graph engine: normalised faces → (checkpoints, faces) P(fake)."""
+
+    def __init__(self, graph: OrtGraph | OpenVinoGraph, variant: "Variant", batch_size: int,
+                 name: str = "classifier.onnx"):
         size = variant.preprocessing.input_size
-        (graph_input,) = session.get_inputs()
-        if list(graph_input.shape[1:]) != [3, size, size]:
-            raise CheckpointError(f"{name} takes input {graph_input.shape}; variant {variant.name} needs "
+        if list(graph.input_shape[1:]) != [3, size, size]:
+            raise CheckpointError(f"{name} takes input {graph.input_shape}; variant {variant.name} needs "
                                   f"[faces, 3, {size}, {size}]")
-        self.session, self.variant, self.batch_size = session, variant, batch_size
-        self.input_name = graph_input.name
+        self.graph, self.variant, self.batch_size = graph, variant, batch_size
 
     def scores(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         pre = self.variant.preprocessing
-        parts = [self.session.run(None, {self.input_name: to_array(crops[i:i + self.batch_size], pre.mean, pre.std)})[0]
+        parts = [self.graph.run(to_array(crops[i:i + self.batch_size], pre.mean, pre.std))
                  for i in range(0, len(crops), self.batch_size)]
         if not parts:
             return np.zeros((0, 0))
@@ -158,13 +199,15 @@ def as_scorer(variant: "Variant", models, batch: int | None = None) -> FaceScore
     return TorchScorer(variant, models, batch or CPU_BATCH["torch"])
 
 
-def open_graph(directory: str | Path, engine: str = DEFAULT_ENGINE, device: Device = Device(),
+def open_graph(directory: str | Path, engine: str | None = None, device: Device = Device(),
                threads: int | None = None):
-    """(session, manifest) over a bundle's ONNX graph, sha256-checked."""
+    """(graph, manifest): a bundle's ONNX graph on ``engine``'s runtime (default: the manifest's engine
+    when it runs graphs, else ONNX Runtime), sha256-checked."""
     from .bundle import BundleManifest
 
     directory = Path(directory)
     manifest = BundleManifest.read(directory)
+    engine = engine or (manifest.engine if manifest.engine in GRAPH_RUNTIMES else DEFAULT_ENGINE)
     graph = manifest.onnx
     if not graph:
         raise CheckpointError(f"{directory} has no ONNX graph (built before engines existed): rebuild it, "
@@ -172,7 +215,7 @@ def open_graph(directory: str | Path, engine: str = DEFAULT_ENGINE, device: Devi
     path = directory / graph["file"]
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
-    return ort_session(path.read_bytes(), path.name, graph["sha256"], threads, ort_providers(engine, device)), manifest
+    return GRAPH_RUNTIMES[engine](path.read_bytes(), path.name, graph["sha256"], threads, device), manifest
 
 
 def load_scorer(directory: str | Path, engine: str | None = None, device: Device = Device(),
@@ -192,5 +235,5 @@ def load_scorer(directory: str | Path, engine: str | None = None, device: Device
 
         set_torch_threads(intra_op_threads(threads))
         return TorchScorer(variant, load_models(directory)[1], batch, device)
-    session, manifest = open_graph(directory, engine, device, threads)
-    return OnnxScorer(session, variant, batch, manifest.onnx["file"])
+    graph, manifest = open_graph(directory, engine, device, threads)
+    return GraphScorer(graph, variant, batch, manifest.onnx["file"])

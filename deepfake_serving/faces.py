@@ -48,7 +48,7 @@ class FaceDetector:
 
     def __init__(self, params: FaceStage, threads: int | None = None, device: Device = Device()):
         self.params = params
-        self.mtcnn = OnnxMTCNN(params.min_face_size, params.thresholds, threads, ort_providers("onnxruntime", device))
+        self.mtcnn = OnnxMTCNN(params.min_face_size, params.thresholds, threads, ort_providers(device))
 
     def detect(self, images: Sequence[np.ndarray], scales: Sequence[float]) -> list[list[DetectedFace] | Exception]:
         """Detect faces in each RGB image after shrinking it by its scale; boxes come back full size.

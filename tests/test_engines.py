@@ -17,7 +17,7 @@ import dfdc_reference
 from deepfake_serving import samples
 from deepfake_serving.bundle import GRAPH_NAME, MANIFEST_NAME, load_bundle, load_video_bundle, write_bundle
 from deepfake_serving.cli import main
-from deepfake_serving.engines import OnnxScorer, ort_session
+from deepfake_serving.engines import Device, GraphScorer, OrtGraph
 from deepfake_serving.errors import CheckpointError
 from deepfake_serving.faces import FaceDetector, shrink
 from deepfake_serving.mtcnn import OnnxMTCNN
@@ -96,14 +96,15 @@ def mobile_bundle(tmp_path_factory):
     return directory / "b"
 
 
-def test_onnxruntime_and_torch_engines_agree_per_face(mobile_bundle, astronaut_jpeg, two_faces_jpeg):
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_graph_engines_agree_with_torch_per_face(mobile_bundle, astronaut_jpeg, two_faces_jpeg, engine):
     manifest = json.loads((mobile_bundle / MANIFEST_NAME).read_text())
     assert manifest["engine"] == "onnxruntime" and manifest["onnx"]["opset"] == 17
     assert "torch" in manifest["onnx"]["exporter"] and manifest["onnx"]["checkpoints"] == 1
-    answers = {engine: load_bundle(mobile_bundle, engine=engine).predict_batch([astronaut_jpeg, two_faces_jpeg])
-               for engine in ("onnxruntime", "torch")}
+    answers = {e: load_bundle(mobile_bundle, engine=e).predict_batch([astronaut_jpeg, two_faces_jpeg])
+               for e in (engine, "torch")}
     faces = 0
-    for ours, reference in zip(answers["onnxruntime"], answers["torch"]):
+    for ours, reference in zip(answers[engine], answers["torch"]):
         assert [f["box"] for f in ours["faces"]] == [f["box"] for f in reference["faces"]]
         for face, face_ref in zip(ours["faces"], reference["faces"]):
             assert abs(face["fake_probability"] - face_ref["fake_probability"]) <= 1e-3
@@ -125,7 +126,7 @@ def test_video_engines_agree_with_the_dfdc_reference(tmp_path):
     sampling = Sampling(frames=6)
     video = decode_video(clip, sampling)
     graph = export_onnx(variant, models, tmp_path / GRAPH_NAME)
-    scorer = OnnxScorer(ort_session(graph.read_bytes(), graph.name, sha256_of(graph)), variant, 16)
+    scorer = GraphScorer(OrtGraph(graph.read_bytes(), graph.name, sha256_of(graph), None, Device()), variant, 4)
     ours = VideoPipeline(variant, scorer).analyze_decoded(video, sampling)
     expected, n_faces = dfdc_reference.predict_on_frames(video.frames, models)
     assert ours["metrics"]["faces_classified"] == n_faces == 12
@@ -147,20 +148,22 @@ def copy_bundle(source, target):
     return target
 
 
-def test_a_graph_for_another_input_size_is_refused(mobile_bundle, tmp_path):
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_a_graph_for_another_input_size_is_refused(mobile_bundle, tmp_path, engine):
     bundle = copy_bundle(mobile_bundle, tmp_path / "b")
     other = get_variant("b7-dfdc")  # 380 px; b4-mobile takes 224
     torch.manual_seed(0)
     replace_graph(bundle, export_onnx(other, [create_model("b7-dfdc")], tmp_path / "other.onnx").read_bytes())
     with pytest.raises(CheckpointError, match=r"classifier.onnx takes input .*380.*needs \[faces, 3, 224, 224\]"):
-        load_bundle(bundle)
+        load_bundle(bundle, engine=engine)
 
 
-def test_a_corrupt_graph_is_refused_by_name(mobile_bundle, tmp_path):
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_a_corrupt_graph_is_refused_by_name(mobile_bundle, tmp_path, engine):
     bundle = copy_bundle(mobile_bundle, tmp_path / "b")
     replace_graph(bundle, b"\x08\x07" + b"not a protobuf" * 100)
     with pytest.raises(CheckpointError, match="classifier.onnx is not a usable ONNX graph"):
-        load_bundle(bundle)
+        load_bundle(bundle, engine=engine)
 
 
 def test_unknown_and_unavailable_engines_are_refused(mobile_bundle, tmp_path, capsys):
@@ -170,23 +173,20 @@ def test_unknown_and_unavailable_engines_are_refused(mobile_bundle, tmp_path, ca
         main(["archive", "--variant", "b4-mobile", "--version", "1", "--engine", "tensorrt",
               "--export-path", str(tmp_path)])
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
-    import onnxruntime
-
-    if "OpenVINOExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(CheckpointError, match="needs onnxruntime-openvino"):
-            load_bundle(mobile_bundle, engine="openvino")
+    with pytest.raises(CheckpointError, match="the openvino engine runs on the CPU; use onnxruntime for cuda:0"):
+        load_bundle(mobile_bundle, engine="openvino", device=Device("cuda", 0))
 
 
 # -- torch-free serving path --------------------------------------------------------------------------
 def test_the_serving_path_imports_no_torch(mobile_bundle):
-    """Image and video pipelines over a bundle on ONNX Runtime, in a fresh interpreter."""
+    """Image (ONNX Runtime) and video (OpenVINO) pipelines over a bundle, in a fresh interpreter."""
     code = (
         "import sys, json\n"
         "from deepfake_serving import samples\n"
         "from deepfake_serving.bundle import load_bundle, load_video_bundle\n"
         f"image = load_bundle({str(mobile_bundle)!r}).predict(samples.astronaut_jpeg())\n"
         "clip = samples.encode_video(samples.moving_face_frames(8, size=(320, 240)), 'mp4')\n"
-        f"video = load_video_bundle({str(mobile_bundle)!r}).analyze(clip)\n"
+        f"video = load_video_bundle({str(mobile_bundle)!r}, engine='openvino').analyze(clip)\n"
         "print(json.dumps([image['label'], video['label'], sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision', 'facenet_pytorch', 'timm'))]))\n"
     )
@@ -198,8 +198,9 @@ def test_the_serving_path_imports_no_torch(mobile_bundle):
 
 def test_video_bundle_on_each_engine_gives_the_same_verdict(mobile_bundle):
     clip = samples.encode_video(samples.moving_face_frames(12, size=(320, 240)), "mp4")
-    scores = [load_video_bundle(mobile_bundle, engine=e).analyze(clip)["fake_probability"] for e in ("onnxruntime", "torch")]
-    assert scores[0] == pytest.approx(scores[1], abs=1e-3)
+    scores = [load_video_bundle(mobile_bundle, engine=e).analyze(clip)["fake_probability"]
+              for e in ("onnxruntime", "openvino", "torch")]
+    assert scores[0] == pytest.approx(scores[2], abs=1e-3) and scores[1] == pytest.approx(scores[2], abs=1e-3)
 
 
 # -- the threads rule ---------------------------------------------------------------------------------

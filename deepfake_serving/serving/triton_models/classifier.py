@@ -20,8 +20,7 @@ from . import error_response, instance_device
 class TritonPythonModel:
     def initialize(self, args):
         directory = Path(args["model_repository"]) / args["model_version"]
-        self.session, manifest = open_graph(directory, device=instance_device(args))
-        self.input_name = self.session.get_inputs()[0].name
+        self.graph, manifest = open_graph(directory, device=instance_device(args))
         self.checkpoint = {"version": manifest.version, "trained": manifest.trained, "variant": manifest.variant}
 
     def execute(self, requests):
@@ -29,7 +28,7 @@ class TritonPythonModel:
         request that cannot run fails by itself and its neighbours are answered."""
         try:
             faces = [pb_utils.get_input_tensor_by_name(r, "FACES").as_numpy() for r in requests]
-            probabilities = self.session.run(None, {self.input_name: np.concatenate(faces)})[0]
+            probabilities = self.graph.run(np.concatenate(faces))
         except Exception:  # noqa: BLE001
             return [self._alone(r) for r in requests]
         responses, offset = [], 0
@@ -41,7 +40,7 @@ class TritonPythonModel:
     def _alone(self, request) -> "pb_utils.InferenceResponse":
         try:
             faces = pb_utils.get_input_tensor_by_name(request, "FACES").as_numpy()
-            return self._response(self.session.run(None, {self.input_name: faces})[0])
+            return self._response(self.graph.run(faces))
         except Exception as err:  # noqa: BLE001 - fails this request, never the stub
             return error_response(err)
 
