@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from .engines import ort_session
@@ -36,10 +37,10 @@ class AreaSampler:
 
     def __init__(self, rgb: np.ndarray):
         h, w = rgb.shape[:2]
-        # int32 holds any sum of a frame up to 8.4 Mpx (255 · H · W < 2³¹); larger copies use int64.
-        dtype = np.int32 if 255 * h * w < 2**31 else np.int64
-        self.integral = np.zeros((h + 1, w + 1, 3), dtype=dtype)
-        self.integral[1:, 1:] = rgb.cumsum(0, dtype=dtype).cumsum(1, dtype=dtype)
+        # int32 holds any sum of an image up to 8.4 Mpx (255 · H · W < 2³¹); float64 (exact for integers
+        # below 2⁵³) beyond.
+        depth = cv2.CV_32S if 255 * h * w < 2**31 else cv2.CV_64F
+        self.integral = cv2.integral(np.ascontiguousarray(rgb), sdepth=depth)
 
     @staticmethod
     def _bins(start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +55,22 @@ class AreaSampler:
         sums = (band[:, c1] - band[:, c0]).astype(F32)
         out = sums / (r1 - r0).astype(F32)[:, None, None] / (c1 - c0).astype(F32)[None, :, None]
         return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    def crops(self, y: np.ndarray, ey: np.ndarray, x: np.ndarray, ex: np.ndarray, size: int) -> np.ndarray:
+        """Regions rows y..ey × columns x..ex (one per box), each resized to (3, size, size): ``resize``
+        for all boxes in one gather."""
+        r0, r1 = self._bins_many(y, ey, size)
+        c0, c1 = self._bins_many(x, ex, size)
+        ii = self.integral
+        r0, r1, c0, c1 = r0[:, :, None], r1[:, :, None], c0[:, None, :], c1[:, None, :]
+        sums = (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]).astype(F32)  # (boxes, size, size, 3)
+        out = sums / (r1 - r0).astype(F32)[..., None] / (c1 - c0).astype(F32)[..., None]
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    @staticmethod
+    def _bins_many(start: np.ndarray, stop: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        start, n, i = start[:, None].astype(np.int64), (stop - start)[:, None].astype(np.int64), np.arange(size)
+        return start + (i * n) // size, start - ((-(i + 1) * n) // size)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -146,9 +163,8 @@ class OnnxMTCNN:
 
     def _stage(self, net: str, image: AreaSampler, boxes: np.ndarray, size: int, w: int, h: int) -> list[np.ndarray]:
         y, ey, x, ex = _pad(boxes, w, h)
-        crops = [image.resize((y[k] - 1, ey[k]), (x[k] - 1, ex[k]), size, size)
-                 for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
-        return self._run(net, _normalise(np.stack(crops)))
+        inside = (ey > y - 1) & (ex > x - 1)
+        return self._run(net, _normalise(image.crops(y[inside] - 1, ey[inside], x[inside] - 1, ex[inside], size)))
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = rgb.shape[:2]
