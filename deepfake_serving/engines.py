@@ -126,10 +126,11 @@ class OpenVinoGraph:
         core = ov.Core()
         try:
             model = core.read_model(graph, b"")
-            # Threads pinned to cores would collide with co-located workers' threads.
+            # f32 always (CPUs with bf16 units would otherwise get bf16); threads pinned to cores would
+            # collide with co-located workers' threads.
             self.compiled = core.compile_model(model, "CPU", {
                 "INFERENCE_NUM_THREADS": intra_op_threads(threads), "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": alone_on_machine()})
+                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": alone_on_machine()})
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None
         self.request = self.compiled.create_infer_request()

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
 from deepfake_serving.serving.processes import free_ports
 
 HERE = Path(__file__).parent
@@ -29,15 +30,15 @@ TARGETS = {  # target → (Locust user class, backend, protocol)
 
 
 @contextlib.contextmanager
-def demo_server(backend: str, variant: str, workdir: Path):
+def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT_ENGINE):
     """The variant on random (seeded) weights: an image and a video model, on free loopback ports."""
     if backend == "torchserve":
         from deepfake_serving.serving.archive import build_archive
         from deepfake_serving.serving.torchserve import Ports, TorchServe
 
         store = workdir / "store"
-        image = build_archive(variant, "1.0", export_path=store)
-        video = build_archive(variant, "1.0", export_path=store, media="video")
+        image = build_archive(variant, "1.0", export_path=store, engine=engine)
+        video = build_archive(variant, "1.0", export_path=store, media="video", engine=engine)
         with TorchServe(store, workdir / "ts", ports=Ports.free(),
                         models=[f"{variant}={image.name}", f"{variant}-video={video.name}"]) as server:
             yield {"rest": server.inference_url, "grpc": server.grpc_target}
@@ -47,7 +48,7 @@ def demo_server(backend: str, variant: str, workdir: Path):
 
         repository = workdir / "model_repository"
         write_configs(repository, [variant])
-        build_classifier_version(variant, 1, repository=repository)
+        build_classifier_version(variant, 1, repository=repository, engine=engine)
         names = model_names(variant)
         with Triton(workdir / "triton", [names["ensemble"], names["video"]], repository=repository,
                     ports=TritonPorts.free()) as server:
@@ -83,6 +84,7 @@ def main() -> int:
     parser.add_argument("--target", choices=sorted(TARGETS), required=True)
     parser.add_argument("--host", help="a running server (default: start one on demo weights)")
     parser.add_argument("--variant", default="b4-mobile")
+    parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="the demo archives' engine")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--run-time", default="60s")
     parser.add_argument("--workers", type=int, default=0, help="distributed: this many Locust workers")
@@ -92,7 +94,7 @@ def main() -> int:
     user, backend, protocol = TARGETS[args.target]
     if args.host:
         return run_locust(args, user, args.host)
-    with tempfile.TemporaryDirectory() as work, demo_server(backend, args.variant, Path(work)) as hosts:
+    with tempfile.TemporaryDirectory() as work, demo_server(backend, args.variant, Path(work), args.engine) as hosts:
         return run_locust(args, user, hosts[protocol])
 
 

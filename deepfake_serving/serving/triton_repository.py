@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..bundle import GRAPH_NAME, MANIFEST_NAME, write_bundle
+from ..engines import DEFAULT_ENGINE
 from ..variants import Variant, get_variant, list_variants
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -149,6 +150,7 @@ def build_classifier_version(
     label: str | None = None,
     seed: int = 0,
     repository: str | Path = REPOSITORY,
+    engine: str = DEFAULT_ENGINE,
 ) -> Path:
     """Write one classifier version into ``<classifier>/<version>/``: a bundle (the same files as an
     archive's: all checkpoints in one ONNX graph, which the classifier model serves).
@@ -166,7 +168,7 @@ def build_classifier_version(
     target = model_dir / str(version)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp) / "version"
-        write_bundle(staging, variant.name, label or f"{version}.0", checkpoints, seed)
+        write_bundle(staging, variant.name, label or f"{version}.0", checkpoints, seed, engine=engine)
         shutil.copy(model_dir / "model.py", staging / "model.py")
         if target.exists():
             shutil.rmtree(target)
