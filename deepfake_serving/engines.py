@@ -1,8 +1,8 @@
 """Inference engines: one seam from a bundle's graph or weights to a face scorer.
 
 - ``onnxruntime`` (the serving default): the bundle's ONNX graph, CPU or CUDA.
-- ``openvino``: the same ONNX graph compiled by OpenVINO's runtime for the CPU
-  (measured faster than ONNX Runtime on this machine's CPU, most for b7-dfdc).
+- ``openvino``: the same ONNX graph compiled by OpenVINO's runtime for the CPU,
+  in f32 (level with ONNX Runtime on this machine's CPU; see the README).
 - ``torch``: the bundle's safetensors weights in PyTorch eager (the reference
   engine: parity tests, and whatever needs gradients).
 
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 ENGINES = ("onnxruntime", "openvino", "torch")
 DEFAULT_ENGINE = "onnxruntime"
-# Faces per call on a CPU (benchmarks/bench_engines.py, 2 threads: ONNX Runtime and OpenVINO are within
-# ~10 % of their best per-face time at 4 for b4-mobile and b7-dfdc); a GPU takes the batch it is given.
+# Faces per call on a CPU (benchmarks/bench_engines.py, 2 threads: at 4, ONNX Runtime and OpenVINO are
+# within ~12 % of their best per-face time for both b4-mobile (best at 8) and b7-dfdc (best at 1)); a GPU
+# takes the batch it is given.
 CPU_BATCH = {"onnxruntime": 4, "openvino": 4, "torch": 1}
 GPU_BATCH = 32
 
