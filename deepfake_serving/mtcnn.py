@@ -4,7 +4,7 @@ facenet-pytorch 2.5.3's ``detect_face`` reproduced step by step for one image
 per call (the DFDC reference's way): the same image pyramid, area resampling
 (``adaptive_avg_pool2d``'s bins), float32 box arithmetic, torchvision's NMS
 (IoU without +1, scores descending) and the final "Min" NMS in numpy.
-``tests/test_mtcnn_onnx.py`` compares every box with facenet-pytorch's.
+``tests/test_engines.py`` compares every box with facenet-pytorch's.
 
 The graphs are exported once from the weights in facenet-pytorch's wheel
 (MIT licence) by ``python -m deepfake_serving.mtcnn export`` and ship in the
@@ -43,8 +43,11 @@ class AreaSampler:
         self.integral = cv2.integral(np.ascontiguousarray(rgb), sdepth=depth)
 
     @staticmethod
-    def _bins(start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        n, i = stop - start, np.arange(size)
+    def _bins(start, stop, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """First and past-the-last input index of each of ``size`` output cells over start..stop (scalars,
+        or arrays of regions: one row of cells per region)."""
+        start = np.asarray(start, dtype=np.int64)[..., None]
+        n, i = np.asarray(stop, dtype=np.int64)[..., None] - start, np.arange(size)
         return start + (i * n) // size, start - ((-(i + 1) * n) // size)
 
     def resize(self, rows: tuple[int, int], cols: tuple[int, int], height: int, width: int) -> np.ndarray:
@@ -59,18 +62,13 @@ class AreaSampler:
     def crops(self, y: np.ndarray, ey: np.ndarray, x: np.ndarray, ex: np.ndarray, size: int) -> np.ndarray:
         """Regions rows y..ey × columns x..ex (one per box), each resized to (3, size, size): ``resize``
         for all boxes in one gather."""
-        r0, r1 = self._bins_many(y, ey, size)
-        c0, c1 = self._bins_many(x, ex, size)
+        r0, r1 = self._bins(y, ey, size)
+        c0, c1 = self._bins(x, ex, size)
         ii = self.integral
         r0, r1, c0, c1 = r0[:, :, None], r1[:, :, None], c0[:, None, :], c1[:, None, :]
         sums = (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]).astype(F32)  # (boxes, size, size, 3)
         out = sums / (r1 - r0).astype(F32)[..., None] / (c1 - c0).astype(F32)[..., None]
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-
-    @staticmethod
-    def _bins_many(start: np.ndarray, stop: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        start, n, i = start[:, None].astype(np.int64), (stop - start)[:, None].astype(np.int64), np.arange(size)
-        return start + (i * n) // size, start - ((-(i + 1) * n) // size)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
