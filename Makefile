@@ -22,7 +22,7 @@ serve: install  ## build the demo archive, start TorchServe on loopback, print a
 	$(VENV)/bin/deepfake-serving demo
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 bench: install  ## TorchServe vs in-process throughput, RSS and cold start (prints a table)
 	$(PY) benchmarks/bench_image.py
