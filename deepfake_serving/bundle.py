@@ -163,21 +163,17 @@ def load_models(directory: str | Path) -> tuple[BundleManifest, list]:
 
 
 def load_bundle(directory: str | Path, engine: str | None = None, device: Device = Device(),
-                threads: int | None = None, **pipeline_options):
-    """The image pipeline over a bundle, its classifier on ``engine`` (default: the manifest's)."""
+                threads: int | None = None, media: str = "image", **pipeline_options):
+    """The image (or video) pipeline over a bundle, its classifier on ``engine`` (default: the manifest's)."""
     from .pipeline import ImagePipeline
-
-    manifest = BundleManifest.read(directory)
-    scorer = load_scorer(directory, engine, device, threads)
-    return ImagePipeline(get_variant(manifest.variant), scorer, version=manifest.version,
-                         weights_trained=manifest.trained, threads=threads, device=device, **pipeline_options)
-
-
-def load_video_bundle(directory: str | Path, engine: str | None = None, device: Device = Device(),
-                      threads: int | None = None, **pipeline_options):
     from .video_pipeline import VideoPipeline
 
     manifest = BundleManifest.read(directory)
     scorer = load_scorer(directory, engine, device, threads)
-    return VideoPipeline(get_variant(manifest.variant), scorer, version=manifest.version,
-                         weights_trained=manifest.trained, threads=threads, device=device, **pipeline_options)
+    pipeline = VideoPipeline if media == "video" else ImagePipeline
+    return pipeline(get_variant(manifest.variant), scorer, version=manifest.version,
+                    weights_trained=manifest.trained, threads=threads, device=device, **pipeline_options)
+
+
+def load_video_bundle(directory: str | Path, **options):
+    return load_bundle(directory, media="video", **options)

@@ -13,11 +13,10 @@ import skimage.data
 import torch
 from facenet_pytorch import MTCNN
 
-import dfdc_reference
 from deepfake_serving import samples
 from deepfake_serving.bundle import GRAPH_NAME, MANIFEST_NAME, load_bundle, load_video_bundle, write_bundle
 from deepfake_serving.cli import main
-from deepfake_serving.engines import Device, GraphScorer, OrtGraph
+from deepfake_serving.engines import Device
 from deepfake_serving.errors import CheckpointError
 from deepfake_serving.faces import FaceDetector, shrink
 from deepfake_serving.mtcnn import OnnxMTCNN
@@ -26,7 +25,6 @@ from deepfake_serving.runtime import sha256_of
 from deepfake_serving.threads import intra_op_threads, threads_for, worker_environment
 from deepfake_serving.variants import create_model, get_variant
 from deepfake_serving.video import Sampling, decode_video
-from deepfake_serving.video_pipeline import VideoPipeline
 
 THRESHOLDS = (0.7, 0.8, 0.8)
 
@@ -112,25 +110,6 @@ def test_graph_engines_agree_with_torch_per_face(mobile_bundle, astronaut_jpeg, 
             faces += 1
         assert ours["label"] == reference["label"]
     assert faces >= 3
-
-
-def test_video_engines_agree_with_the_dfdc_reference(tmp_path):
-    """The reference procedure with two B7 checkpoints: torch engine to 1e-5 (tests/test_video.py),
-    ONNX Runtime to 1e-3."""
-    variant = get_variant("b7-dfdc")
-    models = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        models.append(create_model("b7-dfdc"))
-    clip = samples.encode_video(samples.moving_face_frames(40, faces=2), "mp4")
-    sampling = Sampling(frames=6)
-    video = decode_video(clip, sampling)
-    graph = export_onnx(variant, models, tmp_path / GRAPH_NAME)
-    scorer = GraphScorer(OrtGraph(graph.read_bytes(), graph.name, sha256_of(graph), None, Device()), variant, 4)
-    ours = VideoPipeline(variant, scorer).analyze_decoded(video, sampling)
-    expected, n_faces = dfdc_reference.predict_on_frames(video.frames, models)
-    assert ours["metrics"]["faces_classified"] == n_faces == 12
-    assert ours["fake_probability"] == pytest.approx(expected, abs=1e-3)
 
 
 # -- bad graphs and options ---------------------------------------------------------------------------
