@@ -1,7 +1,8 @@
 """Engines side by side in one run: ONNX Runtime against PyTorch eager (and the code of another revision).
 
 Sections (``--sections``, all by default):
-  faces   per-face ms of the classifier alone: b4-mobile at 224 and b7-dfdc at 380, batch 1 and 8, 2 threads
+  faces   per-face ms of the classifier alone: b4-mobile at 224 and b7-dfdc at 380, batch 1, 4 and 8, 2 threads
+          (OpenVINO also in bf16, what ``archive --engine openvino --quantize bf16`` serves)
   detect  MTCNN ms per 720p frame (its half-size detection copy): ONNX graphs + numpy vs facenet-pytorch
   image   b4-mobile images: in-process req/s and TorchServe req/s (8 clients, the astronaut JPEG), the
           worker's RSS after load and the cold start (server start to first answer) per engine
@@ -97,6 +98,7 @@ def section_faces(args) -> dict:
             data = export_onnx(variant, [model], Path(tmp) / "g.onnx").read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         graphs = {engine: runtime(data, "g.onnx", digest, THREADS, Device()) for engine, runtime in GRAPH_RUNTIMES.items()}
+        graphs["openvino-bf16"] = GRAPH_RUNTIMES["openvino"](data, "g.onnx", digest, THREADS, precision="bf16")
         crops = face_crops(variant.preprocessing.input_size, 8)
         for batch in (1, 4, 8):
             scorers = {**{e: GraphScorer(g, variant, batch) for e, g in graphs.items()},

@@ -79,17 +79,17 @@ def write_bundle(
 ) -> BundleManifest:
     """Write weights, graph and manifest. Without checkpoints the weights are random (seeded) and
     flagged untrained. Every checkpoint is loaded into the variant before anything is written.
-    ``quantize="int8"`` makes the graph int8, calibrated on ``calibration``'s faces and refused
-    unless it agrees with fp32 on ``holdout``'s (deepfake_serving.quantize)."""
+    ``quantize`` ("int8", "fp16" or "bf16") reduces the graph's precision (int8 calibrated on
+    ``calibration``'s faces), refused unless it agrees with fp32 on ``holdout``'s (deepfake_serving.quantize)."""
     import torch
     from safetensors.torch import save_file
 
     from .checkpoints import load_checkpoint_into
     from .onnx_export import export_onnx, exporter_info
-    from .quantize import check_options, quantize_int8
+    from .quantize import check_options, reduce_precision
 
     check_engine(engine)
-    check_options(quantize, calibration, holdout)
+    check_options(quantize, calibration, holdout, engine)
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,8 @@ def write_bundle(
     if quantize:
         fp32 = graph.rename(directory / "classifier.fp32.onnx")
         try:
-            onnx.update(precision="int8", quantization=quantize_int8(fp32, graph, variant, calibration, holdout))
+            record = reduce_precision(quantize, fp32, graph, variant, calibration, holdout)
+            onnx.update(precision=quantize, quantization=record)
         finally:
             fp32.unlink()
     onnx["sha256"] = sha256_of(graph)

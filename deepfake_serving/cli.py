@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from .engines import DEFAULT_ENGINE, ENGINES
+    from .quantize import MODES as QUANTIZE_MODES
 
     sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
 
@@ -301,10 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the classifier in the worker (the archive carries the ONNX graph and the "
                         "safetensors weights either way)")
     p.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores ÷ workers on the server)")
-    p.add_argument("--quantize", choices=["int8"], help="an int8 graph (ONNX Runtime static quantization); "
-                   "needs --calibration and --holdout, refused when it strays from fp32 beyond the README's limits")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="reduced precision: int8 (ONNX Runtime static quantization, needs --calibration), fp16 (for "
+                        "ONNX Runtime's CUDA provider), bf16 (--engine openvino); needs --holdout, refused when it "
+                        "strays from fp32 beyond the README's limits")
     p.add_argument("--calibration", help="folder of face images to calibrate the int8 graph on")
-    p.add_argument("--holdout", help="another folder of face images: int8 must agree with fp32 on their faces")
+    p.add_argument("--holdout", help="another folder of face images: the reduced graph must agree with fp32 on "
+                                     "their faces")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-decoded-pixels", type=int,
                    help="video archives: decoded pixels allowed per request (default 3e9; 413 above)")

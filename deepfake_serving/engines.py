@@ -105,7 +105,9 @@ def ort_session(graph: bytes, name: str, sha256: str, threads: int | None = None
 class OrtGraph:
     """A classifier graph on ONNX Runtime: ``run(faces)`` → (faces, checkpoints)."""
 
-    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device):
+    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device = Device(),
+                 precision: str = "fp32"):
+        # fp16 and int8 live in the graph itself; "bf16" is OpenVINO's and runs in fp32 here.
         self.session = ort_session(graph, name, sha256, threads, ort_providers(device))
         (graph_input,) = self.session.get_inputs()
         self.input_name, self.input_shape = graph_input.name, list(graph_input.shape)
@@ -118,7 +120,8 @@ class OpenVinoGraph:
     """The same graph compiled by OpenVINO for the CPU (one infer request: one caller at a time, as
     TorchServe workers and Triton instances call)."""
 
-    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device):
+    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device = Device(),
+                 precision: str = "fp32"):
         import openvino as ov
 
         _checked(graph, name, sha256)
@@ -127,11 +130,12 @@ class OpenVinoGraph:
         core = ov.Core()
         try:
             model = core.read_model(graph, b"")
-            # f32 always (CPUs with bf16 units would otherwise get bf16); threads pinned to cores would
-            # collide with co-located workers' threads.
+            # f32 unless the archive proved bf16 (CPUs with bf16 units would otherwise get bf16 unasked);
+            # threads pinned to cores would collide with co-located workers' threads.
             self.compiled = core.compile_model(model, "CPU", {
                 "INFERENCE_NUM_THREADS": intra_op_threads(threads), "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": alone_on_machine()})
+                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "ENABLE_CPU_PINNING": alone_on_machine()})
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None
         self.request = self.compiled.create_infer_request()
@@ -217,7 +221,8 @@ def open_graph(directory: str | Path, engine: str | None = None, device: Device 
     path = directory / graph["file"]
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
-    return GRAPH_RUNTIMES[engine](path.read_bytes(), path.name, graph["sha256"], threads, device), manifest
+    runtime = GRAPH_RUNTIMES[engine]
+    return runtime(path.read_bytes(), path.name, graph["sha256"], threads, device, graph.get("precision", "fp32")), manifest
 
 
 def load_scorer(directory: str | Path, engine: str | None = None, device: Device = Device(),
