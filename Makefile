@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Two cores: one torch thread per process unless a task says otherwise.
+# OpenMP threads of what make runs itself (torch in tests and benchmarks): the machine's 2 cores.
+# Served workers take theirs from the threads rule (deepfake_serving/threads.py), whatever this says.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install serve test bench archives grpc-stubs triton triton-configs loadtest docs clean
+.PHONY: install serve test test-fast lint bench archives grpc-stubs triton triton-configs loadtest docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +22,14 @@ install: $(STAMP)
 serve: install  ## build the demo archive, start TorchServe on loopback, print a real prediction
 	$(VENV)/bin/deepfake-serving demo
 
-test: install
+lint: install  ## ruff with the rules in pyproject.toml
+	$(VENV)/bin/ruff check .
+
+test: lint  ## the whole suite: real TorchServe, Triton, nginx, Locust
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+test-fast: lint  ## the tests that start no server (a few minutes)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not server"
 
 bench: install  ## TorchServe vs in-process throughput, RSS and cold start (prints a table)
 	$(PY) benchmarks/bench_image.py

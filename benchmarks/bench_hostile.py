@@ -72,6 +72,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome, "p
 def make_clips(directory: Path) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
     import media  # the test corpus's builders
+
     from deepfake_serving import samples
 
     builders = {
@@ -151,6 +152,7 @@ def corpus_under_good_traffic(server, rounds: int = 3) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     import media
+
     from deepfake_serving import samples
     from deepfake_serving.serving.client import RestClient
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -23,7 +24,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,11 +33,12 @@ import torch
 
 from deepfake_serving import samples
 from deepfake_serving.bundle import load_bundle, write_bundle
+from deepfake_serving.naming import model_names
 from deepfake_serving.serving.archive import DEFAULT_MODEL_CONFIG, build_archive
 from deepfake_serving.serving.client import TritonClient
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.serving.triton import Triton, TritonPorts
-from deepfake_serving.serving.triton_repository import build_classifier_version, model_names, write_configs
+from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
 from deepfake_serving.variants import create_model, list_variants
 
 RESULTS = Path(__file__).parent / "results"

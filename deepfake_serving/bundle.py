@@ -1,65 +1,23 @@
 """A model bundle: one variant's weights (safetensors, one file per checkpoint), the same
-checkpoints as one ONNX graph (``classifier.onnx``, exported at build time), and a manifest.
+checkpoints as one ONNX graph (``classifier.onnx``, exported at build time), and a manifest
+(``manifest.py``, torch-free).
 
 Both backends serve bundles: a TorchServe archive carries one, a Triton model
 version directory holds one. Loading checks every file's sha256 against the
-manifest. Reading a manifest and serving the graph import no torch.
+manifest. Writing and the torch engine import torch; serving the graph does not.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .engines import DEFAULT_ENGINE, Device, check_engine, load_scorer
-from .errors import CheckpointError
+from .manifest import GRAPH_NAME, MANIFEST_NAME, BundleManifest, check_file
 from .runtime import sha256_of
-from .variants import get_variant
-
-MANIFEST_NAME = "deepfake_manifest.json"
-GRAPH_NAME = "classifier.onnx"
-
-
-@dataclass(frozen=True)
-class BundleManifest:
-    variant: str
-    version: str
-    input_size: int
-    preprocessing: dict
-    output: str
-    threshold: float
-    # One entry per checkpoint: {"file", "sha256", "source_checkpoint": {"name", "sha256"} | None}
-    weights: list[dict]
-    trained: bool
-    created_at: str
-    package_version: str
-    engine: str = DEFAULT_ENGINE  # what serves it unless told otherwise
-    # {"file", "sha256", "checkpoints", "opset", "exporter"}: the checkpoints as one graph, (faces, checkpoints) out
-    onnx: dict | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def read(cls, directory: str | Path) -> "BundleManifest":
-        path = Path(directory) / MANIFEST_NAME
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: not a bundle manifest ({exc})") from None
-
-    @property
-    def files(self) -> list[dict]:
-        """Every file entry ({"file", "sha256", ...}): the weights, then the graph."""
-        return [*self.weights, *([self.onnx] if self.onnx else [])]
-
-    @property
-    def weight_files(self) -> list[str]:
-        return [w["file"] for w in self.weights]
+from .variants import create_model, get_variant
 
 
 def weights_file_name(i: int) -> str:
@@ -81,10 +39,8 @@ def write_bundle(
     flagged untrained. Every checkpoint is loaded into the variant before anything is written.
     ``quantize`` ("int8", "fp16" or "bf16") reduces the graph's precision (int8 calibrated on
     ``calibration``'s faces), refused unless it agrees with fp32 on ``holdout``'s (deepfake_serving.quantize)."""
-    import torch
     from safetensors.torch import save_file
 
-    from .checkpoints import load_checkpoint_into
     from .onnx_export import export_onnx, exporter_info
     from .quantize import check_options, reduce_precision
 
@@ -93,13 +49,7 @@ def write_bundle(
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    models = []
-    for checkpoint in checkpoints or [None]:
-        torch.manual_seed(seed)
-        model = variant.build().eval()
-        if checkpoint is not None:
-            load_checkpoint_into(model, checkpoint, variant)
-        models.append((model, checkpoint))
+    models = [(create_model(variant.name, checkpoint, seed=seed), checkpoint) for checkpoint in checkpoints or [None]]
     entries = []
     for i, (model, checkpoint) in enumerate(models):
         path = directory / weights_file_name(i)
@@ -134,33 +84,11 @@ def write_bundle(
     return manifest
 
 
-def check_file(directory: Path, entry: dict) -> Path:
-    """A file the manifest lists, refused when missing or when its sha256 differs from the manifest's."""
-    path = directory / entry["file"]
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    digest = sha256_of(path)
-    if digest != entry["sha256"]:
-        raise CheckpointError(f"{path.name} has sha256 {digest}, the manifest says {entry['sha256']}")
-    return path
-
-
 def load_models(directory: str | Path) -> tuple[BundleManifest, list]:
     """The bundle's torch models, refusing any weights file whose sha256 differs from the manifest's."""
-    from safetensors.torch import load_file
-
-    from .checkpoints import load_state_dict_strict
-
     directory = Path(directory)
     manifest = BundleManifest.read(directory)
-    variant = get_variant(manifest.variant)
-    models = []
-    for entry in manifest.weights:
-        path = check_file(directory, entry)
-        model = variant.build()
-        load_state_dict_strict(model, load_file(str(path)), path.name)
-        models.append(model.eval())
-    return manifest, models
+    return manifest, [create_model(manifest.variant, check_file(directory, entry)) for entry in manifest.weights]
 
 
 def load_bundle(directory: str | Path, engine: str | None = None, device: Device = Device(),

@@ -8,7 +8,6 @@ DataParallel ``module.`` prefixes and timm's unused ``encoder.classifier.*``);
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,9 +15,6 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from .errors import CheckpointError
-
-if TYPE_CHECKING:
-    from .variants import Variant
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 # DFDC checkpoints store ``bce_best`` as a numpy scalar. These rebuild a numpy
@@ -100,8 +96,9 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_checkpoint_into(model: nn.Module, path: str | Path, variant: "Variant") -> dict[str, torch.Tensor]:
-    """Read, normalise and load a checkpoint; return the normalised state_dict."""
-    state_dict = normalise_keys(read_checkpoint(path), variant.ignored_checkpoint_prefixes)
+def load_checkpoint_into(model: nn.Module, path: str | Path, ignored_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Read, normalise (dropping keys under ``ignored_prefixes``, the variant's unused ones) and load a
+    checkpoint; return the normalised state_dict."""
+    state_dict = normalise_keys(read_checkpoint(path), ignored_prefixes)
     load_state_dict_strict(model, state_dict, f"checkpoint {Path(path).name}")
     return state_dict

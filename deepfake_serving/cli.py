@@ -44,10 +44,23 @@ def cmd_archive(args) -> int:
 
 
 def _start_server(args, models: list[str]):
-    from .serving.torchserve import TorchServe
+    from .serving.torchserve import Ports, TorchServe
 
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    return TorchServe(args.model_store, args.workdir, models=models).start()
+    return TorchServe(args.model_store, args.workdir, models=models, ports=_ports(Ports, args)).start()
+
+
+def _ports(kind, args):
+    try:
+        return kind.parse(args.ports, args.host)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
+def _bind_options(p, ports: str) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 for every "
+                                                      "interface: put the front of the rollout docs before it)")
+    p.add_argument("--ports", help=f"{ports}, comma-separated, or 'free' (default: the documented ones)")
 
 
 def _interrupt(signum, frame):
@@ -82,7 +95,8 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     """Build a demo archive (random weights, flagged untrained), serve it, and predict a real face."""
     from . import samples
-    from .serving.archive import archive_file_name, build_archive
+    from .naming import archive_file_name
+    from .serving.archive import build_archive
     from .serving.client import GrpcClient, RestClient
 
     mar = Path(args.model_store) / archive_file_name(args.variant, "1.0")
@@ -128,7 +142,8 @@ def _predict_video(client, model: str, data: bytes, args):
 
 def cmd_triton_build(args) -> int:
     """Write the variant's configs into the repository (if missing) and export one classifier version."""
-    from .serving.triton_repository import build_classifier_version, model_names, write_configs
+    from .naming import model_names
+    from .serving.triton_repository import build_classifier_version, write_configs
 
     if not (Path(args.repository) / model_names(args.variant)["classifier"] / "config.pbtxt").exists():
         write_configs(args.repository, [args.variant])
@@ -139,8 +154,9 @@ def cmd_triton_build(args) -> int:
 
 def cmd_triton_serve(args) -> int:
     """Build classifier version 1 when it is missing (or from --checkpoint), then serve the variant."""
-    from .serving.triton import Triton
-    from .serving.triton_repository import built_versions, model_names
+    from .naming import model_names
+    from .serving.triton import Triton, TritonPorts
+    from .serving.triton_repository import built_versions
 
     if args.checkpoint or not built_versions(args.variant, args.repository):
         args.version, args.label, args.seed = 1, None, 0
@@ -148,7 +164,7 @@ def cmd_triton_serve(args) -> int:
     names = model_names(args.variant)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,
-                    threads=args.threads).start()
+                    threads=args.threads, ports=_ports(TritonPorts, args)).start()
     return _wait_forever(server, f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on "
                                  f"{server.http_url} (HTTP) and {server.grpc_target} (gRPC), metrics on "
                                  f"{server.metrics_url}. Ctrl-C stops it.")
@@ -158,8 +174,13 @@ def cmd_rollout(args) -> int:
     """Register the candidate archive next to the serving version and take it through every step."""
     from . import samples
     from .rollout.audit import AuditLog
-    from .rollout.controller import Rollout, RolloutError, RolloutPolicy
+    from .rollout.controller import Rollout, RolloutError, RolloutPolicy, RolloutStopped, stop_on_signals
     from .rollout.servers import TorchServeTarget, TritonTarget
+
+    if args.abort:
+        args.model = args.abort
+    elif not args.candidate:
+        raise SystemExit("rollout: give the candidate (or --abort MODEL)")
 
     if args.backend == "triton":
         target = TritonTarget(args.model, args.inference_url, args.metrics_url)
@@ -182,12 +203,20 @@ def cmd_rollout(args) -> int:
     job = Rollout(target, AuditLog(state / "audit.jsonl"), split_file(state, args.model), policy=policy,
                   probes=probes, labelled_folder=Path(args.labelled) if args.labelled else None,
                   reports=state / "reports", on_split=on_split)
+    stop_on_signals()
     try:
+        if args.abort:
+            print(job.abort())
+            return 0
         version = job.run(args.candidate)
     except RolloutError as err:
         print(f"rollout stopped at {err.step}: {err}; the serving version keeps serving "
               f"(audit: {state / 'audit.jsonl'})", file=sys.stderr)
         return 1
+    except RolloutStopped as stop:
+        print(f"rollout {stop}: rolled back, the serving version keeps serving (audit: {state / 'audit.jsonl'})",
+              file=sys.stderr)
+        return 128 + stop.signum
     print(json.dumps({"serving": version, "audit": str(state / "audit.jsonl"), "figures": job.figures}, default=str))
     return 0
 
@@ -236,6 +265,7 @@ def cmd_key(args) -> int:
 
 def cmd_predict(args) -> int:
     from .formats import video_container
+    from .naming import video_model
     from .serving.client import make_client
 
     if args.backend == "triton" and args.stream:
@@ -246,7 +276,7 @@ def cmd_predict(args) -> int:
     for path in args.files:
         data = Path(path).read_bytes()
         if video_container(data):
-            model = args.model if args.model.endswith("-video") else f"{args.model}-video"
+            model = video_model(args.model)
             prediction = _predict_video(client, model, data, args)
         else:
             prediction = client.predict(args.model, data, args.version)
@@ -319,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model-store", default=DEFAULT_MODEL_STORE)
         p.add_argument("--workdir", default=DEFAULT_WORKDIR)
+        _bind_options(p, "inference,management,metrics,grpc-inference,grpc-management (8080,8081,8082,7070,7071)")
         p.set_defaults(func=func)
     sub.choices["serve"].add_argument("--models", nargs="*", help="name=file.mar entries (default: every .mar)")
     sub.choices["demo"].add_argument("--variant", default="b4-mobile")
@@ -343,10 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = triton.choices["serve"]
     serve.add_argument("--workdir", default=DEFAULT_TRITON_WORKDIR)
     serve.add_argument("--threads", type=int, help="intra-op threads per model instance (default: cores ÷ instances)")
+    _bind_options(serve, "http,grpc,metrics (8000,8001,8002)")
 
     p = sub.add_parser("rollout", help="A/B rollout of a candidate archive: shadow, gate, canary, promote/rollback")
-    p.add_argument("candidate", help="TorchServe: the candidate .mar in the model store; Triton: a built "
-                                      "classifier version number")
+    p.add_argument("candidate", nargs="?", help="TorchServe: the candidate .mar in the model store; Triton: a built "
+                                                 "classifier version number")
+    p.add_argument("--abort", metavar="MODEL", help="stop MODEL's running rollout (it rolls back), or recover what a "
+                                                    "killed one left: every user on the serving version, the "
+                                                    "orphaned candidate unregistered")
     p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
     p.add_argument("--model", default="b4-mobile", help="TorchServe model name, or the variant on Triton")
     p.add_argument("--inference-url", default="http://127.0.0.1:8080")

@@ -14,7 +14,6 @@ Nothing here imports torch unless the torch engine is asked for.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
@@ -23,13 +22,13 @@ import numpy as np
 
 from .crops import to_array
 from .errors import CheckpointError
+from .manifest import DEFAULT_ENGINE, BundleManifest, check_bytes, check_file
 from .threads import alone_on_machine, intra_op_threads
 
 if TYPE_CHECKING:
     from .variants import Variant
 
 ENGINES = ("onnxruntime", "openvino", "torch")
-DEFAULT_ENGINE = "onnxruntime"
 # Faces per call on a CPU (benchmarks/bench_engines.py, 2 threads: at 4, ONNX Runtime and OpenVINO are
 # within ~12 % of their best per-face time for both b4-mobile (best at 8) and b7-dfdc (best at 1)); a GPU
 # takes the batch it is given.
@@ -75,18 +74,11 @@ def ort_providers(device: Device) -> list:
     return ["CPUExecutionProvider"]
 
 
-def _checked(graph: bytes, name: str, sha256: str) -> bytes:
-    digest = hashlib.sha256(graph).hexdigest()
-    if digest != sha256:
-        raise CheckpointError(f"{name} has sha256 {digest}, the manifest says {sha256}")
-    return graph
-
-
 def ort_session(graph: bytes, name: str, sha256: str, threads: int | None = None, providers=None):
     """An ONNX Runtime session over ``graph``, refused when its sha256 differs from ``sha256``."""
     import onnxruntime as ort
 
-    _checked(graph, name, sha256)
+    check_bytes(graph, name, sha256)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads(threads)
     options.inter_op_num_threads = 1
@@ -124,7 +116,7 @@ class OpenVinoGraph:
                  precision: str = "fp32"):
         import openvino as ov
 
-        _checked(graph, name, sha256)
+        check_bytes(graph, name, sha256)
         if device.kind != "cpu":
             raise CheckpointError(f"the openvino engine runs on the CPU; use onnxruntime for {device.torch}")
         core = ov.Core()
@@ -209,8 +201,6 @@ def open_graph(directory: str | Path, engine: str | None = None, device: Device 
                threads: int | None = None):
     """(graph, manifest): a bundle's ONNX graph on ``engine``'s runtime (default: the manifest's engine
     when it runs graphs, else ONNX Runtime), sha256-checked."""
-    from .bundle import BundleManifest
-
     directory = Path(directory)
     manifest = BundleManifest.read(directory)
     engine = engine or (manifest.engine if manifest.engine in GRAPH_RUNTIMES else DEFAULT_ENGINE)
@@ -228,7 +218,6 @@ def open_graph(directory: str | Path, engine: str | None = None, device: Device 
 def load_scorer(directory: str | Path, engine: str | None = None, device: Device = Device(),
                 threads: int | None = None, batch: int | None = None) -> FaceScorer:
     """A bundle's face scorer on ``engine`` (default: the one its manifest records)."""
-    from .bundle import BundleManifest, check_file, load_models
     from .variants import get_variant
 
     manifest = BundleManifest.read(directory)
@@ -245,6 +234,8 @@ def load_scorer(directory: str | Path, engine: str | None = None, device: Device
         from .runtime import set_torch_threads
 
         set_torch_threads(intra_op_threads(threads))
+        from .bundle import load_models
+
         return TorchScorer(variant, load_models(directory)[1], batch, device)
     graph, manifest = open_graph(directory, engine, device, threads)
     return GraphScorer(graph, variant, batch, manifest.onnx["file"])

@@ -37,15 +37,16 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Return an HxWx3 RGB uint8 array, upright per EXIF, or raise RequestError."""
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), video_endpoint: str = "the video model") -> np.ndarray:
+    """Return an HxWx3 RGB uint8 array, upright per EXIF, or raise RequestError (a video is pointed at
+    ``video_endpoint``, the served name of the video model beside this one)."""
     if not data:
         raise RequestError("empty_body", "the request body is empty; send the image bytes as the body")
     if len(data) > limits.max_bytes:
         raise RequestError("body_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
     if video_container(data):
         raise RequestError("video_sent_to_image_endpoint",
-                           "the body is a video; send videos to the model's video endpoint (its name ends in -video)")
+                           f"the body is a video; send videos to {video_endpoint}")
     fmt = image_format(data)
     if fmt is None:
         raise RequestError("unsupported_media", f"the body is not an accepted image ({ACCEPTED_IMAGES})")

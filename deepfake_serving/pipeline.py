@@ -16,6 +16,7 @@ from .engines import Device, FaceScorer, as_scorer
 from .errors import RequestError, internal_error
 from .faces import FaceDetector, detectable, detection_size, image_detect_scale
 from .imaging import ImageLimits, decode_image
+from .naming import video_model
 from .schema import face_entry, image_response
 from .variants import Variant
 
@@ -56,8 +57,9 @@ class ImageFaceStage:
     """Decode → MTCNN (one image per call) → model-ready crops (what Triton's preprocess model runs)."""
 
     def __init__(self, variant: Variant, limits: ImageLimits = ImageLimits(), max_faces: int = 32,
-                 threads: int | None = None, device: Device = Device()):
+                 threads: int | None = None, device: Device = Device(), video_endpoint: str | None = None):
         self.variant = variant
+        self.video_endpoint = video_endpoint or video_model(variant.name)
         self.limits = limits
         self.max_faces = max_faces
         self.face_detector = FaceDetector(variant.preprocessing.faces, threads, device)
@@ -90,7 +92,7 @@ class ImageFaceStage:
     def _decode(self, data: bytes) -> PreparedImage | RequestError:
         start = time.perf_counter()
         try:
-            image = decode_image(data, self.limits)
+            image = decode_image(data, self.limits, self.video_endpoint)
             scale = image_detect_scale(image.shape, self.variant.preprocessing.faces)
             if not detectable(image.shape, scale, self.variant.preprocessing.faces):
                 w, h = detection_size(image.shape, scale)
@@ -120,7 +122,7 @@ class ImageFaceStage:
 
 
 def image_result(item: PreparedImage, scores: Sequence[float], *, model: str, version: str, threshold: float,
-                 weights_trained: bool) -> dict:
+                 weights_trained: bool, batch_size: int) -> dict:
     """The response for one prepared image and its faces' P(fake)."""
     faces = [
         face_entry(box, conf, score, item.source)
@@ -128,7 +130,7 @@ def image_result(item: PreparedImage, scores: Sequence[float], *, model: str, ve
     ]
     return image_response(model=model, version=version, threshold=threshold, faces=faces,
                           weights_trained=weights_trained, width=item.width, height=item.height,
-                          timings_ms=item.timings_ms)
+                          timings_ms=item.timings_ms, batch_size=batch_size)
 
 
 class ImagePipeline:
@@ -150,7 +152,7 @@ class ImagePipeline:
         self.version = version
         self.weights_trained = weights_trained
         self.model_name = model_name or variant.name
-        self.face_stage = ImageFaceStage(variant, limits, max_faces, threads, device)
+        self.face_stage = ImageFaceStage(variant, limits, max_faces, threads, device, video_model(self.model_name))
 
     def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | RequestError]:
         return self.face_stage.prepare(payloads)
@@ -159,9 +161,10 @@ class ImagePipeline:
         """P(fake) for each crop (the mean over the archive's checkpoints)."""
         return self.classifier.scores(crops).mean(axis=0)
 
-    def respond(self, item: PreparedImage, scores: Sequence[float]) -> dict:
+    def respond(self, item: PreparedImage, scores: Sequence[float], batch_size: int = 1) -> dict:
         return image_result(item, scores, model=self.model_name, version=self.version,
-                            threshold=self.variant.threshold, weights_trained=self.weights_trained)
+                            threshold=self.variant.threshold, weights_trained=self.weights_trained,
+                            batch_size=batch_size)
 
     # -- whole pipeline -------------------------------------------------------
     def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:
@@ -174,7 +177,7 @@ class ImagePipeline:
             scores = list(self._split(self.classify([crop for p in valid for crop in p.crops]), valid))
         except Exception:  # noqa: BLE001
             scores = [self._classify_alone(p) for p in valid]
-        classify_ms = _ms(start)
+        classify_ms = _ms(start) / max(len(valid), 1)  # shared, as detection is
         results: list[dict | RequestError] = []
         answers = iter(scores)
         for item in prepared:
@@ -186,10 +189,7 @@ class ImagePipeline:
                 results.append(internal_error(item_scores))
                 continue
             item.timings_ms["classify"] = classify_ms
-            item.timings_ms["total"] = sum(item.timings_ms.values())
-            response = self.respond(item, item_scores)
-            response["batch_size"] = len(payloads)  # requests that shared this forward pass
-            results.append(response)
+            results.append(self.respond(item, item_scores, batch_size=len(valid)))  # requests in the forward pass
         return results
 
     @staticmethod

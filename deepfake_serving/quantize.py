@@ -15,11 +15,10 @@ written.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import hashlib
 import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 

@@ -12,6 +12,8 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # the registry imports no torch: torch-free workers read it too
+    from pathlib import Path
+
     from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,14 +98,20 @@ def get_variant(name: str) -> Variant:
         raise KeyError(f"unknown variant {name!r}; known: {', '.join(list_variants())}") from None
 
 
-def create_model(name: str, checkpoint: str | None = None) -> "nn.Module":
-    """Build a variant with random weights (never downloads), or load a user checkpoint."""
+def create_model(name: str, checkpoint: "str | Path | None" = None, *, seed: int | None = None) -> "nn.Module":
+    """The one builder from a variant and weights to a model in eval mode (as ``timm.create_model``):
+    random weights, seeded when ``seed`` is given (never downloaded), or a weights file loaded strictly
+    (a user checkpoint in any accepted layout, or a bundle's safetensors)."""
     variant = get_variant(name)
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
     model = variant.build()
     if checkpoint is not None:
         from .checkpoints import load_checkpoint_into
 
-        load_checkpoint_into(model, checkpoint, variant)
+        load_checkpoint_into(model, checkpoint, variant.ignored_checkpoint_prefixes)
     return model.eval()
 
 

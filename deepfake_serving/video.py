@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import av
 import numpy as np
@@ -35,6 +35,24 @@ class Sampling:
     strategy: str = "linspace"
     frames: int = 32
     every: int = 10
+
+    OPTIONS = ("sampling", "frames", "every")  # the request options, as every backend and client names them
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object]) -> "Sampling":
+        """From request options as they arrive (str, bytes or int; absent or None: the default), the one
+        parser for TorchServe's fields and headers, Triton's input tensors and the clients' options."""
+        def value(name):
+            found = options.get(name)
+            return found.decode("utf-8", "replace") if isinstance(found, (bytes, bytearray)) else found
+
+        defaults = cls()
+        try:
+            return cls(strategy=str(value("sampling") or defaults.strategy),
+                       frames=int(value("frames") if value("frames") is not None else defaults.frames),
+                       every=int(value("every") if value("every") is not None else defaults.every))
+        except ValueError:
+            raise RequestError("bad_sampling", "frames and every must be integers") from None
 
     def validate(self, limits: VideoLimits) -> "Sampling":
         if self.strategy not in SAMPLING_STRATEGIES:

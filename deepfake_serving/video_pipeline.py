@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .aggregation import confident_strategy, label_for
+from .aggregation import confident_strategy
 from .crops import fit_to_input, padded_crop
 from .engines import Device, FaceScorer, as_scorer
 from .errors import RequestError
 from .faces import FaceDetector, detectable
-from .schema import SCHEMA_VERSION, face_entry
+from .naming import default_model_name
+from .schema import face_entry, video_response
 from .variants import Variant
 from .video import DecodedVideo, SampledFrame, Sampling, VideoInfo, VideoLimits, VideoStream
 
@@ -50,7 +51,7 @@ class VideoPipeline:
         self.face_detector = FaceDetector(variant.preprocessing.faces, threads, device)
         self.version = version
         self.weights_trained = weights_trained
-        self.model_name = model_name or f"{variant.name}-video"
+        self.model_name = model_name or default_model_name(variant.name, "video")
         self.limits = limits
         self.max_faces = max_faces
 
@@ -76,7 +77,7 @@ class VideoPipeline:
         analysed: list[SampledFrame] = []  # their images are dropped once cropped
         frame_faces: list[list] = []
         crops, owners = [], []  # the face pool, in frame order, and the frame each face came from
-        timings = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+        timings = {"decode": _ms(start), "detect": 0.0, "crop": 0.0}  # decode: opening the container too
         t = time.perf_counter()
         for frame in frames:
             timings["decode"] += _ms(t)
@@ -114,7 +115,6 @@ class VideoPipeline:
         per_model = self.classifier.scores(crops)  # (models, faces)
         timings["classify"] = _ms(t)
         emit({"event": "progress", "phase": "classify", "faces_classified": len(crops)})
-        timings["total"] = _ms(start)
         return self._response(info, analysed, sampling, frame_faces, owners, per_model, timings)
 
     def _response(self, info, analysed, sampling, frame_faces, owners, per_model, timings) -> dict:
@@ -139,30 +139,18 @@ class VideoPipeline:
             notes.append(f"no face was found in the {len(frames)} analysed frames: no verdict")
         if total_faces > len(owners):
             notes.append(f"{total_faces} faces detected; the first {len(owners)} (in frame order) were classified")
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model_name,
-            "version": self.version,
-            "media_type": "video",
-            "label": label_for(score, threshold),
-            "fake_probability": score,
-            "threshold": threshold,
-            "decision_rule": "confident_strategy, mean across checkpoints",
-            "checkpoints_averaged": len(per_model),
-            "frame_count": info.frame_count,
-            "frames_analyzed": len(frames),
-            "fps": round(info.fps, 3),
-            "duration_s": round(info.duration_s, 3),
-            "video": {"width": info.width, "height": info.height, "rotation": info.rotation},
-            "sampling": {"strategy": sampling.strategy, "frames": sampling.frames, "every": sampling.every},
-            "frames": frames,
-            "metrics": {
+        # A remote classifier (Triton's) says which version answered; a local one is this pipeline's.
+        answered_by = getattr(self.classifier, "answered_by", None) or {}
+        return video_response(
+            model=self.model_name, version=answered_by.get("version", self.version),
+            weights_trained=answered_by.get("trained", self.weights_trained), threshold=threshold, score=score,
+            checkpoints=len(per_model), frame_count=info.frame_count, fps=info.fps, duration_s=info.duration_s,
+            video={"width": info.width, "height": info.height, "rotation": info.rotation},
+            sampling={"strategy": sampling.strategy, "frames": sampling.frames, "every": sampling.every},
+            frames=frames, timings_ms=timings, notes=notes,
+            metrics={
                 "total_faces_detected": total_faces,
                 "faces_classified": len(owners),
                 "average_face_score": float(np.mean(face_scores)) if len(face_scores) else None,
-                "suspicious_frames_count": sum(1 for s in frame_scores if s > 0.5),
-            },
-            "weights_trained": self.weights_trained,
-            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-            "notes": notes,
-        }
+                "suspicious_frames_count": sum(1 for s in frame_scores if s > threshold),
+            })

@@ -13,8 +13,10 @@ mode the master decides on the aggregated figures.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
+from collections import Counter
 from pathlib import Path
 
 from grpc.experimental import gevent as grpc_gevent
@@ -22,6 +24,7 @@ from locust import User, between, events, tag, task
 from locust.runners import WorkerRunner
 
 from deepfake_serving import samples
+from deepfake_serving.naming import video_model
 from deepfake_serving.rollout.routing import RoutedClient, RoutedTritonClient
 from deepfake_serving.serving.client import GrpcClient, RestClient, TritonClient
 from deepfake_serving.serving.thresholds import Observed, breaches, load_thresholds
@@ -30,6 +33,7 @@ grpc_gevent.init_gevent()  # gRPC's own threads would block Locust's gevent loop
 
 THRESHOLDS = Path(__file__).with_name("thresholds.yaml")
 USER_NUMBERS = itertools.count()  # Routed*User keys: user-<worker index>-<n>, stable across runs
+RETRIES = Counter()  # the clients' retry stats (ClientStats), summed over users (and workers, on the master)
 IMAGES = [samples.astronaut_jpeg(), samples.encode(samples.two_faces(), quality=90)]
 CLIP = samples.encode_video(samples.moving_face_frames(24), "mp4")
 
@@ -60,6 +64,7 @@ class PredictionUser(User):
         self.image_index = 0
 
     def on_stop(self):
+        RETRIES.update(dataclasses.asdict(self.client.stats))
         self.client.close()  # an open tritonclient gRPC channel keeps the process from exiting
 
     def _call(self, name: str, send) -> None:
@@ -84,7 +89,7 @@ class PredictionUser(User):
     @task(1)
     def video(self):
         frames = self.environment.parsed_options.video_frames
-        self._call("video", lambda: self.client.predict(f"{self.model}-video", CLIP, options={"frames": frames}))
+        self._call("video", lambda: self.client.predict(video_model(self.model), CLIP, options={"frames": frames}))
 
 
 class TorchServeRestUser(PredictionUser):
@@ -131,6 +136,7 @@ class RoutedUser(User):
         self.key = f"user-{getattr(self.environment.runner, 'worker_index', 0)}-{next(USER_NUMBERS)}"
 
     def on_stop(self):
+        RETRIES.update(dataclasses.asdict(self.client.client.stats))
         self.client.client.close()
 
     @task
@@ -174,6 +180,28 @@ def report(user: User, request_type: str, name: str, start: float, exception: Ex
     user.environment.events.request.fire(
         request_type=request_type, name=name, response_time=(time.perf_counter() - start) * 1000,
         response_length=length, exception=exception, context={})
+
+
+@events.report_to_master.add_listener
+def _send_retries(client_id, data):
+    data["client_retries"] = dict(RETRIES)
+    RETRIES.clear()
+
+
+@events.worker_report.add_listener
+def _add_retries(client_id, data):
+    RETRIES.update(data.get("client_retries", {}))
+
+
+def retries_line() -> str:
+    return (f"client retries: {RETRIES['retries']} ({RETRIES['retried']} of {RETRIES['predictions']} predictions "
+            f"retried, {RETRIES['gave_up']} gave up)")
+
+
+@events.quitting.add_listener
+def _print_retries(environment, **_):
+    if not isinstance(environment.runner, WorkerRunner):
+        print(retries_line(), flush=True)
 
 
 @events.quitting.add_listener

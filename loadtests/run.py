@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
+from deepfake_serving.naming import video_model
 from deepfake_serving.serving.processes import free_ports
 
 HERE = Path(__file__).parent
@@ -31,7 +32,8 @@ TARGETS = {  # target → (Locust user class, backend, protocol)
 
 @contextlib.contextmanager
 def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT_ENGINE):
-    """The variant on random (seeded) weights: an image and a video model, on free loopback ports."""
+    """The variant on random (seeded) weights: an image and a video model, on free loopback ports. Yields
+    the addresses by protocol, and the launcher as ``server``."""
     if backend == "torchserve":
         from deepfake_serving.serving.archive import build_archive
         from deepfake_serving.serving.torchserve import Ports, TorchServe
@@ -40,11 +42,12 @@ def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT
         image = build_archive(variant, "1.0", export_path=store, engine=engine)
         video = build_archive(variant, "1.0", export_path=store, media="video", engine=engine)
         with TorchServe(store, workdir / "ts", ports=Ports.free(),
-                        models=[f"{variant}={image.name}", f"{variant}-video={video.name}"]) as server:
-            yield {"rest": server.inference_url, "grpc": server.grpc_target}
+                        models=[f"{variant}={image.name}", f"{video_model(variant)}={video.name}"]) as server:
+            yield {"rest": server.inference_url, "grpc": server.grpc_target, "server": server}
     else:
+        from deepfake_serving.naming import model_names
         from deepfake_serving.serving.triton import Triton, TritonPorts
-        from deepfake_serving.serving.triton_repository import build_classifier_version, model_names, write_configs
+        from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
 
         repository = workdir / "model_repository"
         write_configs(repository, [variant])
@@ -52,7 +55,7 @@ def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT
         names = model_names(variant)
         with Triton(workdir / "triton", [names["ensemble"], names["video"]], repository=repository,
                     ports=TritonPorts.free()) as server:
-            yield {"http": server.http_url, "grpc": server.grpc_target}
+            yield {"http": server.http_url, "grpc": server.grpc_target, "server": server}
 
 
 def run_locust(args, user: str, host: str) -> int:

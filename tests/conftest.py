@@ -26,10 +26,12 @@ def no_face_jpeg() -> bytes:
     return samples.encode(samples.no_face(), quality=95)
 
 
-def box_inside(box, region) -> bool:
-    """True when the box's centre lies inside the region (x1, y1, x2, y2)."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return region[0] <= cx <= region[2] and region[1] <= cy <= region[3]
+def pytest_collection_modifyitems(items):
+    """A test that uses a ``server`` fixture starts a real server: it is marked ``server`` (``make
+    test-fast`` runs the others)."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
 
 
 # Clients of the ``server`` fixture that each server test module defines.

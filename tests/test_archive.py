@@ -7,13 +7,14 @@ import zipfile
 import pytest
 import torch
 
-from checkpoint_formats import save_dfdc_checkpoint
-from deepfake_serving.bundle import MANIFEST_NAME, load_bundle, write_bundle
-from deepfake_serving.runtime import sha256_of
+from deepfake_serving.bundle import load_bundle, write_bundle
 from deepfake_serving.cli import main
 from deepfake_serving.crops import to_array
 from deepfake_serving.errors import CheckpointError
+from deepfake_serving.manifest import MANIFEST_NAME
+from deepfake_serving.runtime import sha256_of
 from deepfake_serving.variants import create_model
+from helpers.checkpoint_formats import save_dfdc_checkpoint
 
 DFDC_NAME = "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36"
 
@@ -35,7 +36,7 @@ def test_cli_archives_a_dfdc_checkpoint_with_a_manifest(tmp_path, dfdc_checkpoin
         ts_manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         ours = json.loads(z.read(MANIFEST_NAME))
         weights = z.read("weights.safetensors")
-        assert "model-config.yaml" in z.namelist() and "deepfake_handler.py" in z.namelist()
+        assert "model-config.yaml" in z.namelist() and "deepfake_image_handler.py" in z.namelist()
     assert ts_manifest["model"]["modelName"] == "b7-dfdc" and ts_manifest["model"]["modelVersion"] == "1.1"
     assert ours["variant"] == "b7-dfdc" and ours["version"] == "1.1" and ours["input_size"] == 380
     assert ours["trained"] is True
@@ -80,11 +81,18 @@ def test_a_checkpoint_for_another_variant_is_refused_before_archiving(tmp_path, 
     assert not list(tmp_path.glob("*.mar"))
 
 
+def test_a_video_archive_with_server_side_batches_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="one clip per request .*not 4.*streamed progress"):
+        main(["archive", "--variant", "b4-mobile", "--media", "video", "--batch-size", "4", "--version", "1.0",
+              "--export-path", str(tmp_path)])
+    assert not list(tmp_path.glob("*.mar"))
+
+
 def test_several_checkpoints_are_averaged_after_the_confident_strategy(tmp_path):
     from deepfake_serving import samples
     from deepfake_serving.bundle import load_video_bundle
-    from deepfake_serving.video_pipeline import VideoPipeline
     from deepfake_serving.variants import get_variant
+    from deepfake_serving.video_pipeline import VideoPipeline
 
     paths, models = [], []
     for seed in (3, 4):

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from deepfake_serving.crops import (
-    center_square, fit_to_input, isotropic_resize, padded_crop, put_to_center, to_array,
+    center_square,
+    fit_to_input,
+    isotropic_resize,
+    padded_crop,
+    put_to_center,
+    to_array,
 )
 
 

@@ -14,11 +14,12 @@ import torch
 from facenet_pytorch import MTCNN
 
 from deepfake_serving import samples
-from deepfake_serving.bundle import GRAPH_NAME, MANIFEST_NAME, load_bundle, load_video_bundle, write_bundle
+from deepfake_serving.bundle import load_bundle, load_video_bundle, write_bundle
 from deepfake_serving.cli import main
 from deepfake_serving.engines import Device
 from deepfake_serving.errors import CheckpointError
 from deepfake_serving.faces import FaceDetector, shrink
+from deepfake_serving.manifest import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.mtcnn import OnnxMTCNN
 from deepfake_serving.onnx_export import export_onnx
 from deepfake_serving.runtime import sha256_of

@@ -5,7 +5,6 @@ import tracemalloc
 
 import pytest
 
-import media
 from deepfake_serving import samples
 from deepfake_serving.errors import RequestError
 from deepfake_serving.mtcnn import OnnxMTCNN
@@ -13,6 +12,7 @@ from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.variants import create_model, get_variant
 from deepfake_serving.video import Sampling, VideoLimits, decode_video
 from deepfake_serving.video_pipeline import VideoPipeline
+from helpers import media
 
 
 @pytest.fixture(scope="module")

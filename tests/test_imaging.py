@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-import media
 from deepfake_serving import samples
 from deepfake_serving.errors import RequestError
 from deepfake_serving.imaging import ImageLimits, decode_image
+from helpers import media
 
 
 def error_of(data: bytes, limits: ImageLimits = ImageLimits()) -> RequestError:

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.thresholds import Observed, Thresholds, breaches, load_thresholds
 from deepfake_serving.serving.processes import free_ports
+from deepfake_serving.serving.thresholds import Observed, Thresholds, breaches, load_thresholds
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.serving.triton import Triton, TritonPorts
 from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
+from helpers.live_load import LOCUSTFILE
 
-LOCUSTFILE = Path(__file__).parents[1] / "loadtests" / "locustfile.py"
 THRESHOLDS = LOCUSTFILE.with_name("thresholds.yaml")
 VARIANT = "b4-mobile"
 

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-import media
-from conftest import box_inside
 from deepfake_serving import samples
 from deepfake_serving.errors import RequestError
 from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.variants import create_model, get_variant
+from helpers import box_inside, media
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import torch
@@ -18,7 +20,9 @@ import torch
 from deepfake_serving import samples
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
-from deepfake_serving.rollout.evaluation import evaluate
+from deepfake_serving.rollout.evaluation import evaluate, labelled_files
+from deepfake_serving.rollout.files import write_atomically
+from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
 from deepfake_serving.rollout.nginx import Nginx, nginx_binary
 from deepfake_serving.rollout.routing import RoutedClient, Split, bucket
 from deepfake_serving.rollout.servers import TorchServeTarget
@@ -27,8 +31,7 @@ from deepfake_serving.serving.client import Prediction, RestClient
 from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import get_variant
-
-from live_load import Load, second_rollout_during_canary
+from helpers.live_load import Load, second_rollout_during_canary
 
 MODEL = "b4-mobile"
 FAST = RolloutPolicy(warmup_requests=10, shadow_rounds=4, canary_weight=50, watch_s=6, check_every_s=2, drain_s=4,
@@ -53,6 +56,66 @@ def test_evaluation_metrics_and_confusion():
     assert result.precision == pytest.approx(2 / 3) and result.roc_auc == 1.0
 
 
+def test_the_gate_labels_as_the_server_does():
+    """FAKE above the threshold, as aggregation.label_for (a score at the threshold is REAL), at the
+    threshold each answer carries."""
+    assert evaluate([0, 1], [0.5, 0.6], 0.5).confusion == [[1, 0], [0, 1]]
+    assert evaluate([0, 1], [0.5, 0.6], [0.4, 0.7]).confusion == [[0, 1], [1, 0]]
+
+
+def test_a_labelled_folder_with_videos_is_refused_up_front(tmp_path):
+    for name in ("Real", "Fake"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.jpg").write_bytes(b"x")
+    assert len(labelled_files(tmp_path)) == 2
+    (tmp_path / "Fake" / "clip.MP4").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"holds 1 videos \(e.g. Fake/clip.MP4\).*image model"):
+        labelled_files(tmp_path)
+
+
+def test_a_lease_tells_a_live_owner_from_a_dead_one(tmp_path):
+    path = tmp_path / "m.split.lease"
+    mine = Lease.mine(MODEL, "torchserve", ttl_s=0.3)
+    held = LeaseFile(path)
+    held.acquire(mine)
+    assert oct(path.stat().st_mode & 0o777) == "0o644" and held.read().owner_alive()
+    with pytest.raises(LeaseHeld, match=f"pid {mine.pid}"):
+        LeaseFile(path).acquire(Lease.mine(MODEL, "torchserve", 30))
+    time.sleep(0.5)
+    assert held.read().renewed > mine.renewed  # renewed while held
+    held.update(serving="1.0", candidate="2.0", versions_before=["1.0"], phase="canary")
+    assert (held.read().serving, held.read().phase) == ("1.0", "canary")
+    held.release()
+    assert not path.exists() and not list(tmp_path.iterdir())  # no temporary files either
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = replace(mine, pid=child.pid, process_started=psutil.Process(child.pid).create_time())
+    assert dead.owner_alive()
+    child.kill()
+    time.sleep(0.5)
+    assert not dead.owner_alive()  # killed, not yet reaped: a zombie is no owner
+    child.wait()
+    assert not dead.owner_alive()  # its pid is gone
+    assert not replace(mine, process_started=mine.process_started - 100).owner_alive()  # a reused pid
+    far = replace(mine, host="elsewhere", renewed=time.time())
+    assert far.owner_alive() and not replace(far, renewed=time.time() - 1).owner_alive()  # ttl 0.3 s
+
+    write_atomically(path, json.dumps(asdict(dead)))
+    assert LeaseFile(path).claim(dead) and not path.exists()
+    assert not LeaseFile(path).claim(dead)  # of two recoverers one wins
+    write_atomically(path, json.dumps(asdict(far)))
+    assert not LeaseFile(path).claim(dead) and LeaseFile(path).read() == far  # another lease is put back
+
+
+def test_triton_versions_sort_as_integers(monkeypatch):
+    from deepfake_serving.rollout.servers import TritonTarget
+
+    target = TritonTarget(MODEL, "http://127.0.0.1:9", "http://127.0.0.1:9/metrics")
+    index = [{"name": target.names["classifier"], "version": v} for v in ("10", "2", "1")]
+    monkeypatch.setattr(target, "_index", lambda: index)
+    assert target.versions() == ["1", "2", "10"]
+
+
 def test_audit_log_is_append_only_jsonl(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
     log.append(model=MODEL, serving="1.0", candidate="2.0", step="start", outcome="ok")
@@ -75,7 +138,7 @@ def store(tmp_path_factory):
     """1.0 serves; 2.0 re-packages 1.0's weights (a release that must pass every gate); 3.0 is
     misconfigured as a video model (answers every image with 415); 4.0 is a B7 under the same
     name (real, and ~10× slower); 5.0's weights fail their checksum (cannot load); 6.0 is 2.0
-    again, for the command-line rollout."""
+    again, for the command-line rollout; 7.0 too, for the rollouts that are stopped or killed."""
     store = tmp_path_factory.mktemp("store")
     weights = checkpoint(store / "weights.pt", 1)
     # Two versions share the 2 cores during a rollout: one torch thread per worker, or they oversubscribe.
@@ -86,6 +149,7 @@ def store(tmp_path_factory):
     build_archive("b7-dfdc", "4.0", export_path=store, model_name=MODEL, **one)
     broken = build_archive(MODEL, "5.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "6.0", checkpoints=[weights], export_path=store, **one)
+    build_archive(MODEL, "7.0", checkpoints=[weights], export_path=store, **one)
     import zipfile
     with zipfile.ZipFile(broken) as z:
         members = {n: z.read(n) for n in z.namelist()}
@@ -197,7 +261,8 @@ def test_a_candidate_that_fails_to_load_leaves_the_serving_version(server, targe
     with pytest.raises(RolloutError, match="register"):
         rollout(target, tmp_path).run(Path(server.model_store) / f"{MODEL}-v5.0.mar")
     entries = AuditLog(tmp_path / "audit.jsonl").entries()
-    assert (entries[-1]["step"], entries[-1]["outcome"]) == ("register", "failed") and entries[-1]["message"]
+    assert (entries[-2]["step"], entries[-2]["outcome"]) == ("register", "failed") and entries[-2]["message"]
+    assert (entries[-1]["step"], entries[-1]["outcome"], entries[-1]["figures"]["removed"]) == ("rollback", "ok", [])
     assert target.serving_version() == serving and "5.0" not in target.versions()
 
 
@@ -208,6 +273,107 @@ def test_a_management_api_that_is_down_stops_the_rollout_cleanly(server, tmp_pat
     entry = AuditLog(tmp_path / "audit.jsonl").entries()[-1]
     assert (entry["step"], entry["outcome"]) == ("start", "failed") and "unavailable" in entry["message"]
     assert RestClient(server.inference_url).predict(MODEL, samples.astronaut_jpeg()).ok
+
+
+def test_any_failure_after_register_rolls_back(server, target, tmp_path, monkeypatch):
+    """Not only RolloutError: a connection reset in the middle of the shadow rolls back too."""
+    serving, calls = target.serving_version(), itertools.count()
+
+    def predict(version, data):
+        if next(calls) == FAST.warmup_requests + 3:
+            raise requests.ConnectionError("connection reset by peer")
+        return TorchServeTarget.predict(target, version, data)
+
+    monkeypatch.setattr(target, "predict", predict)
+    with pytest.raises(requests.ConnectionError):
+        rollout(target, tmp_path).run(Path(server.model_store) / f"{MODEL}-v7.0.mar")
+    assert_rolled_back(target, tmp_path, "shadow", serving)
+    assert "ConnectionError: connection reset by peer" in AuditLog(tmp_path / "audit.jsonl").entries()[-1]["message"]
+    assert "7.0" not in target.versions() and not (tmp_path / "split.lease").exists()
+
+
+def cli_rollout(server, state: Path, candidate: str, *options: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "deepfake_serving.cli", "rollout", *([candidate] if candidate else []),
+         "--model", MODEL, "--inference-url", server.inference_url, "--management-url", server.management_url,
+         "--metrics-url", f"{server.metrics_url}/metrics", "--state-dir", str(state), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_canary(state: Path, process: subprocess.Popen, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(e["step"] == "canary" for e in AuditLog(state / "audit.jsonl").entries()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no canary: {process.poll()} {AuditLog(state / 'audit.jsonl').entries()}")
+
+
+def test_abort_stops_a_running_rollout_which_rolls_back_on_sigterm(server, target, tmp_path):
+    """`rollout --abort MODEL` sends the running controller SIGTERM; it rolls back, audits and exits 143."""
+    serving, state = target.serving_version(), tmp_path / "state"
+    controller = cli_rollout(server, state, str(Path(server.model_store) / f"{MODEL}-v7.0.mar"), "--watch", "600")
+    wait_for_canary(state, controller)
+    assert Split.load(state / f"{MODEL}.split.json").candidate == "7.0"
+    abort = cli_rollout(server, state, "", "--abort", MODEL)
+    assert abort.wait(timeout=120) == 0 and "was stopped and rolled back" in abort.stdout.read()
+    assert controller.wait(timeout=60) == 143, controller.stderr.read()
+    steps = [(e["step"], e["outcome"]) for e in AuditLog(state / "audit.jsonl").entries()]
+    assert steps[-2:] == [("canary", "stopped"), ("rollback", "ok")], steps
+    assert "stopped by SIGTERM" in AuditLog(state / "audit.jsonl").entries()[-1]["message"]
+    assert Split.load(state / f"{MODEL}.split.json") == Split(MODEL, serving)
+    assert target.serving_version() == serving and "7.0" not in target.versions()
+    assert not (state / f"{MODEL}.split.lease").exists()
+
+
+def test_a_killed_rollout_is_recovered_under_live_load(server, target, tmp_path):
+    """kill -9 mid-canary under routed load: the lease stays behind; `rollout --abort` finds its owner
+    dead, puts every user back on the serving version and unregisters the orphaned candidate; no client
+    request fails throughout."""
+    serving, state = target.serving_version(), tmp_path / "state"
+    split_file = state / f"{MODEL}.split.json"
+    Split(MODEL, serving).save(split_file)
+    load = Load(server.inference_url, "RoutedTorchServeUser", split_file, tmp_path / "load", seconds=300)
+    try:
+        controller = cli_rollout(server, state, str(Path(server.model_store) / f"{MODEL}-v7.0.mar"),
+                                 "--watch", "600", "--weight", "50")
+        wait_for_canary(state, controller)
+        time.sleep(3)  # live traffic on the canary
+        controller.send_signal(signal.SIGKILL)
+        controller.wait()
+        lease = json.loads((state / f"{MODEL}.split.lease").read_text())
+        assert (lease["pid"], lease["candidate"], lease["phase"]) == (controller.pid, "7.0", "canary")
+        assert Split.load(split_file).weight == 50
+        abort = cli_rollout(server, state, "", "--abort", MODEL)
+        assert abort.wait(timeout=120) == 0, abort.stderr.read()
+        time.sleep(3)  # load goes on, on the serving version
+    finally:
+        stats = load.finish(stop=True)
+    assert int(stats["Aggregated"]["Failure Count"]) == 0, stats
+    assert int(stats.get("image 7.0", {}).get("Request Count", 0)) > 0  # live traffic reached the canary
+    entry = AuditLog(state / "audit.jsonl").entries()[-1]
+    assert (entry["step"], entry["outcome"]) == ("recover", "recovered") and entry["figures"]["removed"] == ["7.0"]
+    assert Split.load(split_file) == Split(MODEL, serving)
+    assert target.serving_version() == serving and "7.0" not in target.versions()
+    assert not (state / f"{MODEL}.split.lease").exists()
+
+
+def test_a_later_rollout_recovers_a_dead_owners_leftovers_then_proceeds(server, target, tmp_path):
+    serving = target.serving_version()
+    before = target.versions()
+    target.register(Path(server.model_store) / f"{MODEL}-v7.0.mar")  # the dead owner's candidate
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = replace(Lease.mine(MODEL, "torchserve", 30), pid=child.pid, serving=serving, candidate="7.0",
+                   versions_before=before, phase="shadow")
+    write_atomically(tmp_path / "split.lease", json.dumps(asdict(dead)))
+    Split(MODEL, serving, "7.0", 10).save(tmp_path / "split.json")
+    with pytest.raises(RolloutError, match="warm_up"):  # 3.0 answers images with 415
+        rollout(target, tmp_path).run(Path(server.model_store) / f"{MODEL}-v3.0.mar")
+    steps = [(e["step"], e["outcome"]) for e in AuditLog(tmp_path / "audit.jsonl").entries()]
+    assert steps[:3] == [("recover", "recovered"), ("start", "ok"), ("register", "ok")], steps
+    assert_rolled_back(target, tmp_path, "warm_up", serving)
+    assert {"7.0", "3.0"}.isdisjoint(target.versions())
 
 
 @pytest.mark.parametrize("route", ["python client", "nginx split_clients"])

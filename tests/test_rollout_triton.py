@@ -12,19 +12,19 @@ import pytest
 import torch
 
 from deepfake_serving import samples
-from deepfake_serving.bundle import GRAPH_NAME
+from deepfake_serving.manifest import GRAPH_NAME
+from deepfake_serving.naming import model_names, pinned_ensemble
 from deepfake_serving.onnx_export import export_onnx
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
 from deepfake_serving.rollout.routing import Split, VersionStats, bucket
 from deepfake_serving.rollout.servers import Counters, TritonTarget
 from deepfake_serving.runtime import sha256_of
-from deepfake_serving.serving.client import TritonClient, pinned_ensemble
+from deepfake_serving.serving.client import TritonClient
 from deepfake_serving.serving.triton import Triton, TritonPorts
-from deepfake_serving.serving.triton_repository import build_classifier_version, model_names, write_configs
+from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
 from deepfake_serving.variants import get_variant
-
-from live_load import Load, second_rollout_during_canary
+from helpers.live_load import Load, second_rollout_during_canary
 
 pytestmark = pytest.mark.server
 VARIANT = "b4-mobile"
@@ -183,7 +183,8 @@ def test_the_serving_version_is_refused_as_a_candidate(server, tmp_path):
     serving = target.serving_version()
     with pytest.raises(RolloutError, match="serving version already"):
         rollout(target, tmp_path).run(serving)
-    assert steps(tmp_path)[-1] == ("register", "failed") and target.serving_version() == serving
+    assert steps(tmp_path)[-2:] == [("register", "failed"), ("rollback", "ok")]
+    assert target.serving_version() == serving
     assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).ok
 
 
@@ -194,7 +195,8 @@ def test_a_version_that_cannot_load_leaves_the_serving_version(server, repositor
     (broken / GRAPH_NAME).write_bytes((broken / GRAPH_NAME).read_bytes()[:-100] + b"\0" * 100)
     with pytest.raises(RolloutError, match="register"):
         rollout(target, tmp_path).run("4")
-    entry = AuditLog(tmp_path / "audit.jsonl").entries()[-1]
+    entry, rollback = AuditLog(tmp_path / "audit.jsonl").entries()[-2:]
     assert (entry["step"], entry["outcome"]) == ("register", "failed") and "4" in entry["message"]
+    assert (rollback["step"], rollback["figures"]["removed"]) == ("rollback", [])
     assert target.serving_version() == serving and "4" not in target.versions()
     assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).ok

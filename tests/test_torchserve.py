@@ -10,15 +10,14 @@ import pytest
 import requests
 import torch
 
-import media
-from conftest import box_inside
 from deepfake_serving import samples
+from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import GrpcClient, RestClient
 from deepfake_serving.serving.grpc_stubs import management_pb2, management_pb2_grpc
-from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
+from helpers import box_inside, media
 
 pytestmark = pytest.mark.server
 MODEL = "b4-mobile"
@@ -211,3 +210,17 @@ def test_inference_without_the_key_is_unauthorized_in_our_format(server, astrona
                    GrpcClient(server.grpc_target, key_file=str(tmp_path / "none.json"))):
         answer = client.predict(MODEL, astronaut_jpeg)
         assert (answer.status, answer.body["error"]["code"]) == (401, "unauthorized"), answer.body
+
+
+def test_clients_survive_a_killed_worker_under_load(server, astronaut_jpeg):
+    """The image worker SIGKILLed twice under 6 concurrent REST and gRPC clients: TorchServe answers the
+    in-flight requests 500 and restarts the worker; the clients retry those, and none fails."""
+    from helpers.live_load import predictions_while_killing
+
+    clients = [RestClient(server.inference_url) for _ in range(4)] + [GrpcClient(server.grpc_target) for _ in range(2)]
+    answers, recoveries = predictions_while_killing(
+        clients, lambda client: client.predict(MODEL, astronaut_jpeg), lambda: server.worker_pids(MODEL, "1.0"),
+        kills=2, every_s=6)
+    assert len(recoveries) == 2 and answers and all(a.ok for a in answers), [a for a in answers if not a.ok][:3]
+    assert sum(c.stats.retries for c in clients) > 0  # the kills did fail requests, and retries answered them
+    assert sum(c.stats.gave_up for c in clients) == 0

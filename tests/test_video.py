@@ -9,9 +9,7 @@ from deepfake_serving.errors import RequestError
 from deepfake_serving.variants import create_model, get_variant
 from deepfake_serving.video import Sampling, VideoLimits, decode_video
 from deepfake_serving.video_pipeline import VideoPipeline
-
-import dfdc_reference
-import media
+from helpers import dfdc_reference, media
 
 
 def test_linspace_matches_the_dfdc_indices():

@@ -11,11 +11,11 @@ import psutil
 import pytest
 import requests
 
-import media
 from deepfake_serving import samples
 from deepfake_serving.cli import main
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.torchserve import Ports, TorchServe
+from helpers import media
 
 pytestmark = pytest.mark.server
 VIDEO = "b4-mobile-video"
@@ -87,6 +87,7 @@ def test_bad_videos_get_json_errors_and_the_worker_survives(server, rest, grpc_c
 def test_a_video_sent_to_the_image_model_is_refused(rest, clip, astronaut_jpeg):
     answer = rest.predict(IMAGE, clip)
     assert (answer.status, answer.body["error"]["code"]) == (415, "video_sent_to_image_endpoint")
+    assert answer.body["error"]["message"].endswith(f"send videos to {IMAGE}-video")  # the real name
     assert rest.predict(IMAGE, astronaut_jpeg).status == 200
 
 

@@ -22,6 +22,7 @@ class AuditLog:
         # O_APPEND: concurrent writers never interleave inside a line or overwrite one another.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            os.fchmod(fd, 0o644)  # as documented, whatever the umask
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:

@@ -1,10 +1,14 @@
 """The rollout: register → warm up → shadow → evaluation gate → canary under guard rails → promote,
-with an automatic rollback from any step. Every step is written to the audit log, and whatever
-happens the serving version keeps serving."""
+with an automatic rollback from any step and any failure after register (an exception of any kind, or
+SIGTERM/SIGINT through ``stop_on_signals``). Every step is written to the audit log, and whatever
+happens the serving version keeps serving. The rollout holds a lease on the model (``lease.py``); a
+later rollout, or ``abort``, recovers what a dead owner (SIGKILL, a lost machine) left behind."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -12,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .audit import AuditLog
-from .evaluation import Evaluation, confusion_png, evaluate_folder
+from .evaluation import Evaluation, confusion_png, evaluate_folder, labelled_files
+from .lease import Lease, LeaseFile, LeaseHeld
 from .routing import Split, VersionStats
 from .servers import Counters, ServerUnavailable
 
@@ -43,6 +48,7 @@ class RolloutPolicy:
     slow_checks_to_rollback: int = 2
     canary_probes: int = 2  # per check and version: the controller's own interleaved requests
     drain_s: float = 5.0  # after traffic moves away from a version, before it is removed
+    lease_ttl_s: float = 30.0  # an owner on another host is dead once its lease is this old (renewed every third)
 
 
 class RolloutError(RuntimeError):
@@ -51,6 +57,31 @@ class RolloutError(RuntimeError):
     def __init__(self, step: str, message: str):
         super().__init__(f"{step}: {message}")
         self.step = step
+
+
+class RolloutStopped(BaseException):
+    """SIGTERM or SIGINT arrived (a BaseException, so that no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise RolloutStopped in the main thread, once: further ones are ignored while
+    the rollback runs (a service manager's SIGKILL after its timeout is what the lease is for)."""
+
+    def stop(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise RolloutStopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def lease_file(split_file: Path) -> Path:
+    return Path(split_file).with_suffix(".lease")
 
 
 @dataclass
@@ -78,51 +109,128 @@ class Rollout:
         if self.on_split:
             self.on_split(split)
 
-    def _lock(self) -> Path:
-        lock = self.split_file.with_suffix(".lock")
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            raise RolloutError("start", f"a rollout of {self.target.model} is already running ({lock})") from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return lock
-
     # -- the whole thing -------------------------------------------------------------------------
     def run(self, candidate_archive: str | Path) -> str:
         """Returns the version serving at the end (the candidate when promoted)."""
-        self.serving, self.candidate = None, None
-        try:
-            lock = self._lock()
-        except RolloutError as err:
-            self._log("start", "refused", str(err))
-            raise
+        self.serving, self.candidate, self.step = None, None, "start"
+        lease = LeaseFile(lease_file(self.split_file))
+        self._take(lease)
         try:
             try:
                 self.serving = self.target.serving_version()
+                versions_before = self.target.versions()
             except ServerUnavailable as err:
                 self._log("start", "failed", f"management API unavailable: {err}")
                 raise RolloutError("start", str(err)) from None
+            if self.labelled_folder is not None:
+                try:
+                    labelled_files(self.labelled_folder)  # refused before anything changes
+                except ValueError as err:
+                    self._log("start", "refused", str(err))
+                    raise RolloutError("start", str(err)) from None
+            lease.update(serving=self.serving, versions_before=versions_before, phase="register")
             self._set_split(Split(self.target.model, self.serving))
             self._log("start", "ok", f"candidate {Path(candidate_archive).name}")
             try:
-                self.candidate = self.target.register(candidate_archive)
-            except ServerUnavailable as err:
-                self._log("register", "failed", str(err))
-                raise RolloutError("register", str(err)) from None
-            self._log("register", "ok")
-            try:
-                self._warm_up()
-                self._shadow()
-                self._gate()
-                self._canary()
-            except RolloutError as err:
-                self._rollback(err)
+                self.step = "register"
+                try:
+                    self.candidate = self.target.register(candidate_archive)
+                except ServerUnavailable as err:
+                    self._log("register", "failed", str(err))
+                    raise RolloutError("register", str(err)) from None
+                lease.update(candidate=self.candidate)
+                self._log("register", "ok")
+                steps = {"warm_up": self._warm_up, "shadow": self._shadow, "gate": self._gate,
+                         "canary": self._canary, "promote": self._promote}
+                for self.step, run_step in steps.items():  # self.step: where a failure happened
+                    lease.update(phase=self.step)
+                    run_step()
+            except BaseException as err:  # noqa: BLE001 - whatever stops it (RolloutStopped too) rolls back
+                cause = err if isinstance(err, RolloutError) else RolloutError(self.step, f"{type(err).__name__}: {err}")
+                if cause is not err:
+                    self._log(self.step, "stopped" if isinstance(err, RolloutStopped) else "failed", str(cause))
+                self._rollback(cause, versions_before)
                 raise
-            self._promote()
             return self.candidate
         finally:
-            lock.unlink(missing_ok=True)
+            lease.release()
+
+    def abort(self, wait_s: float = 300.0) -> str:
+        """``rollout --abort``: a live owner on this host is sent SIGTERM (it rolls back itself); a dead
+        owner's leftovers are recovered here. Returns what was done."""
+        lease = LeaseFile(lease_file(self.split_file))
+        held = lease.read()
+        if held is None:
+            return f"no rollout of {self.target.model} holds {lease.path}"
+        if not held.owner_alive():
+            self.recover(held, lease)
+            return f"recovered after a dead rollout ({held.describe()})"
+        if held.host != socket.gethostname():
+            raise RolloutError("abort", f"the rollout ({held.describe()}) runs on another host: stop it there")
+        os.kill(held.pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while (current := lease.read()) is not None and current.pid == held.pid:
+            if time.monotonic() > deadline:
+                raise RolloutError("abort", f"the rollout ({held.describe()}) did not stop within {wait_s:.0f} s")
+            time.sleep(0.2)
+        return f"the running rollout ({held.describe()}) was stopped and rolled back"
+
+    def _take(self, lease: LeaseFile) -> None:
+        """Take the model's lease; a dead owner's is recovered first, a live owner's refuses."""
+        mine = Lease.mine(self.target.model, self.target.backend, self.policy.lease_ttl_s)
+        for _ in range(2):
+            try:
+                return lease.acquire(mine)
+            except LeaseHeld as held:
+                if held.lease.owner_alive():
+                    message = f"{held} ({lease.path})"
+                    self._log("start", "refused", message)
+                    raise RolloutError("start", message) from None
+                self.recover(held.lease, lease)
+        raise RolloutError("start", f"the lease {lease.path} changed hands while recovering it")
+
+    def recover(self, dead: Lease, lease: LeaseFile | None = None) -> None:
+        """Undo what a dead rollout left: every user back on its serving version (or on its candidate,
+        when the server already made that the default: the promotion is completed), the orphaned
+        candidate unregistered; audited ``recovered``."""
+        lease = lease or LeaseFile(lease_file(self.split_file))
+        if not lease.claim(dead):
+            return
+        self.serving, self.candidate = dead.serving, dead.candidate
+        if dead.serving is None:  # it died before it changed anything
+            self._log("recover", "recovered", f"dead rollout ({dead.describe()}) had changed nothing")
+            return
+        serving, removed, problems = self._restore(dead.serving, dead.candidate, dead.versions_before)
+        self._log("recover", "recovered", f"dead rollout ({dead.describe()}) stopped in {dead.phase}; "
+                  f"{serving} serves every user; removed {removed or 'nothing'}" + "".join(problems),
+                  dead_owner={"pid": dead.pid, "host": dead.host, "phase": dead.phase}, removed=removed)
+
+    def _restore(self, serving: str, candidate: str | None, versions_before: list[str]) -> tuple[str, list, list]:
+        """(version serving now, versions removed, problems): traffic back to ``serving`` first, then
+        after the drain every version registered since ``versions_before`` goes. When the server
+        already has the candidate as its default (died or stopped inside promote), the promotion is
+        completed instead."""
+        try:
+            promoted = candidate is not None and self.target.serving_version() == candidate
+        except ServerUnavailable:
+            promoted = False
+        if promoted:
+            self._set_split(Split(self.target.model, candidate))
+            return candidate, [], []
+        self._set_split(Split(self.target.model, serving))
+        time.sleep(self.policy.drain_s)
+        removed, problems = [], []
+        try:
+            orphans = [v for v in self.target.versions() if v not in versions_before and v != serving]
+        except ServerUnavailable as err:
+            orphans, problems = [], [f"; versions unknown: {err}"]
+        for version in orphans:
+            try:
+                self.target.remove(version)
+                removed.append(version)
+            except ServerUnavailable as err:
+                problems.append(f"; {version} could not be removed: {err}")
+        return serving, removed, problems
 
     # -- steps -----------------------------------------------------------------------------------
     def _warm_up(self) -> None:
@@ -321,15 +429,14 @@ class Rollout:
         self._log("promote", "ok", f"{self.candidate} is the serving version; {self.serving} stays registered "
                                    "for a manual rollback")
 
-    def _rollback(self, cause: RolloutError) -> None:
-        """Traffic back to the serving version first, then (after in-flight requests drain) the candidate goes."""
-        self._set_split(Split(self.target.model, self.serving))
-        time.sleep(self.policy.drain_s)
-        try:
-            self.target.remove(self.candidate)
-            removed = True
-        except ServerUnavailable as err:
-            removed = False
-            self._log("rollback", "warning", f"candidate could not be removed: {err}")
-        self._log("rollback", "ok", f"after {cause.step}: {cause}; candidate removed: {removed}",
-                  cause_step=cause.step)
+    def _rollback(self, cause: RolloutError, versions_before: list[str]) -> None:
+        """Traffic back to the serving version first, then (after in-flight requests drain) the candidate
+        goes; a stop inside promote after the server switched completes the promotion instead."""
+        serving, removed, problems = self._restore(self.serving, self.candidate, versions_before)
+        if serving == self.candidate:
+            self._log("promote", "ok", f"completed after {cause}")
+            return
+        for problem in problems:
+            self._log("rollback", "warning", problem.lstrip("; "))
+        self._log("rollback", "ok", f"after {cause.step}: {cause}; removed: {removed or 'nothing'}",
+                  cause_step=cause.step, removed=removed)

@@ -9,24 +9,33 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn import metrics
 
+from ..aggregation import label_for
+
 CLASSES = {"real": 0, "fake": 1}
-MEDIA_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".mp4", ".avi", ".mov", ".webm", ".mkv"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv"}
 
 
 def labelled_files(folder: str | Path) -> list[tuple[Path, int]]:
-    """(file, label) for every media file under Real/ and Fake/ (any case), sorted."""
-    found = []
+    """(file, label) for every image under Real/ and Fake/ (any case), sorted. Videos are refused: the
+    gate judges the image model a rollout changes, and the video model is another model."""
+    found, videos = [], []
     for child in sorted(Path(folder).iterdir()):
         label = CLASSES.get(child.name.lower())
         if child.is_dir() and label is not None:
-            found += [(f, label) for f in sorted(child.rglob("*")) if f.suffix.lower() in MEDIA_SUFFIXES]
+            files = sorted(child.rglob("*"))
+            found += [(f, label) for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            videos += [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+    if videos:
+        raise ValueError(f"{folder} holds {len(videos)} videos (e.g. {videos[0].relative_to(folder)}): the gate "
+                         "sends images to the image model this rollout changes; move the videos out")
     if not {label for _, label in found} >= {0, 1}:
-        raise ValueError(f"{folder} needs media files in both Real/ and Fake/ subfolders")
+        raise ValueError(f"{folder} needs images in both Real/ and Fake/ subfolders")
     return found
 
 
@@ -48,12 +57,17 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(labels: list[int], scores: list[float | None], threshold: float = 0.5, failed: int = 0) -> Evaluation:
-    """Metrics over the files that got a verdict (score not None)."""
-    pairs = [(y, s) for y, s in zip(labels, scores) if s is not None]
+def evaluate(labels: list[int], scores: list[float | None], thresholds: float | Sequence[float] = 0.5,
+             failed: int = 0) -> Evaluation:
+    """Metrics over the files that got a verdict (score not None), each predicted FAKE as the server
+    labels it (``aggregation.label_for`` at its threshold: one threshold, or one per file)."""
+    if isinstance(thresholds, (int, float)):
+        thresholds = [thresholds] * len(labels)
+    triples = [(y, s, t) for y, s, t in zip(labels, scores, thresholds) if s is not None]
+    pairs = [(y, s) for y, s, _ in triples]
     y_true = np.array([y for y, _ in pairs], dtype=int)
     y_score = np.array([s for _, s in pairs], dtype=float)
-    y_pred = (y_score >= threshold).astype(int)
+    y_pred = np.array([label_for(s, t) == "FAKE" for _, s, t in triples], dtype=int)
     tn, fp, fn, tp = metrics.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     both = len(set(y_true.tolist())) == 2
     return Evaluation(
@@ -68,9 +82,10 @@ def evaluate(labels: list[int], scores: list[float | None], threshold: float = 0
     )
 
 
-def evaluate_folder(folder: str | Path, predict: Callable[[bytes], object], threshold: float = 0.5) -> Evaluation:
-    """``predict(data) -> Prediction`` for every file; a failed request counts as ``failed``."""
-    labels, scores, failed = [], [], 0
+def evaluate_folder(folder: str | Path, predict: Callable[[bytes], object]) -> Evaluation:
+    """``predict(data) -> Prediction`` for every file, judged at the threshold the answer carries (the
+    served variant's); a failed request counts as ``failed``."""
+    labels, scores, thresholds, failed = [], [], [], 0
     for path, label in labelled_files(folder):
         prediction = predict(path.read_bytes())
         if not prediction.ok:
@@ -78,7 +93,8 @@ def evaluate_folder(folder: str | Path, predict: Callable[[bytes], object], thre
             continue
         labels.append(label)
         scores.append(prediction.body.get("fake_probability"))
-    return evaluate(labels, scores, threshold, failed)
+        thresholds.append(prediction.body["threshold"])
+    return evaluate(labels, scores, thresholds, failed)
 
 
 def confusion_png(evaluation: Evaluation, path: str | Path, title: str) -> Path:

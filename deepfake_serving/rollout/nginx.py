@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..serving.auth import ServerKeys
 from .routing import Split
 
 # Where `make install` unpacks Debian's nginx package when no nginx is installed system-wide.
-BUNDLED = Path(__file__).resolve().parents[2] / ".venv" / "nginx" / "usr" / "sbin" / "nginx"
+BUNDLED = Path(sys.prefix) / "nginx" / "usr" / "sbin" / "nginx"  # `make install` unpacks Debian's nginx into the venv
 
 
 def nginx_binary() -> Path | None:

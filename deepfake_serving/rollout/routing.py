@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..serving.client import pinned_ensemble
+from ..naming import pinned_ensemble
+from .files import write_atomically
 
 
 def bucket(key: str) -> float:
@@ -34,12 +34,8 @@ class Split:
         return self.candidate if bucket(key) * 100 < self.weight else self.serving
 
     def save(self, path: str | Path) -> None:
-        """Atomically (write, then rename), so a reader never sees half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
+        """Atomically (write, then rename; mode 0644), so a reader never sees half a file."""
+        write_atomically(Path(path), json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":

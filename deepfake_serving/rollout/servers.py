@@ -11,8 +11,9 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..naming import model_names, pinned_ensemble
 from ..serving.auth import ServerKeys
-from ..serving.client import Prediction, RestClient, TritonClient, pinned_ensemble
+from ..serving.client import Prediction, RestClient, TritonClient
 
 
 class ServerUnavailable(RuntimeError):
@@ -128,8 +129,6 @@ class TritonTarget:
     quantile_window_s: float | None = 60.0
 
     def __init__(self, variant: str, http_url: str, metrics_url: str):
-        from ..serving.triton_repository import model_names  # torch: only when a Triton target is made
-
         self.model = variant
         self.names = model_names(variant)
         self.http_url, self.metrics_url = http_url.rstrip("/"), metrics_url
@@ -167,7 +166,8 @@ class TritonTarget:
         _call("POST", f"{self.http_url}/v2/repository/models/{name}/unload", 120, json={})
 
     def versions(self) -> list[str]:
-        return sorted(m["version"] for m in self._index() if m["name"] == self.names["classifier"] and m.get("version"))
+        found = {m["version"] for m in self._index() if m["name"] == self.names["classifier"] and m.get("version")}
+        return sorted(found, key=int)  # "10" after "2"
 
     # -- the rollout's verbs -----------------------------------------------------------------------
     def serving_version(self) -> str:

@@ -6,15 +6,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib.resources import as_file
 from pathlib import Path
 
 import yaml
 
-from ..bundle import MANIFEST_NAME, write_bundle
+from ..bundle import write_bundle
 from ..engines import DEFAULT_ENGINE
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HANDLER = REPO_ROOT / "handlers" / "deepfake_handler.py"
+from ..manifest import MANIFEST_NAME
+from ..naming import archive_file_name, default_model_name
+from .torchserve_handlers import handler_file
 
 # Worker settings that go into the archive's model-config.yaml: one worker, server-side batching
 # (benchmarks/bench_image.py prints the sweep); threads follow deepfake_serving.threads' rule
@@ -32,15 +33,6 @@ VIDEO_MODEL_CONFIG = {**DEFAULT_MODEL_CONFIG, "batchSize": 1, "maxBatchDelay": 0
                       "handler": {"media": "video"}}
 
 
-def archive_file_name(model_name: str, version: str) -> str:
-    return f"{model_name}-v{version}.mar"
-
-
-def default_model_name(variant: str, media: str = "image") -> str:
-    """Images are served as ``{variant}``, videos as ``{variant}-video``."""
-    return variant if media == "image" else f"{variant}-{media}"
-
-
 def build_archive(
     variant: str,
     version: str,
@@ -56,15 +48,17 @@ def build_archive(
     """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
     several checkpoints of one variant averaged (as the DFDC winner did). ``quantization``:
     write_bundle's ``quantize``, ``calibration`` and ``holdout``."""
-    if media not in ("image", "video"):
-        raise ValueError("media must be image or video")
+    handler = handler_file(media)
     model_name = model_name or default_model_name(variant, media)
     export_path = Path(export_path)
     export_path.mkdir(parents=True, exist_ok=True)
     base = DEFAULT_MODEL_CONFIG if media == "image" else VIDEO_MODEL_CONFIG
     config = {**base, **(model_config or {})}
+    if media == "video" and int(config.get("batchSize", 1)) > 1:
+        raise ValueError(f"a video archive takes one clip per request (batch size 1, not {config['batchSize']}): "
+                         "a batch would send one request's streamed progress to every request in it")
     config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media, "engine": engine}
-    with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp, as_file(handler) as handler:
         tmp = Path(tmp)
         manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine,
                                 **quantization)
@@ -72,10 +66,10 @@ def build_archive(
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
             [
-                str(Path(sys.executable).parent / "torch-model-archiver"),
+                sys.executable, "-m", "model_archiver.model_packaging",  # torch-model-archiver's entry point
                 "--model-name", model_name,
                 "--version", version,
-                "--handler", str(HANDLER),
+                "--handler", str(handler),
                 "--serialized-file", str(files[0]),
                 "--extra-files", ",".join(str(f) for f in [tmp / "bundle" / MANIFEST_NAME, *files[1:]]),
                 "--config-file", str(tmp / "model-config.yaml"),

@@ -4,13 +4,17 @@ Triton over HTTP or gRPC (KServe v2 / Open Inference Protocol, through tritoncli
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import random
+import re
+import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import grpc
 import requests
 
-from ..errors import CATALOGUE, error_body
+from ..errors import CATALOGUE, RequestError, error_body
+from ..naming import triton_model_name
 from .auth import ServerKeys
 from .grpc_stubs import inference_pb2, inference_pb2_grpc
 
@@ -25,9 +29,75 @@ class Prediction:
         return 200 <= self.status < 300
 
 
+# A worker that died (TorchServe answers its in-flight batch 500, Triton a lost stub 500), a server
+# restarting or unreachable (502/503, connection errors, gRPC UNAVAILABLE), a worker out of memory (507).
+RETRY_STATUSES = frozenset({500, 502, 503, 507})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter for predictions (idempotent: the same bytes give the same
+    answer), never on a 4xx. ``attempts`` counts the first; no retry starts after ``deadline_s``. The
+    default spans a TorchServe worker's restart (5-7 s here) while a request that kills workers (no
+    file should) is sent at most 4 times."""
+
+    attempts: int = 4
+    base_s: float = 0.5
+    cap_s: float = 8.0
+    deadline_s: float = 60.0
+
+    def delay(self, retry: int) -> float:
+        """Equal jitter: half the exponential step, plus up to the other half at random (clients that
+        failed together do not come back together)."""
+        step = min(self.cap_s, self.base_s * 2 ** retry)
+        return step / 2 + random.uniform(0, step / 2)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass
+class ClientStats:
+    predictions: int = 0
+    retries: int = 0  # attempts after the first, over all predictions
+    retried: int = 0  # predictions that needed at least one retry
+    gave_up: int = 0  # predictions still failing (retryably) when attempts or the deadline ran out
+
+
+@dataclass
+class Retrying:
+    """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``."""
+
+    retry: RetryPolicy = RetryPolicy()
+    stats: ClientStats = field(default_factory=ClientStats)
+
+    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+        deadline = time.monotonic() + self.retry.deadline_s
+        self.stats.predictions += 1
+        for attempt in range(self.retry.attempts):
+            prediction = self._predict_once(model, data, version, options)
+            if prediction.status not in RETRY_STATUSES:
+                return prediction
+            delay = self.retry.delay(attempt)
+            if attempt + 1 == self.retry.attempts or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)  # gevent's under Locust
+            self.stats.retries += 1
+            self.stats.retried += attempt == 0
+        self.stats.gave_up += 1
+        return prediction
+
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        raise NotImplementedError
+
+
 # TorchServe's own error bodies ({"code": N, "type": "...Exception", "message": ...}) → our codes.
 SERVER_EXCEPTIONS = {"InvalidKeyException": "unauthorized", "ModelNotFoundException": "model_not_found",
-                     "ModelVersionNotFoundException": "model_not_found", "ServiceUnavailableException": "worker_failed"}
+                     "ModelVersionNotFoundException": "model_not_found", "ServiceUnavailableException": "worker_failed",
+                     "InternalServerException": "worker_failed"}  # "Worker died."
+# Over gRPC TorchServe names its exception in the details (a dead worker: RESOURCE_EXHAUSTED, "Worker died.
+# org.pytorch.serve.http.InternalServerException"), so the status code alone would read it as a size limit.
+SERVER_EXCEPTION_NAME = re.compile(r"org\.pytorch\.serve\.[\w.]*?(\w+Exception)")
 SERVER_STATUSES = {401: "unauthorized", 404: "model_not_found", 413: "request_too_large", 431: "headers_too_large",
                    500: "worker_failed", 502: "server_unavailable", 503: "worker_failed", 504: "server_unavailable",
                    507: "out_of_memory"}
@@ -56,8 +126,10 @@ def normalized(status: int, raw: bytes, reason: str = "") -> dict:
     return server_error(status if status >= 400 else 502, text or "the server sent no readable body")
 
 
-class RestClient:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 300.0, key_file: str | None = None):
+class RestClient(Retrying):
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 300.0, key_file: str | None = None,
+                 retry: RetryPolicy = RetryPolicy()):
+        super().__init__(retry)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
@@ -72,7 +144,7 @@ class RestClient:
             headers["X-Stream"] = "true"
         return self.session.post(path, data=data, timeout=self.timeout, headers=headers, stream=stream)
 
-    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
         try:
             response = self._post(model, data, version, options, stream=False)
         except requests.RequestException as err:
@@ -102,12 +174,13 @@ class RestClient:
         self.session.close()
 
 
-class GrpcClient:
+class GrpcClient(Retrying):
     """TorchServe's gRPC Predictions call. Its per-request status does not cross gRPC (the call
     is OK and the error is in the body), so the status comes from the body's ``error.status``."""
 
     def __init__(self, target: str = "127.0.0.1:7070", timeout: float = 300.0, max_message_mb: int = 100,
-                 key_file: str | None = None):
+                 key_file: str | None = None, retry: RetryPolicy = RetryPolicy()):
+        super().__init__(retry)
         self.keys = ServerKeys.for_url(target, key_file)
         size = max_message_mb * 1024 * 1024
         self.channel = grpc.insecure_channel(
@@ -134,10 +207,11 @@ class GrpcClient:
         details = err.details() or err.code().name
         if "Token Authorization failed" in details:
             return Prediction(401, error_body("unauthorized", details))
-        body = server_error(_http_status(err.code()), f"{err.code().name}: {details}")
+        kind = SERVER_EXCEPTION_NAME.search(details)
+        body = server_error(_http_status(err.code()), f"{err.code().name}: {details}", kind.group(1) if kind else "")
         return Prediction(body["error"]["status"], body)
 
-    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
         try:
             response = self.stub.Predictions(self._request(model, data, version, options), timeout=self.timeout,
                                              metadata=self.keys.metadata("inference"))
@@ -180,25 +254,16 @@ def _http_status(code: grpc.StatusCode) -> int:
     }.get(code, 500)
 
 
-def triton_model_name(model: str) -> str:
-    """TorchServe's names map onto the repository's: b4-mobile → b4_mobile, b4-mobile-video → b4_mobile_video."""
-    return model.replace("-", "_")
-
-
-def pinned_ensemble(model: str, version: str | int) -> str:
-    """During a rollout, the image ensemble pinned to classifier version N (b4_mobile_v2)."""
-    return f"{triton_model_name(model)}_v{version}"
-
-
-class TritonClient:
+class TritonClient(Retrying):
     """Triton over HTTP (``protocol="http"``) or gRPC. Images go to the variant's ensemble, videos
     (``*-video``) to its BLS model with SAMPLING/FRAMES/EVERY inputs. Triton answers a client error
     with 400 (HTTP) or INVALID_ARGUMENT; our models put the error's own code and status in the
     message, so ``Prediction.status`` is the same as TorchServe's (415, 413, 422, ...)."""
 
-    INTEGER_OPTIONS = {"frames": "FRAMES", "every": "EVERY"}
 
-    def __init__(self, url: str | None = None, protocol: str = "http", timeout: float = 300.0):
+    def __init__(self, url: str | None = None, protocol: str = "http", timeout: float = 300.0,
+                 retry: RetryPolicy = RetryPolicy()):
+        super().__init__(retry)
         if protocol == "http":
             import tritonclient.http as module
         elif protocol == "grpc":
@@ -212,8 +277,10 @@ class TritonClient:
         self.client = module.InferenceServerClient(target, **options)
 
     def _inputs(self, model: str, data: bytes, options: dict | None) -> list:
-        """IMAGE, or VIDEO plus SAMPLING/FRAMES/EVERY; ValueError for options that are not integers."""
+        """IMAGE, or VIDEO plus SAMPLING/FRAMES/EVERY (RequestError bad_sampling for options that do not parse)."""
         import numpy as np
+
+        from ..video import Sampling
 
         def tensor(name: str, value, dtype: str):
             array = np.array([value], dtype=np.object_ if dtype == "BYTES" else np.int32)
@@ -223,20 +290,16 @@ class TritonClient:
 
         if not model.endswith("_video"):
             return [tensor("IMAGE", data, "BYTES")]
-        inputs = [tensor("VIDEO", data, "BYTES")]
-        for key, value in (options or {}).items():
-            if key in self.INTEGER_OPTIONS:
-                inputs.append(tensor(self.INTEGER_OPTIONS[key], int(value), "INT32"))
-            elif key == "sampling":
-                inputs.append(tensor("SAMPLING", str(value).encode(), "BYTES"))
-        return inputs
+        sampling = Sampling.from_options(options or {})
+        return [tensor("VIDEO", data, "BYTES"), tensor("SAMPLING", sampling.strategy.encode(), "BYTES"),
+                tensor("FRAMES", sampling.frames, "INT32"), tensor("EVERY", sampling.every, "INT32")]
 
-    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
         name = triton_model_name(model)
         try:
             inputs = self._inputs(name, data, options)
-        except ValueError:
-            return Prediction(400, error_body("bad_sampling", "frames and every must be integers"))
+        except RequestError as err:
+            return Prediction(err.status, err.to_dict())
         extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
             result = self.client.infer(name, inputs, model_version=version or "", **extra)

@@ -22,6 +22,32 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+class ServerPorts:
+    """Where a server binds (``host``) and its ports, in the order the subclass's fields give them."""
+
+    @classmethod
+    def free(cls, host: str = "127.0.0.1"):
+        return cls(*free_ports(len(cls.__dataclass_fields__) - 1), host=host)
+
+    @classmethod
+    def parse(cls, ports: str | None, host: str = "127.0.0.1"):
+        """``--ports``: none (the defaults), ``free`` (any free ones), or every port, comma-separated."""
+        names = [name for name in cls.__dataclass_fields__ if name != "host"]
+        if not ports:
+            return cls(host=host)
+        if ports == "free":
+            return cls.free(host)
+        values = ports.split(",")
+        if len(values) != len(names) or not all(v.strip().isdigit() for v in values):
+            raise ValueError(f"--ports takes {len(names)} ports ({','.join(names)}) or 'free', not {ports!r}")
+        return cls(*(int(v) for v in values), host=host)
+
+    @property
+    def client_host(self) -> str:
+        """The address clients on this machine use (a wildcard bind is reached on loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+
 def stop_group(process: subprocess.Popen, timeout: float) -> None:
     """SIGTERM the process group the server was started in, SIGKILL what is left after ``timeout``,
     and wait for every member (a server's children outlive a signal to the server alone)."""

@@ -18,23 +18,19 @@ import requests
 
 from ..threads import worker_environment
 from .auth import ServerKeys, register_key_file
-from .processes import free_ports, stop_group
+from .processes import ServerPorts, stop_group
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG = REPO_ROOT / "config.properties"
+CONFIG = Path(__file__).with_name("config.properties")  # package data; the checkout's top-level file links here
 
 
 @dataclass(frozen=True)
-class Ports:
+class Ports(ServerPorts):
     inference: int = 8080
     management: int = 8081
     metrics: int = 8082
     grpc_inference: int = 7070
     grpc_management: int = 7071
-
-    @classmethod
-    def free(cls) -> "Ports":
-        return cls(*free_ports(5))
+    host: str = "127.0.0.1"
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -68,11 +64,12 @@ class TorchServe:
         self.config = config
         self.env = {**worker_environment(workers or len(models or []) or 1), **(env or {})}
         self.process: subprocess.Popen | None = None
-        self.inference_url = f"http://127.0.0.1:{ports.inference}"
-        self.management_url = f"http://127.0.0.1:{ports.management}"
-        self.metrics_url = f"http://127.0.0.1:{ports.metrics}"
-        self.grpc_target = f"127.0.0.1:{ports.grpc_inference}"
-        self.grpc_management_target = f"127.0.0.1:{ports.grpc_management}"
+        host = ports.client_host
+        self.inference_url = f"http://{host}:{ports.inference}"
+        self.management_url = f"http://{host}:{ports.management}"
+        self.metrics_url = f"http://{host}:{ports.metrics}"
+        self.grpc_target = f"{host}:{ports.grpc_inference}"
+        self.grpc_management_target = f"{host}:{ports.grpc_management}"
         # TorchServe writes its keys (0600) into its working directory, which only the service user may enter.
         self.keys = ServerKeys(self.workdir / "key_file.json")
 
@@ -80,9 +77,11 @@ class TorchServe:
     def runtime_config(self) -> Path:
         props = read_properties(self.config)
         props.update({
-            "inference_address": self.inference_url,
-            "management_address": self.management_url,
-            "metrics_address": self.metrics_url,
+            "inference_address": f"http://{self.ports.host}:{self.ports.inference}",
+            "management_address": f"http://{self.ports.host}:{self.ports.management}",
+            "metrics_address": f"http://{self.ports.host}:{self.ports.metrics}",
+            "grpc_inference_address": self.ports.host,
+            "grpc_management_address": self.ports.host,
             "grpc_inference_port": str(self.ports.grpc_inference),
             "grpc_management_port": str(self.ports.grpc_management),
             "model_store": str(self.model_store),
@@ -112,7 +111,9 @@ class TorchServe:
         }
         self.log = open(self.workdir / "logs" / "torchserve.out", "wb")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ncs",
+            # TorchServe's own entry point, run by this interpreter (a console script need not be on PATH
+            # nor beside it when the package was installed into another environment)
+            [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
              "--ts-config", str(self.runtime_config()), "--model-store", str(self.model_store)],
             cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )

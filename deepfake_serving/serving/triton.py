@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import requests
 
-from .auth import ServerKeys, register_key_file
-from .processes import free_ports, stop_group
 from ..threads import THREADS_ENV, worker_environment
+from .auth import ServerKeys, register_key_file
+from .processes import ServerPorts, stop_group
 from .triton_repository import DEFAULT_INSTANCES, REPOSITORY, compile_model_files
+from .triton_watchdog import StubWatchdog, live_stubs
 
 SHM_DIR = Path("/dev/shm")
 # The python backend's shared memory per stub starts here and grows in steps; a 100 MB clip
@@ -52,14 +52,11 @@ def pytriton_paths() -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
-class TritonPorts:
+class TritonPorts(ServerPorts):
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
-
-    @classmethod
-    def free(cls) -> "TritonPorts":
-        return cls(*free_ports(3))
+    host: str = "127.0.0.1"
 
 
 def compute_instances(models: list[str]) -> int:
@@ -94,12 +91,13 @@ class Triton:
         # The threads rule counts every instance that computes (deepfake_serving.threads).
         self.env = {**worker_environment(workers or compute_instances(models)),
                     **({THREADS_ENV: str(threads)} if threads else {}), **(env or {})}
-        self.http_url = f"http://127.0.0.1:{ports.http}"
-        self.grpc_target = f"127.0.0.1:{ports.grpc}"
-        self.metrics_url = f"http://127.0.0.1:{ports.metrics}/metrics"
+        self.http_url = f"http://{ports.client_host}:{ports.http}"
+        self.grpc_target = f"{ports.client_host}:{ports.grpc}"
+        self.metrics_url = f"http://{ports.client_host}:{ports.metrics}/metrics"
         # Our own shared-memory prefix: a leftover segment can be told apart from another server's.
         self.shm_prefix = f"deepfake_triton_{ports.http}_"
         self.process: subprocess.Popen | None = None
+        self.watchdog: StubWatchdog | None = None
         self.keys = ServerKeys(self.workdir / "key_file.json")
 
     def _write_key(self) -> str:
@@ -135,11 +133,11 @@ class Triton:
             f"--backend-directory={self.backend_directory()}",
             "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models),
             "--disable-auto-complete-config", "--strict-readiness=true", "--exit-timeout-secs=30",
-            "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
+            f"--http-address={self.ports.host}", f"--http-port={self.ports.http}",
+            f"--grpc-address={self.ports.host}", f"--grpc-port={self.ports.grpc}",
             f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
             "--allow-metrics=true", "--allow-cpu-metrics=true", "--metrics-config=summary_latencies=true",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
+            f"--metrics-address={self.ports.host}", f"--metrics-port={self.ports.metrics}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
@@ -160,6 +158,8 @@ class Triton:
         self.process = subprocess.Popen(self.command(self._write_key()), cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)
+        self.watchdog = StubWatchdog(self)
+        self.watchdog.start()
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -187,6 +187,8 @@ class Triton:
         ``timeout``. Returns the shared-memory segments a forced stop left behind, after removing them."""
         if self.process is None:
             return []
+        if self.watchdog:
+            self.watchdog.stop()
         stop_group(self.process, timeout)
         self.process = None
         self.log.close()
@@ -239,8 +241,9 @@ class Triton:
     def metrics(self) -> str:
         return requests.get(self.metrics_url, timeout=10).text
 
-    def stub_pids(self) -> list[int]:
+    def stub_pids(self, model_path: str = "") -> list[int]:
+        """The live python-backend stubs, or those whose model file path contains ``model_path``
+        (e.g. ``b4_mobile_classifier/2/``)."""
         if self.process is None:
             return []
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        return [p.pid for p in children if "triton_python_backend_stub" in " ".join(p.cmdline()[:1])]
+        return [pid for pid, path in live_stubs(self.process.pid).items() if model_path in str(path)]

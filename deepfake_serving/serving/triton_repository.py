@@ -23,25 +23,21 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ..bundle import GRAPH_NAME, MANIFEST_NAME, write_bundle
+from ..bundle import write_bundle
 from ..engines import DEFAULT_ENGINE
+from ..manifest import GRAPH_NAME, MANIFEST_NAME
+from ..naming import TRITON_ROLES, model_names
 from ..variants import Variant, get_variant, list_variants
 
-REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+# Relative to where the command runs, like the model store (the checkout commits its copy: the generated
+# configs and model.py files, checked by the tests against what write_configs renders).
+REPOSITORY = Path("model_repository")
 CLASSIFIER_MAX_BATCH = 32  # also the image face cap: one image's faces always fit one classifier batch
 CLASSIFIER_VERSIONS_SERVED = 2  # version_policy: the two newest versions load side by side
-ROLES = ("preprocess", "classifier", "postprocess", "video")
 # Two preprocess instances: one instance hands the classifier one image at a time and MTCNN
 # (one thread) becomes the bottleneck; two feed it concurrently (benchmarks/bench_image.py:
 # 2p1c1t 20.4 req/s against 14.6 for 1p1c1t on 2 cores, b4-mobile).
 DEFAULT_INSTANCES = {"preprocess": 2}
-
-
-def model_names(variant: str | Variant) -> dict[str, str]:
-    """Triton model names for one variant, by role (``ensemble`` is the image entry point)."""
-    name = variant if isinstance(variant, str) else variant.name
-    base = name.replace("-", "_")
-    return {"ensemble": base, **{role: f"{base}_{role}" for role in ROLES}}
 
 
 def _params(**values) -> str:
@@ -72,7 +68,7 @@ def render_configs(variant: Variant, instances: dict[str, int] | None = None) ->
     ``instances`` (role → count) is for tuning a copy of the repository to a
     machine, as the benchmark does; the committed files use DEFAULT_INSTANCES.
     """
-    counts = {role: {**DEFAULT_INSTANCES, **(instances or {})}.get(role, 1) for role in ROLES}
+    counts = {role: {**DEFAULT_INSTANCES, **(instances or {})}.get(role, 1) for role in TRITON_ROLES}
     names = model_names(variant)
     size = variant.preprocessing.input_size
     face = [3, size, size]

@@ -24,9 +24,10 @@ class TritonPythonModel:
                 per_checkpoint = pb_utils.get_input_tensor_by_name(request, "FAKE_PROBABILITY").as_numpy()
                 checkpoint = json.loads(pb_utils.get_input_tensor_by_name(request, "CHECKPOINT").as_numpy().flat[0])
                 scores = per_checkpoint[:len(item.boxes)].mean(axis=1)  # drops the no-face placeholder
-                item.timings_ms["total"] = sum(item.timings_ms.values())
+                item.timings_ms["classify"] = checkpoint["classify_ms"]
                 answer = image_result(item, scores, model=self.variant.name, version=checkpoint["version"],
-                                      threshold=self.variant.threshold, weights_trained=checkpoint["trained"])
+                                      threshold=self.variant.threshold, weights_trained=checkpoint["trained"],
+                                      batch_size=checkpoint["batch_size"])
                 responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer)]))
             except Exception as err:  # noqa: BLE001 - answered per request
                 responses.append(error_response(err))

@@ -6,6 +6,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from deepfake_serving.crops import to_array
+from deepfake_serving.naming import model_names
 from deepfake_serving.pipeline import ImageFaceStage
 from deepfake_serving.variants import get_variant
 
@@ -27,7 +28,7 @@ class TritonPythonModel:
         params = parameters(args)
         self.variant = get_variant(params["variant"])
         self.stage = ImageFaceStage(self.variant, max_faces=int(params.get("max_faces", 32)),
-                                    device=instance_device(args))
+                                    device=instance_device(args), video_endpoint=model_names(self.variant)["video"])
 
     def execute(self, requests):
         payloads, responses = [], [None] * len(requests)

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deepfake_serving.errors import RequestError
 from deepfake_serving.variants import get_variant
 from deepfake_serving.video import Sampling
 from deepfake_serving.video_pipeline import VideoPipeline
@@ -25,7 +24,7 @@ class TritonClassifier:
 
     def __init__(self, variant, model_name: str, max_batch: int):
         self.variant, self.model_name, self.max_batch = variant, model_name, max_batch
-        self.checkpoint: dict = {}
+        self.answered_by: dict = {}  # the classifier version that answered, from its last call
 
     def scores(self, crops) -> np.ndarray:
         faces = face_tensor(crops, self.variant)  # a placeholder when empty: the answer still names the version
@@ -38,7 +37,7 @@ class TritonClassifier:
             if response.has_error():
                 raise RuntimeError(f"{self.model_name}: {response.error().message()}")
             parts.append(pb_utils.get_output_tensor_by_name(response, "FAKE_PROBABILITY").as_numpy())
-            self.checkpoint = json.loads(pb_utils.get_output_tensor_by_name(response, "CHECKPOINT").as_numpy().flat[0])
+            self.answered_by = json.loads(pb_utils.get_output_tensor_by_name(response, "CHECKPOINT").as_numpy().flat[0])
         return np.concatenate(parts)[:len(crops)].T.astype(np.float64)  # (checkpoints, faces)
 
 
@@ -54,15 +53,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                try:
-                    sampling = Sampling(strategy=optional_scalar(request, "SAMPLING", "linspace"),
-                                        frames=int(optional_scalar(request, "FRAMES", 32)),
-                                        every=int(optional_scalar(request, "EVERY", 10)))
-                except ValueError:
-                    raise RequestError("bad_sampling", "frames and every must be integers") from None
+                sampling = Sampling.from_options({name: optional_scalar(request, name.upper(), None)
+                                                  for name in Sampling.OPTIONS})
                 answer = self.pipeline.analyze(input_bytes(request, "VIDEO"), sampling)
-                answer["version"] = self.classifier.checkpoint["version"]
-                answer["weights_trained"] = self.classifier.checkpoint["trained"]
                 responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer)]))
             except Exception as err:  # noqa: BLE001 - answered per request
                 responses.append(error_response(err))

@@ -12,7 +12,7 @@ from typing import Callable
 
 from deepfake_serving.rollout.routing import Split
 
-LOCUSTFILE = Path(__file__).parents[1] / "loadtests" / "locustfile.py"
+LOCUSTFILE = Path(__file__).parents[2] / "loadtests" / "locustfile.py"
 
 
 class Load:
@@ -58,3 +58,39 @@ def second_rollout_during_canary(first: Callable[[], object], second: Callable[[
     attempt("second", second)
     thread.join(timeout=timeout_s)
     return raised.get("first"), raised.get("second")
+
+
+def predictions_while_killing(clients: list, send: Callable, pids: Callable[[], list[int]], kills: int,
+                              every_s: float, timeout_s: float = 180) -> tuple[list, list[float]]:
+    """Each client (one thread each) sends ``send(client)`` in a loop while the worker ``pids()`` names
+    is SIGKILLed ``kills`` times, ``every_s`` apart (each kill once a new worker is up again).
+    Returns (every prediction, seconds from each kill until a new worker pid appeared)."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop, answers, recoveries = threading.Event(), [], []
+
+    def loop(client):
+        while not stop.is_set():
+            answers.append(send(client))
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        running = [pool.submit(loop, c) for c in clients]
+        try:
+            for _ in range(kills):
+                time.sleep(every_s)
+                (victim,) = pids()
+                killed_at = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                while time.monotonic() - killed_at < timeout_s:
+                    if [p for p in pids() if p != victim]:
+                        recoveries.append(time.monotonic() - killed_at)
+                        break
+                    time.sleep(0.1)
+            time.sleep(every_s)  # traffic on the last new worker
+        finally:
+            stop.set()
+            for future in running:
+                future.result(timeout=timeout_s)
+    return answers, recoveries

@@ -1,0 +1,70 @@
+"""What the image and video handlers share: loading the archive's bundle on its engine, device and
+threads, reading request bodies and fields, and writing each answer (or its own JSON error)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ts.torch_handler.base_handler import BaseHandler
+
+from ...engines import Device
+from ...errors import RequestError
+from ...threads import intra_op_threads
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+BODY_FIELDS = ("data", "body", "file", "image")
+
+
+def request_bytes(row: dict) -> bytes:
+    """The raw upload of one request: the body, or the first file field of a multipart form."""
+    for key in BODY_FIELDS:
+        if key in row:
+            value = row[key]
+            break
+    else:
+        value = next(iter(row.values()), b"")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and not value:
+        return b""
+    raise RequestError("unsupported_media",
+                       "send the media as the raw request body or a multipart file, not as text or JSON")
+
+
+class DeepfakeHandler(BaseHandler):
+    """``load(directory, config, **options)`` builds the pipeline; subclasses answer requests."""
+
+    line_end = ""  # after each JSON answer
+
+    def initialize(self, context):
+        properties = context.system_properties
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        # The archive's engine (default: the manifest's), TorchServe's GPU if it assigned one, and the
+        # threads rule (cores ÷ workers) unless the archive sets handler.threads.
+        engine = config.get("engine")
+        device = Device.from_gpu_id(properties.get("gpu_id"))
+        threads = intra_op_threads(int(config.get("threads") or 0) or None)
+        self.pipeline = self.load(properties.get("model_dir"), config, engine=engine, device=device,
+                                  threads=threads, model_name=context.model_name)
+        self.context = context
+        self.initialized = True
+        logger.info("deepfake handler ready: %s v%s, engine %s on %s, %d threads, trained weights: %s",
+                    context.model_name, self.pipeline.version, engine or "(manifest's)", device.torch, threads,
+                    self.pipeline.weights_trained)
+
+    def load(self, directory: str, config: dict, **options):
+        raise NotImplementedError
+
+    def postprocess(self, results):
+        out = []
+        for idx, result in enumerate(results):
+            self.context.set_response_content_type(idx, JSON)
+            if isinstance(result, RequestError):
+                self.context.set_response_status(result.status, result.code, idx=idx)
+                out.append(json.dumps(result.to_dict()))
+            else:
+                out.append(json.dumps(result) + self.line_end)
+        return out

@@ -1,0 +1,57 @@
+"""TorchServe handler for video archives: one clip per request (archives are built with batch size 1),
+per-request sampling options, and progress streamed with ``stream=true``."""
+
+import json
+
+from ts.handler_utils.utils import send_intermediate_predict_response
+
+from deepfake_serving.bundle import load_video_bundle
+from deepfake_serving.errors import RequestError, internal_error
+from deepfake_serving.serving.torchserve_handlers.base import JSON, DeepfakeHandler, request_bytes
+from deepfake_serving.video import Sampling, VideoLimits
+
+
+class VideoHandler(DeepfakeHandler):
+    line_end = "\n"  # the last line of a stream
+
+    def load(self, directory, config, **options):
+        # The face pool cap (DFDC: 127) and the decoded-pixel budget can be set per archive.
+        limits = VideoLimits(max_decoded_pixels=int(config.get("max_decoded_pixels", VideoLimits.max_decoded_pixels)))
+        return load_video_bundle(directory, limits=limits, max_faces=int(config.get("max_faces", 127)), **options)
+
+    def preprocess(self, data):
+        """(body, sampling, stream) per request: options from a multipart or gRPC field, else an X- header
+        (TorchServe does not pass query strings on)."""
+        payloads = []
+        for idx, row in enumerate(data):
+            try:
+                headers = {k.lower(): v for k, v in self.context.get_all_request_header(idx).items()
+                           if isinstance(v, str)}
+
+                def option(name):
+                    value = row.get(name, headers.get(f"x-{name}"))
+                    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
+
+                sampling = Sampling.from_options({name: option(name) for name in Sampling.OPTIONS})
+                stream = str(option("stream") or "false").lower() in ("1", "true", "yes")
+                payloads.append((request_bytes(row), sampling, stream))
+            except Exception as err:  # noqa: BLE001 - this request fails alone
+                payloads.append(internal_error(err))
+        return payloads
+
+    def inference(self, payloads, *args, **kwargs):
+        return [p if isinstance(p, RequestError) else self._analyze(i, *p) for i, p in enumerate(payloads)]
+
+    def _analyze(self, idx: int, data: bytes, sampling: Sampling, stream: bool):
+        """One video; with stream=true each progress event goes out as an intermediate response
+        (HTTP chunked transfer, gRPC StreamPredictions) before the final result."""
+
+        def send(event: dict) -> None:
+            self.context.set_response_content_type(idx, JSON)
+            send_intermediate_predict_response([json.dumps(event) + "\n"], self.context.request_ids,
+                                               "Intermediate Prediction success", 200, self.context)
+
+        try:
+            return self.pipeline.analyze(data, sampling, progress=send if stream else None)
+        except Exception as err:  # noqa: BLE001 - RequestError as it is, a fault of ours as internal_error
+            return internal_error(err)

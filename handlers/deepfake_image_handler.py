@@ -1,0 +1,1 @@
+../deepfake_serving/serving/torchserve_handlers/deepfake_image_handler.py

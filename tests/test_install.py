@@ -1,0 +1,83 @@
+"""A plain (non-editable) install works: the wheel, installed into a fresh venv, run from an empty
+directory outside the checkout, archives, serves and predicts to a 200, and its --help and predict
+import no torch."""
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from deepfake_serving import samples
+
+pytestmark = pytest.mark.server
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A fresh venv holding the wheel only; the dependencies come from this environment's site-packages
+    through a .pth line (a path, so the checkout's editable-install hook there is not run)."""
+    tmp = tmp_path_factory.mktemp("install")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp / "dist"), str(ROOT)], check=True, cwd=tmp)
+    (wheel,) = (tmp / "dist").glob("deepfake_serving-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
+    python = tmp / "venv" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    empty = tmp / "elsewhere"
+    empty.mkdir()
+    return tmp / "venv" / "bin", empty
+
+
+def run(bin_dir: Path, cwd: Path, *args, **kwargs):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run([str(bin_dir / "deepfake-serving"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, **kwargs)
+
+
+def test_the_installed_package_is_not_the_checkout(installed):
+    bin_dir, cwd = installed
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import deepfake_serving; print(deepfake_serving.__file__)"],
+                           cwd=cwd, capture_output=True, text=True, check=True).stdout
+    assert str(bin_dir.parent) in where and str(ROOT) not in where
+
+
+def test_help_imports_no_torch(installed):
+    bin_dir, cwd = installed
+    probe = ("import sys\nfrom deepfake_serving.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+             "    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    for args in (["--help"], ["predict", "--help"], ["archive", "--help"]):
+        out = subprocess.run([str(bin_dir / "python"), "-c", probe, *args], cwd=cwd, capture_output=True, text=True)
+        assert out.stdout.strip().endswith("NO-TORCH"), (args, out.stdout[-300:], out.stderr[-300:])
+
+
+def test_archive_serve_and_predict_from_an_empty_directory(installed):
+    bin_dir, cwd = installed
+    archived = run(bin_dir, cwd, "archive", "--variant", "b4-mobile", "--version", "1.0", timeout=600)
+    assert archived.returncode == 0, archived.stderr[-2000:]
+    assert (cwd / "model_store" / "b4-mobile-v1.0.mar").is_file()
+    server = subprocess.Popen([str(bin_dir / "deepfake-serving"), "serve", "--ports", "free"], cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "Ctrl-C" not in line and server.poll() is None:
+            line = server.stdout.readline()
+        assert "TorchServe is serving on http://127.0.0.1:" in line, line
+        url = line.split("serving on ")[1].split(" ")[0]
+        (cwd / "face.jpg").write_bytes(samples.astronaut_jpeg())
+        probe = ("import sys\nfrom deepfake_serving.cli import main\nrc = main(sys.argv[1:])\n"
+                 "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+        answer = subprocess.run([str(bin_dir / "python"), "-c", probe, "predict", "face.jpg", "--url", url,
+                                 "--save", "answer.json"], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert answer.stdout.strip().endswith("NO-TORCH 0"), answer.stdout[-1000:] + answer.stderr[-1000:]
+        assert '"status": 200' in (cwd / "answer.json").read_text()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=120)
