@@ -7,7 +7,7 @@ import json
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import grpc
@@ -64,12 +64,11 @@ class ClientStats:
     gave_up: int = 0  # predictions still failing (retryably) when attempts or the deadline ran out
 
 
-@dataclass
 class Retrying:
     """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``."""
 
-    retry: RetryPolicy = RetryPolicy()
-    stats: ClientStats = field(default_factory=ClientStats)
+    def __init__(self, retry: RetryPolicy = RetryPolicy()):
+        self.retry, self.stats = retry, ClientStats()
 
     def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
         deadline = time.monotonic() + self.retry.deadline_s
