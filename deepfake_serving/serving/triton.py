@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 
 from ..threads import THREADS_ENV, worker_environment
 from .auth import ServerKeys, register_key_file
 from .processes import ServerPorts, stop_group
 from .triton_repository import DEFAULT_INSTANCES, REPOSITORY, compile_model_files
-from .triton_watchdog import StubWatchdog, live_stubs
 
 SHM_DIR = Path("/dev/shm")
 # The python backend's shared memory per stub starts here and grows in steps; a 100 MB clip
@@ -73,6 +73,20 @@ def compute_instances(models: list[str]) -> int:
     return max(1, count)
 
 
+def live_stubs(server_pid: int) -> dict[int, Path]:
+    """pid → model file (<model>/<version>/model.py) of every live python-backend stub under Triton's
+    process (a killed stub not yet reaped is a zombie: not live)."""
+    found = {}
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+            if child.status() != psutil.STATUS_ZOMBIE and command and "triton_python_backend_stub" in command[0]:
+                found[child.pid] = next(Path(arg) for arg in command if arg.endswith("model.py"))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, StopIteration):
+            continue
+    return found
+
+
 class Triton:
     def __init__(
         self,
@@ -97,7 +111,6 @@ class Triton:
         # Our own shared-memory prefix: a leftover segment can be told apart from another server's.
         self.shm_prefix = f"deepfake_triton_{ports.http}_"
         self.process: subprocess.Popen | None = None
-        self.watchdog: StubWatchdog | None = None
         self.keys = ServerKeys(self.workdir / "key_file.json")
 
     def _write_key(self) -> str:
@@ -158,8 +171,6 @@ class Triton:
         self.process = subprocess.Popen(self.command(self._write_key()), cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)
-        self.watchdog = StubWatchdog(self)
-        self.watchdog.start()
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -187,8 +198,6 @@ class Triton:
         ``timeout``. Returns the shared-memory segments a forced stop left behind, after removing them."""
         if self.process is None:
             return []
-        if self.watchdog:
-            self.watchdog.stop()
         stop_group(self.process, timeout)
         self.process = None
         self.log.close()
