@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_MODEL_STORE = "model_store"
-DEFAULT_WORKDIR = "runtime/torchserve"
+DEFAULT_WORKDIR = "runtime/torchserve"  # deepfake_serving.serving.auth looks for key files here
 DEFAULT_TRITON_WORKDIR = "runtime/triton"
 
 
@@ -54,7 +53,7 @@ def _ports(kind, args):
     try:
         return kind.parse(args.ports, args.host)
     except ValueError as err:
-        raise SystemExit(str(err)) from None
+        raise CommandError(str(err)) from None
 
 
 def _bind_options(p, ports: str) -> None:
@@ -180,12 +179,12 @@ def cmd_rollout(args) -> int:
     if args.abort:
         args.model = args.abort
     elif not args.candidate:
-        raise SystemExit("rollout: give the candidate (or --abort MODEL)")
+        raise CommandError("rollout: give the candidate (or --abort MODEL)")
 
     if args.backend == "triton":
-        target = TritonTarget(args.model, args.inference_url, args.metrics_url)
+        target = TritonTarget(args.model, args.inference_url, args.metrics_url, args.key_file)
     else:
-        target = TorchServeTarget(args.model, args.inference_url, args.management_url, args.metrics_url)
+        target = TorchServeTarget(args.model, args.inference_url, args.management_url, args.metrics_url, args.key_file)
     probes = [p.read_bytes() for p in sorted(Path(args.probes).iterdir()) if p.is_file()] if args.probes \
         else [samples.astronaut_jpeg()]
     policy = RolloutPolicy(canary_weight=args.weight, watch_s=args.watch, check_every_s=args.check_every,
@@ -195,7 +194,7 @@ def cmd_rollout(args) -> int:
     on_split = None
     if args.nginx_prefix:
         if args.backend != "torchserve":
-            raise SystemExit("--nginx-prefix: nginx's split_clients fronts TorchServe")
+            raise CommandError("--nginx-prefix: nginx's split_clients fronts TorchServe")
         from .rollout.nginx import Nginx
 
         on_split = Nginx.attach(args.nginx_prefix).apply
@@ -236,7 +235,7 @@ def cmd_nginx(args) -> int:
     if current.exists():
         split = Split.load(current)
     else:
-        target = TorchServeTarget(args.model, args.inference_url, args.management_url, "")
+        target = TorchServeTarget(args.model, args.inference_url, args.management_url, "", args.key_file)
         split = Split(args.model, target.serving_version())
     proxy = Nginx(args.prefix, args.port, args.inference_url).start(split)
     return _wait_forever(proxy, f"nginx on {proxy.url} routes POST /predictions/{args.model} by X-User-Id "
@@ -255,10 +254,13 @@ def cmd_kserve(args) -> int:
 def cmd_key(args) -> int:
     from .serving.auth import ServerKeys
 
-    key = ServerKeys(os.environ.get("DEEPFAKE_KEY_FILE")).key(args.kind)
+    url = args.url or ("127.0.0.1:8000" if args.backend == "triton" else "http://127.0.0.1:8080")
+    keys = ServerKeys.for_url(url, args.key_file)
+    key = keys.key(args.kind)
     if key is None:
-        print("no key file found (start the server, or pass --key-file)", file=sys.stderr)
-        return 1
+        raise CommandError(f"no {args.kind} key for {url}: {keys.describe()}")
+    for note in keys.notes:
+        print(note, file=sys.stderr)
     print(key)
     return 0
 
@@ -269,9 +271,10 @@ def cmd_predict(args) -> int:
     from .serving.client import make_client
 
     if args.backend == "triton" and args.stream:
-        print("--stream needs TorchServe (Triton's video model answers once)", file=sys.stderr)
-        return 2
-    client = make_client(args.protocol, args.url, backend=args.backend)
+        raise CommandError("--stream needs TorchServe (Triton's video model answers once)")
+    client = make_client(args.protocol, args.url, backend=args.backend, key_file=args.key_file)
+    for note in getattr(client, "keys", None) and client.keys.notes or ():
+        print(f"warning: {note}", file=sys.stderr)
     worst = 0
     for path in args.files:
         data = Path(path).read_bytes()
@@ -296,8 +299,7 @@ def cmd_visualize(args) -> int:
 
     response = json.loads(Path(args.response).read_text())
     if response.get("media_type") != "video":
-        print("the response is not a video analysis (save one with predict --save)", file=sys.stderr)
-        return 2
+        raise CommandError("the response is not a video analysis (save one with predict --save)")
     stem = Path(args.out or Path(args.clip).with_suffix(""))
     png = plot_scores(response, f"{stem}_scores.png")
     with tqdm(total=response["frame_count"], unit="frame", desc="rendering", file=sys.stderr) as bar:
@@ -308,8 +310,9 @@ def cmd_visualize(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfake-serving", description=__doc__)
-    parser.add_argument("--key-file", help="the server's API keys (default: $DEEPFAKE_KEY_FILE, else the key file "
-                        f"of a server started with the default --workdir, {DEFAULT_WORKDIR} or {DEFAULT_TRITON_WORKDIR})")
+    parser.add_argument("--key-file", help="the server's API keys (default: the key file of the server at that address: "
+                        "a launcher's, $DEEPFAKE_KEY_FILE, or the default --workdir's, whichever is current)")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     from .engines import DEFAULT_ENGINE, ENGINES
@@ -421,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("key", help="print a server key from the key file (for curl)")
     p.add_argument("kind", choices=["inference", "management", "API"])
     p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
+    p.add_argument("--url", help="the server's address (default: the backend's documented port)")
     p.set_defaults(func=cmd_key)
 
     p = sub.add_parser("predict", help="send images or videos to a running server")
@@ -445,18 +449,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _use_key_file(args) -> None:
-    """Clients find their server's keys through $DEEPFAKE_KEY_FILE (deepfake_serving.serving.auth)."""
-    default = Path(DEFAULT_TRITON_WORKDIR if getattr(args, "backend", "") == "triton" else DEFAULT_WORKDIR)
-    key_file = args.key_file or os.environ.get("DEEPFAKE_KEY_FILE") or default / "key_file.json"
-    if Path(key_file).exists():
-        os.environ["DEEPFAKE_KEY_FILE"] = str(Path(key_file).resolve())
+class CommandError(Exception):
+    """A refusal the command line prints as one line (exit code 2)."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors are one line and exit code 2; ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
-    _use_key_file(args)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place errors become a line
+        if args.debug:
+            raise
+        message = (err.args[0] if isinstance(err, KeyError) and err.args else str(err)) or type(err).__name__
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+            message = f"{message}: {err.filename}"
+        print(f"deepfake-serving {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ CATALOGUE: dict[str, ErrorKind] = {
     "internal_error": ErrorKind(500, "request", "a fault of ours while answering this request (it fails alone)"),
     "missing_input": ErrorKind(400, "request", "(Triton) the request lacks the model's IMAGE or VIDEO input"),
     "bad_input_shape": ErrorKind(400, "request", "(Triton) an input that is not one element"),
+    "explain_not_supported": ErrorKind(400, "request", "an `/explanations` request: no explainer is served yet (the "
+                                       "request fails alone; its batch is answered as usual)"),
     # -- images
     "corrupt_image": ErrorKind(400, "image", "an accepted format's signature, but truncated or corrupt data "
                                "(bad chunk checksum, broken header)"),
@@ -50,6 +52,9 @@ CATALOGUE: dict[str, ErrorKind] = {
     "frame_too_small": ErrorKind(422, "video", "frames whose half-size detection copy has a side under 20 px"),
     "decode_budget_exceeded": ErrorKind(413, "video", "decoding would exceed the request's decoded-pixel budget "
                                         "(default 3·10⁹ pixels, `max_decoded_pixels` per archive)"),
+    "detection_budget_exceeded": ErrorKind(413, "video", "face detection over the request's work budget (default "
+                                           "150,000 candidate boxes into MTCNN's R-net and O-net; each frame takes "
+                                           "at most 2,500)"),
     "bad_sampling": ErrorKind(400, "video", "bad sampling options (`sampling`, `frames`, `every`)"),
     # -- outside our handler: normalised by the clients and the nginx front
     "request_too_large": ErrorKind(413, "server", "body over the server's `max_request_size` (100 MB), answered "
@@ -63,6 +68,8 @@ CATALOGUE: dict[str, ErrorKind] = {
     "out_of_memory": ErrorKind(507, "server", "the worker ran out of memory (TorchServe 507)"),
     "server_unavailable": ErrorKind(503, "server", "no connection to the server"),
     "stream_interrupted": ErrorKind(502, "server", "a streamed answer ended without its final result"),
+    "bad_request": ErrorKind(400, "server", "a request the server itself refused with a 4xx of its own (TorchServe's "
+                             "400 for oversized headers, Triton's for a malformed request); the status is the server's"),
     "server_error": ErrorKind(500, "server", "any other error the server itself wrote"),
 }
 

@@ -71,23 +71,47 @@ class AreaSampler:
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+# Work bounds (an image of tiled faces asked R-net for 5,867 boxes and O-net for 3,252 in one call each):
+# each stage takes at most this many candidates, the highest-scoring ones. The photographs and clips of
+# the detection tests stay far below them (at most ~330 into R-net, ~15 into O-net), so their boxes are
+# the reference's. R-net and O-net run in fixed-size chunks, so ONNX Runtime's arena stays bounded.
+MAX_NMS_CANDIDATES = 4000  # into any NMS (each P-net scale, then all scales together)
+MAX_RNET_CANDIDATES = 2000
+MAX_ONET_CANDIDATES = 500  # so at most 500 faces per image or frame
+CHUNKS = {"rnet": 256, "onet": 64}
+NMS_BLOCK = 512  # rows of the IoU matrix computed at once
+
+
+def top(count: int, scores: np.ndarray) -> np.ndarray:
+    """Indices of the ``count`` highest scores, in their original order (stable ties)."""
+    if len(scores) <= count:
+        return np.arange(len(scores))
+    return np.sort(np.argsort(-scores, kind="stable")[:count])
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """torchvision.ops.nms on the CPU: float32 IoU, > threshold suppresses, kept indices by descending score."""
-    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
+    """torchvision.ops.nms on the CPU: float32 IoU, > threshold suppresses, kept indices by descending score.
+    The IoU matrix is computed in blocks of rows (the same float32 operations as torchvision's, so the same
+    decisions); only the greedy pass over it is a loop."""
     order = np.argsort(-scores, kind="stable")
-    suppressed = np.zeros(len(scores), dtype=bool)
+    x1, y1, x2, y2 = (boxes[order, k] for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    n = len(order)
+    over = np.zeros((n, n), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty boxes: NaN IoU, never over the threshold
+        for start in range(0, n, NMS_BLOCK):
+            rows = slice(start, start + NMS_BLOCK)
+            w = np.maximum(F32(0), np.minimum(x2[rows, None], x2[None]) - np.maximum(x1[rows, None], x1[None]))
+            h = np.maximum(F32(0), np.minimum(y2[rows, None], y2[None]) - np.maximum(y1[rows, None], y1[None]))
+            inter = w * h
+            over[rows] = inter / (areas[rows, None] + areas[None] - inter) > F32(threshold)
+    suppressed = np.zeros(n, dtype=bool)
     keep = []
-    for pos, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = order[pos + 1:]
-        w = np.maximum(F32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(F32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        suppressed[rest[inter / (areas[i] + areas[rest] - inter) > F32(threshold)]] = True
-    return np.array(keep, dtype=np.int64)
+    for i in range(n):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed[i + 1:] |= over[i, i + 1:]
+    return order[np.array(keep, dtype=np.int64)]
 
 
 def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -150,6 +174,7 @@ class OnnxMTCNN:
     providers: Sequence | None = None
 
     def __post_init__(self):
+        self.candidates = 0  # boxes sent to R-net and O-net since creation (requests budget on it)
         digests = json.loads((ASSETS / "graphs.json").read_text())
         self.sessions = {}
         for net in NETS:
@@ -160,9 +185,15 @@ class OnnxMTCNN:
         return self.sessions[net].run(None, {"image": batch})
 
     def _stage(self, net: str, image: AreaSampler, boxes: np.ndarray, size: int, w: int, h: int) -> list[np.ndarray]:
+        """R-net or O-net over the boxes' crops, a fixed-size chunk at a time (crops cut per chunk)."""
         y, ey, x, ex = _pad(boxes, w, h)
         inside = (ey > y - 1) & (ex > x - 1)
-        return self._run(net, _normalise(image.crops(y[inside] - 1, ey[inside], x[inside] - 1, ex[inside], size)))
+        y, ey, x, ex = y[inside] - 1, ey[inside], x[inside] - 1, ex[inside]
+        self.candidates += len(y)
+        step = CHUNKS[net]
+        parts = [self._run(net, _normalise(image.crops(y[i:i + step], ey[i:i + step], x[i:i + step], ex[i:i + step],
+                                                       size))) for i in range(0, max(len(y), 1), step)]
+        return [np.concatenate(outputs) for outputs in zip(*parts)]
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = rgb.shape[:2]
@@ -178,9 +209,11 @@ class OnnxMTCNN:
             scaled = image.resize((0, h), (0, w), int(h * scale + 1), int(w * scale + 1))
             reg, probs = self._run("pnet", _normalise(scaled)[None])
             found = self._candidates(reg[0], probs[0, 1], scale, self.thresholds[0])
+            found = found[top(MAX_NMS_CANDIDATES, found[:, 4])]
             candidates.append(found[nms(found[:, :4], found[:, 4], 0.5)])
         boxes = np.concatenate(candidates) if candidates else np.zeros((0, 9), F32)
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        boxes = boxes[top(MAX_NMS_CANDIDATES, boxes[:, 4])]
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)][:MAX_RNET_CANDIDATES]  # by descending score
         reg_w, reg_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         boxes = np.stack([boxes[:, 0] + boxes[:, 5] * reg_w, boxes[:, 1] + boxes[:, 6] * reg_h,
                           boxes[:, 2] + boxes[:, 7] * reg_w, boxes[:, 3] + boxes[:, 8] * reg_h, boxes[:, 4]], axis=1)
@@ -190,7 +223,7 @@ class OnnxMTCNN:
             keep = probs[:, 1] > F32(self.thresholds[1])
             boxes = np.concatenate([boxes[keep, :4], probs[keep, 1:2]], axis=1)
             reg = reg[keep]
-            pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
+            pick = nms(boxes[:, :4], boxes[:, 4], 0.7)[:MAX_ONET_CANDIDATES]  # by descending score
             boxes = _rerec(_bbreg(boxes[pick], reg[pick]))
         if len(boxes):
             reg, _, probs = self._stage("onet", image, boxes, 48, w, h)

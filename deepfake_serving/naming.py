@@ -6,7 +6,20 @@ pinned to classifier version N, ``b4_mobile_vN``."""
 
 from __future__ import annotations
 
+import re
+
 VIDEO_SUFFIX = "-video"
+# Model names and versions become file names (archives, Triton directories) and URL path segments:
+# letters, digits, ".", "_" and "-", starting with a letter or digit; never "..".
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """``value`` when it is safe as a file name and a URL segment; ValueError (before any build) otherwise."""
+    if not NAME_PATTERN.fullmatch(str(value)) or ".." in str(value):
+        raise ValueError(f"{what} {value!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting "
+                         "with a letter or digit (no path separators, no '..')")
+    return str(value)
 TRITON_ROLES = ("preprocess", "classifier", "postprocess", "video")
 
 

@@ -48,14 +48,23 @@ class QuantizationRefused(CheckpointError):
     """The reduced-precision graph breached a limit, or the folders gave nothing to measure with."""
 
 
+def image_files(folder: str | Path, role: str) -> list[Path]:
+    """The images under ``folder``: regular files only (a FIFO or a device would block the build forever;
+    a link is followed only to a regular file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QuantizationRefused(f"{role} folder {folder} does not exist")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise QuantizationRefused(f"{role} folder {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
 def folder_faces(folder: str | Path, variant: Variant, role: str) -> list[np.ndarray]:
     """Model-ready face crops of every image under ``folder`` (the serving face stage's)."""
     from .pipeline import ImageFaceStage, PreparedImage
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise QuantizationRefused(f"{role} folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder, role)
     stage = ImageFaceStage(variant)
     crops = []
     for path in paths:
@@ -187,3 +196,6 @@ def check_options(quantize: str | None, calibration, holdout, engine: str) -> No
                                   "--holdout DIR (other face images to prove agreement on)")
     if not holdout:
         raise QuantizationRefused(f"--quantize {quantize} needs --holdout DIR (face images to prove agreement on)")
+    image_files(holdout, "held-out")
+    if calibration:
+        image_files(calibration, "calibration")

@@ -26,6 +26,9 @@ class VideoLimits:
     max_pixels: int = 4096 * 2304  # per frame; 4K UHD and DCI 4K pass
     # Every frame decoded counts, sampled or not: 300 4K frames are 2.65e9 pixels.
     max_decoded_pixels: int = 3_000_000_000
+    # Boxes sent to MTCNN's R-net and O-net over the request (each frame takes at most 2,500: see
+    # mtcnn.MAX_RNET_CANDIDATES + MAX_ONET_CANDIDATES); 300 frames of honest faces stay well below.
+    max_detector_candidates: int = 150_000
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ class VideoPipeline:
         crops, owners = [], []  # the face pool, in frame order, and the frame each face came from
         timings = {"decode": _ms(start), "detect": 0.0, "crop": 0.0}  # decode: opening the container too
         t = time.perf_counter()
+        counted_from = self.face_detector.mtcnn.candidates
         for frame in frames:
             timings["decode"] += _ms(t)
             if not detectable(frame.image.shape, scale, pre.faces):
@@ -90,6 +91,11 @@ class VideoPipeline:
             timings["detect"] += _ms(t)
             if isinstance(faces, Exception):
                 raise faces
+            candidates = self.face_detector.mtcnn.candidates - counted_from
+            if candidates > self.limits.max_detector_candidates:
+                raise RequestError("detection_budget_exceeded", f"face detection sent {candidates} candidate boxes to "
+                                   f"MTCNN's refinement nets by frame {frame.index}; the request's budget is "
+                                   f"{self.limits.max_detector_candidates}")
             t = time.perf_counter()
             kept = []
             for face in faces:

@@ -76,14 +76,14 @@ def test_tampered_files_are_refused(tmp_path, tampered, engine):
 
 def test_a_checkpoint_for_another_variant_is_refused_before_archiving(tmp_path, dfdc_checkpoint):
     with pytest.raises(CheckpointError, match="missing keys"):
-        main(["archive", "--variant", "b4-mobile", "--checkpoint", str(dfdc_checkpoint),
+        main(["--debug", "archive", "--variant", "b4-mobile", "--checkpoint", str(dfdc_checkpoint),
               "--version", "1.0", "--export-path", str(tmp_path)])
     assert not list(tmp_path.glob("*.mar"))
 
 
 def test_a_video_archive_with_server_side_batches_is_refused(tmp_path):
     with pytest.raises(ValueError, match="one clip per request .*not 4.*streamed progress"):
-        main(["archive", "--variant", "b4-mobile", "--media", "video", "--batch-size", "4", "--version", "1.0",
+        main(["--debug", "archive", "--variant", "b4-mobile", "--media", "video", "--batch-size", "4", "--version", "1.0",
               "--export-path", str(tmp_path)])
     assert not list(tmp_path.glob("*.mar"))
 

@@ -221,11 +221,11 @@ def test_int8_needs_both_folders_and_faces_in_them(face_folders, tmp_path):
 
     base = ["archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path), "--quantize", "int8"]
     with pytest.raises(QuantizationRefused, match="needs --calibration DIR .* and --holdout DIR"):
-        main(base)
+        main(["--debug", *base])
     with pytest.raises(QuantizationRefused, match="calibration folder .*no_faces: no face found in its 1 images"):
-        main([*base, "--calibration", str(face_folders / "no_faces"), "--holdout", str(face_folders / "holdout")])
+        main(["--debug", *base, "--calibration", str(face_folders / "no_faces"), "--holdout", str(face_folders / "holdout")])
     with pytest.raises(QuantizationRefused, match="held-out folder .*missing does not exist"):
-        main([*base, "--calibration", str(face_folders / "calibration"), "--holdout", str(tmp_path / "missing")])
+        main(["--debug", *base, "--calibration", str(face_folders / "calibration"), "--holdout", str(tmp_path / "missing")])
     assert not list(tmp_path.glob("*.mar"))
 
 
@@ -234,7 +234,7 @@ def test_int8_that_strays_from_fp32_is_refused(face_folders, tmp_path):
     from deepfake_serving.quantize import QuantizationRefused
 
     with pytest.raises(QuantizationRefused, match=r"int8 refused: on \d+ held-out faces .*(\|Δp\||rank correlation)"):
-        main(["archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path),
+        main(["--debug", "archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path),
               "--quantize", "int8", "--calibration", str(face_folders / "calibration"),
               "--holdout", str(face_folders / "holdout")])
     assert not list(tmp_path.glob("*.mar"))
@@ -307,11 +307,11 @@ def test_fp16_and_bf16_need_a_holdout_and_a_graph_engine_that_runs_them(face_fol
 
     base = ["archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path)]
     with pytest.raises(QuantizationRefused, match="--quantize fp16 needs --holdout DIR"):
-        main([*base, "--quantize", "fp16"])
+        main(["--debug", *base, "--quantize", "fp16"])
     with pytest.raises(QuantizationRefused, match="bf16 is OpenVINO's .* --engine openvino"):
-        main([*base, "--quantize", "bf16", "--holdout", str(face_folders / "holdout")])
+        main(["--debug", *base, "--quantize", "bf16", "--holdout", str(face_folders / "holdout")])
     with pytest.raises(QuantizationRefused, match="the torch engine runs the fp32 weights"):
-        main([*base, "--quantize", "fp16", "--engine", "torch", "--holdout", str(face_folders / "holdout")])
+        main(["--debug", *base, "--quantize", "fp16", "--engine", "torch", "--holdout", str(face_folders / "holdout")])
     assert not list(tmp_path.glob("*.mar"))
 
 

@@ -3,9 +3,11 @@ the frames in use, not the clip (the served versions of these cases are in test_
 
 import tracemalloc
 
+import numpy as np
+
 import pytest
 
-from deepfake_serving import samples
+from deepfake_serving import mtcnn, samples
 from deepfake_serving.errors import RequestError
 from deepfake_serving.mtcnn import OnnxMTCNN
 from deepfake_serving.pipeline import ImagePipeline
@@ -127,3 +129,58 @@ def test_video_memory_follows_the_chunk_not_the_clip(videos):
 def test_decoding_stops_at_the_last_selected_frame():
     assert [Sampling(s, frames=4, every=7).last(20) for s in ("linspace", "every_nth", "all")] == [19, 14, 19]
     assert Sampling("every_nth", every=100).last(48) == 0
+
+
+def reference_nms(boxes, scores, threshold):
+    """torchvision's greedy NMS as a plain loop (what mtcnn.nms computed before it was vectorised)."""
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    suppressed, keep = np.zeros(len(scores), bool), []
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[pos + 1:]
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        suppressed[rest[inter / (areas[i] + areas[rest] - inter) > np.float32(threshold)]] = True
+    return np.array(keep, dtype=np.int64)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 600, 1500])
+def test_vectorised_nms_keeps_what_the_greedy_loop_keeps(count):
+    rng = np.random.default_rng(count)
+    corners = rng.uniform(0, 300, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corners, corners + rng.uniform(1, 60, (count, 2)).astype(np.float32)], axis=1)
+    scores = rng.uniform(0.6, 1, count).astype(np.float32)
+    scores[: count // 3] = scores[count // 3: 2 * (count // 3)]  # ties keep their order
+    for threshold in (0.5, 0.7):
+        np.testing.assert_array_equal(mtcnn.nms(boxes, scores, threshold), reference_nms(boxes, scores, threshold))
+
+
+def test_tiled_faces_are_detected_within_the_stage_caps():
+    """625 faces tiled at 40 px asked R-net for ~8,900 boxes and O-net for ~3,900 in one call each (9 s,
+    3.4 GB here); the caps take the best-scoring ones, in chunks."""
+    detector = OnnxMTCNN()
+    sizes = []
+    run = detector._run
+    detector._run = lambda net, batch: sizes.append((net, len(batch))) or run(net, batch)
+    boxes, probs = detector.detect(media.tiled_faces())
+    assert 100 < len(boxes) <= mtcnn.MAX_ONET_CANDIDATES and (probs > 0.7).all()
+    assert sum(n for net, n in sizes if net == "rnet") == mtcnn.MAX_RNET_CANDIDATES
+    assert sum(n for net, n in sizes if net == "onet") == mtcnn.MAX_ONET_CANDIDATES
+    assert max(n for net, n in sizes if net != "pnet") <= max(mtcnn.CHUNKS.values())
+    assert detector.candidates == mtcnn.MAX_RNET_CANDIDATES + mtcnn.MAX_ONET_CANDIDATES
+
+
+def test_the_detection_budget_refuses_a_clip_of_tiled_faces(videos):
+    lean = VideoPipeline(get_variant("b4-mobile"), videos.classifier, limits=VideoLimits(max_detector_candidates=3000))
+    clip = media.tiled_faces_clip(frames=3, size=(1280, 720))
+    with pytest.raises(RequestError) as err:
+        lean.analyze(clip, Sampling("all"))
+    assert (err.value.code, err.value.status) == ("detection_budget_exceeded", 413)
+    assert "by frame 1" in err.value.message
+    honest = samples.encode_video(samples.moving_face_frames(3, size=(1280, 720), faces=2), "mp4")
+    assert lean.analyze(honest, Sampling("all"))["frames_analyzed"] == 3

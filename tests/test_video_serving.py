@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -187,3 +188,40 @@ def test_the_decoded_pixel_budget_is_set_per_archive(server, rest, clip, tmp_pat
     refused = rest.predict("lean-video", clip, options={"frames": 2})
     assert (refused.status, refused.body["error"]["code"]) == (413, "decode_budget_exceeded")
     assert rest.predict("lean-video", clip, options={"sampling": "every_nth", "every": 100}).status == 200
+
+
+def test_tiled_faces_stay_within_the_memory_budget_and_the_next_answer_is_good(server, rest, astronaut_jpeg):
+    """A 1024x1024 PNG of 625 tiled faces took an image worker from 0.9 to 3.9 GB, and an 8-frame 1080p
+    clip of such frames a video worker to 4.0 GB; MTCNN's stage caps and chunks keep both under 2 GB."""
+    for model, data in ((IMAGE, media.tiled_faces_png()), (VIDEO, media.tiled_faces_clip())):
+        (pid,) = server.worker_pids(model)
+        before = psutil.Process(pid).memory_info().rss
+        answer, peak = peak_rss_during(pid, lambda: rest.predict(model, data))
+        print(f"{model}: worker RSS {before / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB")
+        assert answer.status == 200, answer.body
+        faces = answer.body["faces"] if model == IMAGE else answer.body["frames"][0]["faces"]
+        assert len(faces) > 20
+        assert peak < 2 * 2**30
+        assert server.worker_pids(model) == [pid]
+    assert rest.predict(IMAGE, astronaut_jpeg).status == 200
+
+
+def test_an_explanations_request_fails_alone_in_its_batch(server, astronaut_jpeg):
+    """TorchServe's base handler read request 0's explain flag for the whole batch and had no explainer:
+    one /explanations request answered every prediction batched with it 503."""
+    url = server.inference_url
+    headers = {"Content-Type": "application/octet-stream", **server.keys.headers("inference")}
+    for _ in range(3):
+        start = threading.Barrier(8)
+
+        def send(path):
+            start.wait()
+            return requests.post(f"{url}/{path}/{IMAGE}", data=astronaut_jpeg, headers=headers, timeout=120)
+
+        with ThreadPoolExecutor(8) as pool:
+            explained = pool.submit(send, "explanations")
+            predicted = [pool.submit(send, "predictions") for _ in range(7)]
+            answers = [p.result() for p in predicted]
+        assert [a.status_code for a in answers] == [200] * 7
+        refused = explained.result()
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "explain_not_supported"

@@ -48,10 +48,12 @@ def _samples(text: str) -> list[tuple[str, dict, float]]:
             for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def _call(method: str, url: str, timeout: float, key: str = "management", **kwargs) -> requests.Response:
-    """A control-API call with the server's key of that kind (TorchServe: management; Triton: repository)."""
+def _call(method: str, url: str, timeout: float, key: str = "management", key_file: str | None = None,
+          **kwargs) -> requests.Response:
+    """A control-API call with the server's key of that kind (TorchServe: management; Triton: every API
+    but inference and health)."""
     try:
-        headers = ServerKeys.for_url(url).headers(key)
+        headers = ServerKeys.for_url(url, key_file).headers(key)
         response = requests.request(method, url, timeout=timeout, headers=headers, **kwargs)
     except requests.RequestException as err:
         raise ServerUnavailable(f"{method} {url}: {err}") from None
@@ -66,23 +68,28 @@ class TorchServeTarget:
     backend = "torchserve"
     quantile_window_s: float | None = None  # TorchServe exposes cumulative counters only
 
-    def __init__(self, model: str, inference_url: str, management_url: str, metrics_url: str):
+    def __init__(self, model: str, inference_url: str, management_url: str, metrics_url: str,
+                 key_file: str | None = None):
         self.model = model
         self.management_url, self.metrics_url = management_url, metrics_url
-        self.client = RestClient(inference_url)
+        self.key_file = key_file
+        self.client = RestClient(inference_url, key_file=key_file)
+
+    def _call(self, *args, **kwargs) -> requests.Response:
+        return _call(*args, key_file=self.key_file, **kwargs)
 
     def versions(self) -> list[str]:
-        described = _call("GET", f"{self.management_url}/models/{self.model}/all", 10).json()
+        described = self._call("GET", f"{self.management_url}/models/{self.model}/all", 10).json()
         return [d["modelVersion"] for d in described]
 
     def serving_version(self) -> str:
         """The default version (describing a model without a version describes its default)."""
-        return _call("GET", f"{self.management_url}/models/{self.model}", 10).json()[0]["modelVersion"]
+        return self._call("GET", f"{self.management_url}/models/{self.model}", 10).json()[0]["modelVersion"]
 
     def register(self, archive: str | Path, timeout: float = 600.0) -> str:
         """Register the archive (by file name in the model store) with one worker; returns its version."""
         before = set(self.versions())
-        _call("POST", f"{self.management_url}/models", timeout,
+        self._call("POST", f"{self.management_url}/models", timeout,
               params={"url": Path(archive).name, "initial_workers": 1, "synchronous": "true"})
         added = set(self.versions()) - before
         if len(added) != 1:
@@ -93,22 +100,22 @@ class TorchServeTarget:
         return self.client.predict(self.model, data, version=version)
 
     def promote(self, version: str) -> None:
-        _call("PUT", f"{self.management_url}/models/{self.model}/{version}/set-default", 30)
+        self._call("PUT", f"{self.management_url}/models/{self.model}/{version}/set-default", 30)
 
     def remove(self, version: str, wait_s: float = 60.0) -> None:
         """Unregister once the version's queue is empty (traffic was moved away before this)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            described = _call("GET", f"{self.management_url}/models/{self.model}/{version}", 10).json()
+            described = self._call("GET", f"{self.management_url}/models/{self.model}/{version}", 10).json()
             if all(d.get("jobQueueStatus", {}).get("pendingRequests", 0) == 0 for d in described):
                 break
             time.sleep(0.2)
-        _call("DELETE", f"{self.management_url}/models/{self.model}/{version}", 120)
+        self._call("DELETE", f"{self.management_url}/models/{self.model}/{version}", 120)
 
     def counters(self, version: str) -> Counters:
         """ts_inference_requests_total and ts_inference_latency_microseconds (cumulative, per version)."""
         totals = {"ts_inference_requests": 0.0, "ts_inference_latency_microseconds": 0.0}
-        for name, labels, value in _samples(_call("GET", self.metrics_url, 10).text):
+        for name, labels, value in _samples(self._call("GET", self.metrics_url, 10).text):
             if name in totals and labels.get("model_name") == self.model and labels.get("model_version") == version:
                 totals[name] += value
         return Counters(totals["ts_inference_requests"], None,
@@ -128,15 +135,18 @@ class TritonTarget:
     # Triton's summaries (the launcher turns on summary_latencies) are prometheus-cpp's: the last 60 s.
     quantile_window_s: float | None = 60.0
 
-    def __init__(self, variant: str, http_url: str, metrics_url: str):
+    def __init__(self, variant: str, http_url: str, metrics_url: str, key_file: str | None = None):
         self.model = variant
         self.names = model_names(variant)
         self.http_url, self.metrics_url = http_url.rstrip("/"), metrics_url
+        self.key_file = key_file
         self.client = TritonClient(http_url, "http")
+
+    _call = TorchServeTarget._call
 
     # -- repository API --------------------------------------------------------------------------
     def _config(self, name: str) -> dict:
-        return _call("GET", f"{self.http_url}/v2/models/{name}/config", 10).json()
+        return self._call("GET", f"{self.http_url}/v2/models/{name}/config", 10).json()
 
     def _load(self, name: str, config: dict, files: dict[str, bytes] | None = None) -> None:
         import base64
@@ -144,7 +154,7 @@ class TritonTarget:
 
         parameters = {"config": json.dumps(config)}
         parameters.update({f"file:{path}": base64.b64encode(data).decode() for path, data in (files or {}).items()})
-        _call("POST", f"{self.http_url}/v2/repository/models/{name}/load", 600, json={"parameters": parameters})
+        self._call("POST", f"{self.http_url}/v2/repository/models/{name}/load", 600, json={"parameters": parameters})
 
     def _pinned_ensemble(self, version: str, name: str) -> dict:
         config = self._config(self.names["ensemble"])
@@ -160,10 +170,10 @@ class TritonTarget:
         self._load(self.names["classifier"], config)
 
     def _index(self) -> list[dict]:
-        return _call("POST", f"{self.http_url}/v2/repository/index", 10, json={"ready": True}).json()
+        return self._call("POST", f"{self.http_url}/v2/repository/index", 10, json={"ready": True}).json()
 
     def _unload(self, name: str) -> None:
-        _call("POST", f"{self.http_url}/v2/repository/models/{name}/unload", 120, json={})
+        self._call("POST", f"{self.http_url}/v2/repository/models/{name}/unload", 120, json={})
 
     def versions(self) -> list[str]:
         found = {m["version"] for m in self._index() if m["name"] == self.names["classifier"] and m.get("version")}
@@ -216,7 +226,7 @@ class TritonTarget:
         """nv_inference_request_success/failure and nv_inference_request_duration_us of the classifier."""
         totals = {"nv_inference_request_success": 0.0, "nv_inference_request_failure": 0.0,
                   "nv_inference_request_duration_us": 0.0}
-        for name, labels, value in _samples(_call("GET", self.metrics_url, 10).text):
+        for name, labels, value in _samples(self._call("GET", self.metrics_url, 10).text):
             if name in totals and labels.get("model") == self.names["classifier"] and labels.get("version") == version:
                 totals[name] += value
         requests_done = totals["nv_inference_request_success"] + totals["nv_inference_request_failure"]
@@ -227,7 +237,7 @@ class TritonTarget:
         """{0.5: ms, 0.9: ms, 0.95: ms, 0.99: ms} of the classifier version's requests (queue included)
         over the summary window; empty when it saw none there or summaries are off."""
         found = {}
-        for name, labels, value in _samples(_call("GET", self.metrics_url, 10).text):
+        for name, labels, value in _samples(self._call("GET", self.metrics_url, 10).text):
             if (name == "nv_inference_request_summary_us" and "quantile" in labels and not math.isnan(value)
                     and labels.get("model") == self.names["classifier"] and labels.get("version") == version):
                 found[float(labels["quantile"])] = value / 1000

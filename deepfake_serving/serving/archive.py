@@ -14,7 +14,9 @@ import yaml
 from ..bundle import write_bundle
 from ..engines import DEFAULT_ENGINE
 from ..manifest import MANIFEST_NAME
-from ..naming import archive_file_name, default_model_name
+from ..naming import archive_file_name, check_name, default_model_name
+from ..quantize import check_options
+from ..variants import get_variant
 from .torchserve_handlers import handler_file
 
 # Worker settings that go into the archive's model-config.yaml: one worker, server-side batching
@@ -48,8 +50,12 @@ def build_archive(
     """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
     several checkpoints of one variant averaged (as the DFDC winner did). ``quantization``:
     write_bundle's ``quantize``, ``calibration`` and ``holdout``."""
+    # Every refusal before the build (15-20 s): names that become paths, the variant, the folders.
+    get_variant(variant)
+    check_name(version, "version")
+    model_name = check_name(model_name or default_model_name(variant, media), "model name")
+    check_options(quantization.get("quantize"), quantization.get("calibration"), quantization.get("holdout"), engine)
     handler = handler_file(media)
-    model_name = model_name or default_model_name(variant, media)
     export_path = Path(export_path)
     export_path.mkdir(parents=True, exist_ok=True)
     base = DEFAULT_MODEL_CONFIG if media == "image" else VIDEO_MODEL_CONFIG

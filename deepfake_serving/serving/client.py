@@ -29,9 +29,16 @@ class Prediction:
         return 200 <= self.status < 300
 
 
-# A worker that died (TorchServe answers its in-flight batch 500, Triton a lost stub 500), a server
-# restarting or unreachable (502/503, connection errors, gRPC UNAVAILABLE), a worker out of memory (507).
-RETRY_STATUSES = frozenset({500, 502, 503, 507})
+# What can succeed when sent again: a worker that died (TorchServe answers its in-flight batch 500, Triton
+# a lost stub 500: both ``worker_failed``), a server restarting or unreachable (502/503/504, connection
+# errors, gRPC UNAVAILABLE: ``server_unavailable``). Never a 4xx, never 507 (out of memory: the same
+# request would exhaust the fresh worker too), never our handler's own ``internal_error``.
+RETRY_CODES = frozenset({"worker_failed", "server_unavailable"})
+
+
+def retryable(prediction: "Prediction") -> bool:
+    error = prediction.body.get("error") if isinstance(prediction.body, dict) else None
+    return isinstance(error, dict) and error.get("code") in RETRY_CODES
 
 
 @dataclass(frozen=True)
@@ -65,17 +72,31 @@ class ClientStats:
 
 
 class Retrying:
-    """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``."""
+    """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``.
+    Whatever a transport raises becomes a ``Prediction`` (503 ``server_unavailable``); a 401 says
+    where the key came from."""
+
+    keys: ServerKeys | None = None
 
     def __init__(self, retry: RetryPolicy = RetryPolicy()):
         self.retry, self.stats = retry, ClientStats()
+
+    def _attempt(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        try:
+            prediction = self._predict_once(model, data, version, options)
+        except Exception as err:  # noqa: BLE001 - any transport's own exception (HTTPConnectionClosed, ...)
+            return Prediction(503, error_body("server_unavailable", f"{type(err).__name__}: {err}"))
+        error = prediction.body.get("error") if isinstance(prediction.body, dict) else None
+        if self.keys is not None and isinstance(error, dict) and error.get("code") == "unauthorized":
+            error["message"] = f"{error.get('message', '')} [{self.keys.describe()}]"
+        return prediction
 
     def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
         deadline = time.monotonic() + self.retry.deadline_s
         self.stats.predictions += 1
         for attempt in range(self.retry.attempts):
-            prediction = self._predict_once(model, data, version, options)
-            if prediction.status not in RETRY_STATUSES:
+            prediction = self._attempt(model, data, version, options)
+            if not retryable(prediction):
                 return prediction
             delay = self.retry.delay(attempt)
             if attempt + 1 == self.retry.attempts or time.monotonic() + delay > deadline:
@@ -103,9 +124,16 @@ SERVER_STATUSES = {401: "unauthorized", 404: "model_not_found", 413: "request_to
 
 
 def server_error(status: int, message: str, kind: str = "") -> dict:
-    """An error the server itself wrote (not our handler), in the project's format."""
-    code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status, "server_error")
-    return error_body(code, message or f"HTTP {status}")
+    """An error the server itself wrote (not our handler), in the project's format. A 4xx of its own
+    (TorchServe's 400 for oversized headers, Triton's 400 for a malformed request) stays a 4xx:
+    ``bad_request`` with the server's status, never retried."""
+    code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
+    if code is None:
+        code = "bad_request" if 400 <= status < 500 else "server_error"
+    body = error_body(code, message or f"HTTP {status}")
+    if code == "bad_request":
+        body["error"]["status"] = status
+    return body
 
 
 def normalized(status: int, raw: bytes, reason: str = "") -> dict:
@@ -304,8 +332,6 @@ class TritonClient(Retrying):
             result = self.client.infer(name, inputs, model_version=version or "", **extra)
         except self.module.InferenceServerException as err:
             return self._failure(err)
-        except OSError as err:  # refused or reset connection (tritonclient's HTTP transport raises these as-is)
-            return Prediction(503, error_body("server_unavailable", f"{type(err).__name__}: {err}"))
         return Prediction(200, json.loads(result.as_numpy("RESPONSE").reshape(-1)[0]))
 
     @staticmethod
@@ -316,8 +342,9 @@ class TritonClient(Retrying):
             return Prediction(int(error.get("status", 500)), {"error": error})
         except ValueError:  # Triton's own error: a lost stub, an unknown model, a refused connection
             status = err.status() or ""
-            wire = int(status) if status.isdigit() else {"StatusCode.NOT_FOUND": 404,
-                                                         "StatusCode.UNAVAILABLE": 502}.get(status, 500)
+            wire = int(status) if status.isdigit() else {"StatusCode.NOT_FOUND": 404, "StatusCode.UNAVAILABLE": 502,
+                                                         "StatusCode.INVALID_ARGUMENT": 400,
+                                                         "StatusCode.RESOURCE_EXHAUSTED": 413}.get(status, 500)
             if "not found" in message or "unknown model" in message:
                 wire = 404
             body = server_error(wire, message)

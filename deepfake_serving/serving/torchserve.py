@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 from ..threads import worker_environment
-from .auth import ServerKeys, register_key_file
+from .auth import ServerKeys, register_key_file, write_server_record
 from .processes import ServerPorts, stop_group
 
 CONFIG = Path(__file__).with_name("config.properties")  # package data; the checkout's top-level file links here
@@ -110,6 +110,8 @@ class TorchServe:
             **self.env,
         }
         self.log = open(self.workdir / "logs" / "torchserve.out", "wb")
+        # TorchServe appends to its logs: this start is judged by the lines it writes from here on.
+        self._log_offsets = {name: self._log_size(name) for name in ("ts_log.log", "model_log.log")}
         self.process = subprocess.Popen(
             # TorchServe's own entry point, run by this interpreter (a console script need not be on PATH
             # nor beside it when the package was installed into another environment)
@@ -117,8 +119,22 @@ class TorchServe:
              "--ts-config", str(self.runtime_config()), "--model-store", str(self.model_store)],
             cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        write_server_record(self.keys.path, self.process.pid, [self.inference_url, self.management_url,
+                                                               self.grpc_target, self.grpc_management_target])
         self.wait_ready(timeout)
         return self
+
+    def _log_size(self, name: str) -> int:
+        path = self.workdir / "logs" / name
+        return path.stat().st_size if path.exists() else 0
+
+    def _log_since_start(self, name: str) -> str:
+        path = self.workdir / "logs" / name
+        if not path.exists():
+            return ""
+        with open(path, "rb") as log:
+            log.seek(self._log_offsets.get(name, 0))
+            return log.read().decode(errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
         """/ping answers before workers load: wait for every model's workers to be READY."""
@@ -138,9 +154,8 @@ class TorchServe:
 
     def raise_on_load_failure(self) -> None:
         """TorchServe retries a model whose worker dies while loading, forever: fail fast, with the cause."""
-        ts_log = self.workdir / "logs" / "ts_log.log"
-        if ts_log.exists() and "Load model failed" in ts_log.read_text(errors="replace"):
-            model_log = (self.workdir / "logs" / "model_log.log").read_text(errors="replace").splitlines()
+        if "Load model failed" in self._log_since_start("ts_log.log"):
+            model_log = self._log_since_start("model_log.log").splitlines()
             cause = "\n".join(line.split("MODEL_LOG - ")[-1] for line in model_log[-15:])
             self.stop()
             raise RuntimeError(f"a model failed to load; last worker output:\n{cause}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import json
 import os
 import secrets
 import subprocess
@@ -24,11 +23,13 @@ import psutil
 import requests
 
 from ..threads import THREADS_ENV, worker_environment
-from .auth import ServerKeys, register_key_file
+from .auth import ServerKeys, register_key_file, write_key_file, write_server_record
 from .processes import ServerPorts, stop_group
 from .triton_repository import DEFAULT_INSTANCES, REPOSITORY, compile_model_files
 
 SHM_DIR = Path("/dev/shm")
+# Triton 2.45's API groups that need the launcher's key (the open ones: health, metadata, inference).
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace", "statistics", "model-config")
 # The python backend's shared memory per stub starts here and grows in steps; a 100 MB clip
 # needs ~100 growth steps at the 1 MB default, so both are raised (launcher only: machine-specific).
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024
@@ -118,9 +119,7 @@ class Triton:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)
         key = secrets.token_urlsafe(24)
-        descriptor = os.open(self.keys.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"management": {"key": key}}, out)
+        write_key_file(self.keys.path, {"management": key})
         register_key_file([self.http_url, self.grpc_target], self.keys.path)
         return key
 
@@ -137,10 +136,12 @@ class Triton:
         return python.parent
 
     def command(self, key: str) -> list[str]:
-        """The server's command line. The repository API (load/unload: a load request can carry model
-        files, i.e. code) answers only requests that carry the key."""
+        """The server's command line. Every API but inference, health and model metadata answers only
+        requests that carry the key: the repository API (a load request can carry model files, i.e. code),
+        system and CUDA shared memory (registering a stub's own region and aiming an output at it aborts
+        tritonserver), logging and trace settings, statistics and model configurations."""
         binary = pytriton_paths()["binary"]
-        restricted = f"model-repository:authorization=Bearer {key}"
+        restricted = f"{','.join(RESTRICTED_APIS)}:authorization=Bearer {key}"
         return [
             str(binary), f"--model-repository={self.repository}",
             f"--backend-directory={self.backend_directory()}",
@@ -168,8 +169,11 @@ class Triton:
         compile_model_files(self.repository)
         self.log_path = self.workdir / "logs" / "tritonserver.log"
         self.log = open(self.log_path, "wb")
+        # umask 077: the python backend creates its shared-memory regions (every request's bytes) with the
+        # server's umask; other local users must not read them.
         self.process = subprocess.Popen(self.command(self._write_key()), cwd=self.workdir, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
+        write_server_record(self.keys.path, self.process.pid, [self.http_url, self.grpc_target])
         self.wait_ready(timeout)
         return self
 
@@ -243,7 +247,7 @@ class Triton:
 
     def statistics(self, name: str, version: int | str = "") -> dict:
         url = f"{self.http_url}/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/stats"
-        response = requests.get(url, timeout=10)
+        response = requests.get(url, timeout=10, headers=self.keys.headers("management"))
         response.raise_for_status()
         return response.json()
 

@@ -222,3 +222,25 @@ BAD_VIDEOS = {
     "a frame at 700 s": (lambda clip: timestamps_past_the_limit(), 413, "video_too_long"),
     "320x240, then 7680x4320": (lambda clip: resolution_switch_ts(small=20), 413, "frame_too_large"),
 }
+
+
+def tiled_faces(side: int = 1024, tile: int = 40) -> np.ndarray:
+    """The astronaut's face tiled at ``tile`` px over a ``side``×``side`` canvas (625 faces at the
+    defaults): a 100 KB PNG that asks MTCNN for thousands of candidate boxes."""
+    x1, y1, x2, y2 = samples.ASTRONAUT_FACE_REGION
+    face = np.asarray(Image.fromarray(samples.astronaut()[y1:y2, x1:x2]).resize((tile, tile), Image.BICUBIC))
+    canvas = np.zeros((side, side, 3), np.uint8)
+    count = side // tile
+    canvas[:count * tile, :count * tile] = np.tile(face, (count, count, 1))
+    return canvas
+
+
+def tiled_faces_png() -> bytes:
+    return samples.encode(tiled_faces(), "PNG", optimize=True)
+
+
+def tiled_faces_clip(frames: int = 8, size: tuple[int, int] = (1920, 1080), tile: int = 40) -> bytes:
+    """An honest clip whose every frame is faces tiled at ``tile`` px."""
+    width, height = size
+    frame = tiled_faces(max(width, height), tile)[:height, :width]
+    return samples.encode_video([frame] * frames, "mp4")

@@ -58,6 +58,18 @@ class DeepfakeHandler(BaseHandler):
     def load(self, directory: str, config: dict, **options):
         raise NotImplementedError
 
+    def _is_explain(self) -> bool:
+        """Never the whole batch's: BaseHandler reads request 0's ``explain`` flag for every request in
+        the batch; ``check_not_explain`` reads each request's own."""
+        return False
+
+    def check_not_explain(self, idx: int) -> None:
+        """An ``/explanations`` request (TorchServe sets its ``explain`` header) is refused alone: the
+        handlers have no explainer yet, and its neighbours in the batch are answered as usual."""
+        if str(self.context.get_request_header(idx, "explain") or "").lower() == "true":
+            raise RequestError("explain_not_supported", f"{self.context.model_name} has no explanations yet; "
+                               f"send the request to /predictions/{self.context.model_name}")
+
     def postprocess(self, results):
         out = []
         for idx, result in enumerate(results):

@@ -12,8 +12,9 @@ class ImageHandler(DeepfakeHandler):
 
     def preprocess(self, data):
         payloads = []
-        for row in data:
+        for idx, row in enumerate(data):
             try:
+                self.check_not_explain(idx)
                 payloads.append(request_bytes(row))
             except Exception as err:  # noqa: BLE001 - this request fails alone
                 payloads.append(internal_error(err))

@@ -16,7 +16,8 @@ class VideoHandler(DeepfakeHandler):
 
     def load(self, directory, config, **options):
         # The face pool cap (DFDC: 127) and the decoded-pixel budget can be set per archive.
-        limits = VideoLimits(max_decoded_pixels=int(config.get("max_decoded_pixels", VideoLimits.max_decoded_pixels)))
+        limits = VideoLimits(**{name: int(config[name]) for name in ("max_decoded_pixels", "max_detector_candidates")
+                                if name in config})
         return load_video_bundle(directory, limits=limits, max_faces=int(config.get("max_faces", 127)), **options)
 
     def preprocess(self, data):
@@ -25,6 +26,7 @@ class VideoHandler(DeepfakeHandler):
         payloads = []
         for idx, row in enumerate(data):
             try:
+                self.check_not_explain(idx)
                 headers = {k.lower(): v for k, v in self.context.get_all_request_header(idx).items()
                            if isinstance(v, str)}
 
