@@ -4,7 +4,6 @@ the frames in use, not the clip (the served versions of these cases are in test_
 import tracemalloc
 
 import numpy as np
-
 import pytest
 
 from deepfake_serving import mtcnn, samples
