@@ -4,6 +4,8 @@ model control, dynamic batching, bad input, health/metrics and a clean shutdown.
 
 import json
 import re
+import stat
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -306,3 +308,57 @@ def test_a_load_request_carrying_model_files_needs_the_repository_key(server, tm
         assert marker.read_text() == "ran"
     finally:
         server.unload("outside")
+
+
+def test_shared_memory_is_the_servers_alone(server, client, clip):
+    """The python backend's regions carry every request's bytes: 0600, so another local user
+    (``nobody``) cannot read what a client sent, even after its request finished."""
+    assert client.predict(VIDEO, clip).status == 200
+    segments = server.shm_segments()
+    assert segments
+    for path in segments:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    read = subprocess.run(["cat", str(segments[0])], user="nobody", capture_output=True)
+    assert read.returncode != 0 and b"Permission denied" in read.stderr
+
+
+def test_apis_that_change_or_reveal_server_state_need_the_key(server, clip, tmp_path):
+    """Registering a stub's own region through the shared-memory API, then aiming an output at it, aborted
+    tritonserver; logging, statistics and configs were open too. Without the key all are refused, over
+    HTTP and gRPC, and the server keeps answering."""
+    import tritonclient.grpc as triton_grpc
+
+    region = server.shm_segments()[0].name
+    url = server.http_url
+    attempts = [
+        ("POST", "/v2/systemsharedmemory/region/x/register", {"key": region, "offset": 0, "byte_size": 4096}),
+        ("POST", "/v2/logging", {"log_verbose_level": 5}),
+        ("GET", f"/v2/models/{CLASSIFIER}/stats", None),
+        ("GET", f"/v2/models/{CLASSIFIER}/config", None),
+        ("POST", "/v2/trace/setting", {"trace_level": ["TIMESTAMPS"]}),
+    ]
+    for method, path, body in attempts:
+        refused = requests.request(method, f"{url}{path}", json=body, timeout=30)
+        assert refused.status_code != 200 and "restricted" in refused.text.lower(), (path, refused.text)
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+    try:
+        for call in (lambda: grpc_client.register_system_shared_memory("x", region, 4096),
+                     lambda: grpc_client.update_log_settings({"log_verbose_level": 5}),
+                     lambda: grpc_client.get_inference_statistics(CLASSIFIER),
+                     lambda: grpc_client.get_model_config(CLASSIFIER)):
+            with pytest.raises(triton_grpc.InferenceServerException, match="(?i)restricted|authoriz"):
+                call()
+        keyed = (("triton-grpc-protocol-authorization", server.keys.headers("management")["Authorization"]),)
+        assert grpc_client.get_model_config(CLASSIFIER, headers=dict(keyed)).config.name == CLASSIFIER
+    finally:
+        grpc_client.close()
+    assert server.statistics(CLASSIFIER)["model_stats"]  # the launcher's key opens them
+    assert server.live() and TritonClient(server.http_url).predict(VIDEO, clip).status == 200
+
+
+def test_a_server_written_400_is_not_retried(server, astronaut_jpeg):
+    """Triton's own 400 (an input the model does not have) keeps its status and is sent once."""
+    triton = TritonClient(server.http_url)
+    answer = triton.predict(CLASSIFIER, astronaut_jpeg)
+    assert (answer.status, answer.body["error"]["code"]) == (400, "bad_request"), answer.body
+    assert triton.stats.retries == 0

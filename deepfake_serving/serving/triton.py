@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace", "sta
 # needs ~100 growth steps at the 1 MB default, so both are raised (launcher only: machine-specific).
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 SHM_GROWTH_BYTES = 16 * 1024 * 1024
+SHM_GUARD_S = 0.05  # how often new regions are looked for (a glob of /dev/shm)
 
 
 def pytriton_paths() -> dict[str, Path]:
@@ -169,13 +171,34 @@ class Triton:
         compile_model_files(self.repository)
         self.log_path = self.workdir / "logs" / "tritonserver.log"
         self.log = open(self.log_path, "wb")
-        # umask 077: the python backend creates its shared-memory regions (every request's bytes) with the
-        # server's umask; other local users must not read them.
         self.process = subprocess.Popen(self.command(self._write_key()), cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
         write_server_record(self.keys.path, self.process.pid, [self.http_url, self.grpc_target])
+        self._guard = threading.Thread(target=self._guard_shared_memory, name="triton-shm-guard", daemon=True)
+        self._guard.start()
         self.wait_ready(timeout)
         return self
+
+    def private_shared_memory(self) -> list[Path]:
+        """Make every region of this server 0600; the ones changed. The python backend's regions carry
+        every request's bytes, and boost.interprocess creates them 0644 whatever the umask."""
+        changed = []
+        for path in self.shm_segments():
+            try:
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
+                    changed.append(path)
+            except FileNotFoundError:  # a stub released it meanwhile
+                continue
+        return changed
+
+    def _guard_shared_memory(self) -> None:
+        """While the server runs, every new region (a stub started at load, by us or by a rollout through
+        the repository API) is made private within SHM_GUARD_S, before any model using it is ready."""
+        process = self.process
+        while process is not None and process.poll() is None:
+            self.private_shared_memory()
+            time.sleep(SHM_GUARD_S)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -184,6 +207,7 @@ class Triton:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if requests.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200:
+                    self.private_shared_memory()
                     return
             except requests.RequestException:
                 pass
