@@ -237,7 +237,7 @@ def cmd_nginx(args) -> int:
     else:
         target = TorchServeTarget(args.model, args.inference_url, args.management_url, "", args.key_file)
         split = Split(args.model, target.serving_version())
-    proxy = Nginx(args.prefix, args.port, args.inference_url).start(split)
+    proxy = Nginx(args.prefix, args.port, args.inference_url, args.key_file).start(split)
     return _wait_forever(proxy, f"nginx on {proxy.url} routes POST /predictions/{args.model} by X-User-Id "
                                 f"({split}); `deepfake-serving rollout --nginx-prefix {args.prefix}` reloads it. "
                                 "Ctrl-C stops it.")

@@ -27,7 +27,7 @@ from deepfake_serving.rollout.nginx import Nginx, nginx_binary
 from deepfake_serving.rollout.routing import RoutedClient, Split, bucket
 from deepfake_serving.rollout.servers import TorchServeTarget
 from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import Prediction, RestClient
+from deepfake_serving.serving.client import Prediction, RestClient, RetryPolicy
 from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import get_variant
@@ -508,3 +508,56 @@ def test_kserve_inference_service_for_the_canary():
     with pytest.raises(ValidationError, match="modelFormat"):
         import jsonschema
         jsonschema.validate(broken, SCHEMA)
+
+
+def test_the_front_survives_a_key_renewal_and_a_restart_after_a_failed_load(store, tmp_path):
+    """The front wrote TorchServe's inference key into its configuration once: after a renewal or a restart
+    every request through it got TorchServe's 400. It asks for the current key per request now. The restart
+    also follows a failed registration in the same working directory (TorchServe appends to its logs; the
+    launcher used to find that old "Load model failed" and refuse every later start)."""
+    if nginx_binary() is None:
+        pytest.skip("no nginx here: `make install` unpacks Debian's package when apt can reach it")
+    ts = TorchServe(store, tmp_path / "ts", models=[f"{MODEL}={MODEL}-v1.0.mar"], ports=Ports.free()).start()
+    proxy = None
+    try:
+        with pytest.raises(requests.HTTPError):
+            ts.register(f"{MODEL}-v5.0.mar")  # its weights fail their checksum
+        assert "Load model failed" in (ts.workdir / "logs" / "ts_log.log").read_text()
+        proxy = Nginx(tmp_path / "nginx", free_ports(1)[0], ts.inference_url).start(Split(MODEL, "1.0"))
+        assert requests.get(f"{proxy.url}/ping", timeout=10).status_code == 200  # health checks need no key
+        explained = requests.post(f"{proxy.url}/explanations/{MODEL}", data=samples.astronaut_jpeg(), timeout=10)
+        assert (explained.status_code, explained.json()["error"]["code"]) == (400, "explain_not_supported")
+        assert requests.get(f"{proxy.url}/api-description", timeout=10).status_code == 404
+        # a client of ours through the front, retrying only what can succeed again (the restart's 502s)
+        client = RestClient(proxy.url, retry=RetryPolicy(attempts=12, deadline_s=120))
+        answers, stop = [], threading.Event()
+
+        def traffic():
+            while not stop.is_set():
+                answers.append(client.predict(MODEL, samples.astronaut_jpeg()))
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            time.sleep(2)
+            old = ts.keys.key("inference")
+            renewed = requests.get(f"{ts.management_url}/token", params={"type": "inference"},
+                                   headers=ts.keys.headers("API"), timeout=10)
+            assert renewed.status_code == 200, renewed.text
+            time.sleep(3)
+            assert ts.keys.key("inference") != old
+            before_restart = len(answers)
+            ts.stop()
+            ts.start()  # same ports and working directory: new keys
+            time.sleep(3)
+        finally:
+            stop.set()
+            sender.join(timeout=180)
+        failed = [a for a in answers if a.status != 200]
+        assert not failed, failed[:3]
+        assert before_restart > 3 and len(answers) > before_restart
+        assert client.stats.retried >= 1  # the restart was crossed by retries
+    finally:
+        if proxy:
+            proxy.stop()
+        ts.stop()

@@ -4,12 +4,15 @@ rollout step rewrites the weights and reloads nginx without dropping a connectio
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +37,14 @@ def _json_error(code: str, message: str) -> str:
 
 # nginx's own refusals, answered in the project's error format (TorchServe's own 503/507 bodies pass
 # through as TorchServe writes them: intercepting them would also swallow our handler's JSON 4xx).
+# What the front answers itself, never forwarding it: explanations (the handlers have none yet), and
+# every path but predictions and /ping (TorchServe's API description, KServe's routes).
+FRONT_REFUSALS = {
+    "/explanations": ("explain_not_supported", "the front serves predictions only (POST /predictions/{model})"),
+    "/": ("model_not_found", "the front serves POST /predictions/{model} and GET /ping only"),
+}
 FRONT_ERRORS = {
+    "500": ("server_unavailable", "the front could not read the model server's key"),
     "413": ("request_too_large", "the body is over the front's 100 MB limit"),
     "494": ("headers_too_large", "the request headers are over the front's limit"),
     "502": ("server_unavailable", "the model server cannot be reached"),
@@ -42,16 +52,26 @@ FRONT_ERRORS = {
 }
 
 
-def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path, inference_key: str | None = None) -> str:
+KEY_PATH = "/_torchserve_key"  # nginx's internal subrequest to the key relay
+
+
+def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path, relay_port: int, relay_secret: str) -> str:
     """nginx.conf: POST /predictions/{model} goes to /predictions/{model}/{version} by split_clients;
-    the front adds the inference key, so clients behind it send none (authenticate them here)."""
+    the front adds TorchServe's current inference key (asked of the key relay per request, so a renewed
+    key or a restarted TorchServe needs no reload), so clients behind it send none (authenticate them
+    here). Only predictions and /ping are forwarded: /explanations is refused in our format."""
     upstream = torchserve_url.removeprefix("http://").rstrip("/")
-    key = f'        proxy_set_header Authorization "Bearer {inference_key}";\n' if inference_key else ""
+    key = (f"            auth_request {KEY_PATH};\n            auth_request_set $torchserve_key $upstream_http_x_authorization;\n"
+           '            proxy_set_header Authorization $torchserve_key;\n')
     pages = "".join(f"    error_page {status} = @error_{status};\n" for status in FRONT_ERRORS)
     named = "".join(
         f"        location @error_{status} {{\n            default_type application/json;\n"
         f'            return {CATALOGUE[code].status} "{_json_error(code, message)}";\n        }}\n'
         for status, (code, message) in FRONT_ERRORS.items())
+    refusals = "".join(
+        f"        location {where} {{\n            default_type application/json;\n"
+        f'            return {CATALOGUE[code].status} "{_json_error(code, message)}";\n        }}\n'
+        for where, (code, message) in FRONT_REFUSALS.items())
     if split.candidate and split.weight > 0:
         buckets = f'        {split.weight:g}% "{split.candidate}";\n        * "{split.serving}";\n'
     else:
@@ -85,20 +105,62 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{listen_port};
-{pages}        location = /predictions/{split.model} {{
+{pages}        location = {KEY_PATH} {{
+            internal;
+            proxy_pass http://127.0.0.1:{relay_port}/key;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Front-Secret "{relay_secret}";
+        }}
+        location = /predictions/{split.model} {{
             proxy_pass http://torchserve/predictions/{split.model}/$model_version;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
 {key}            add_header X-Model-Version $model_version always;
         }}
-        location / {{
+        location ~ ^/(predictions/|ping$) {{
             proxy_pass http://torchserve;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
 {key}        }}
-{named}    }}
+{refusals}{named}    }}
 }}
 """
+
+
+class KeyRelay:
+    """A loopback HTTP server in the front's own process that answers nginx's per-request subrequest
+    with TorchServe's current inference key (``X-Authorization``), re-read from the key file when it
+    changes. It answers only requests carrying the secret written into the 0600 nginx.conf."""
+
+    def __init__(self, torchserve_url: str, key_file: str | Path | None = None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        keys, secret = ServerKeys.for_url(torchserve_url, key_file), secrets.token_urlsafe(24)
+        self.secret = secret
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                if not hmac.compare_digest(self.headers.get("X-Front-Secret", ""), secret):
+                    self.send_response(403)
+                    self.end_headers()
+                    return
+                self.send_response(204)
+                self.send_header("X-Authorization", next(iter(keys.headers("inference").values()), ""))
+                self.end_headers()
+
+            def log_message(self, *args):  # no access log on stderr
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="key-relay", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Nginx:
@@ -107,9 +169,14 @@ class Nginx:
 
     SETTINGS = "front.json"  # listen port and upstream, for attach
 
-    def __init__(self, prefix: str | Path, listen_port: int, torchserve_url: str):
+    def __init__(self, prefix: str | Path, listen_port: int, torchserve_url: str, key_file: str | Path | None = None,
+                 relay_port: int | None = None, relay_secret: str | None = None):
+        """``relay_port``/``relay_secret``: the key relay of the process that started nginx (``attach``);
+        ``start`` runs a relay of its own."""
         self.prefix = Path(prefix).resolve()
-        self.listen_port, self.torchserve_url = listen_port, torchserve_url
+        self.listen_port, self.torchserve_url, self.key_file = listen_port, torchserve_url, key_file
+        self.relay: KeyRelay | None = None
+        self.relay_port, self.relay_secret = relay_port, relay_secret
         self.conf = self.prefix / "nginx.conf"
         self.url = f"http://127.0.0.1:{listen_port}"
         self.process: subprocess.Popen | None = None
@@ -130,16 +197,23 @@ class Nginx:
 
     def write(self, split: Split) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
-        (self.prefix / self.SETTINGS).write_text(json.dumps({"listen_port": self.listen_port,
-                                                             "torchserve_url": self.torchserve_url}))
-        key = ServerKeys.for_url(self.torchserve_url).key("inference")
-        descriptor = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the key
-        with os.fdopen(descriptor, "w") as out:
-            out.write(render(split, self.listen_port, self.torchserve_url, self.prefix, key))
+        if self.relay_port is None:
+            raise RuntimeError("no key relay: start() this front, or attach() to a running one")
+        settings = {"listen_port": self.listen_port, "torchserve_url": self.torchserve_url,
+                    "relay_port": self.relay_port, "relay_secret": self.relay_secret}
+        for path, text in ((self.prefix / self.SETTINGS, json.dumps(settings)),  # both hold the relay's secret
+                           (self.conf, render(split, self.listen_port, self.torchserve_url, self.prefix,
+                                              self.relay_port, self.relay_secret))):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(text)
         subprocess.run([str(self.binary), "-t", "-q", "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
                         "-c", str(self.conf)], check=True, capture_output=True)
 
     def start(self, split: Split, timeout: float = 15.0) -> "Nginx":
+        self.relay = KeyRelay(self.torchserve_url, self.key_file)
+        self.relay_port, self.relay_secret = self.relay.port, self.relay.secret
         self.write(split)
         self.process = subprocess.Popen(
             [str(self.binary), "-p", str(self.prefix), "-e", str(self.prefix / "error.log"), "-c", str(self.conf),
@@ -164,6 +238,9 @@ class Nginx:
             os.kill(self.process.pid, signal.SIGQUIT)
             self.process.wait(timeout=30)
             self.process = None
+        if self.relay:
+            self.relay.close()
+            self.relay = None
 
     def __enter__(self):
         return self
