@@ -74,9 +74,17 @@ def test_archive_serve_and_predict_from_an_empty_directory(installed):
         (cwd / "face.jpg").write_bytes(samples.astronaut_jpeg())
         probe = ("import sys\nfrom deepfake_serving.cli import main\nrc = main(sys.argv[1:])\n"
                  "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+        # `make serve` then `make test` left $DEEPFAKE_KEY_FILE naming a key file of a server that is gone:
+        # it is reported and skipped, not preferred over the running server's.
+        stale = cwd / "old" / "key_file.json"
+        stale.parent.mkdir()
+        stale.write_text('{"inference": {"key": "stale"}}')
+        (stale.parent / "server.json").write_text('{"pid": 1, "started": 0, "addresses": ["127.0.0.1:8080"]}')
         answer = subprocess.run([str(bin_dir / "python"), "-c", probe, "predict", "face.jpg", "--url", url,
-                                 "--save", "answer.json"], cwd=cwd, capture_output=True, text=True, timeout=300)
+                                 "--save", "answer.json"], cwd=cwd, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "DEEPFAKE_KEY_FILE": str(stale)})
         assert answer.stdout.strip().endswith("NO-TORCH 0"), answer.stdout[-1000:] + answer.stderr[-1000:]
+        assert f"skipped {stale}" in answer.stderr
         assert '"status": 200' in (cwd / "answer.json").read_text()
     finally:
         server.send_signal(signal.SIGINT)

@@ -1,7 +1,9 @@
 """A real TorchServe serving real archives: REST, gRPC, versions, batching, bad inputs."""
 
+import http.server
 import json
 import stat
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,8 +15,9 @@ import torch
 from deepfake_serving import samples
 from deepfake_serving.pipeline import ImagePipeline
 from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import GrpcClient, RestClient
+from deepfake_serving.serving.client import NO_RETRY, GrpcClient, RestClient, TritonClient
 from deepfake_serving.serving.grpc_stubs import management_pb2, management_pb2_grpc
+from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
 from helpers import box_inside, media
@@ -224,3 +227,60 @@ def test_clients_survive_a_killed_worker_under_load(server, astronaut_jpeg):
     assert len(recoveries) == 2 and answers and all(a.ok for a in answers), [a for a in answers if not a.ok][:3]
     assert sum(c.stats.retries for c in clients) > 0  # the kills did fail requests, and retries answered them
     assert sum(c.stats.gave_up for c in clients) == 0
+
+
+@pytest.mark.parametrize("shape", ["[]", '{"inference": "no"}', '{"management": {"key": 1}}', "not json at all {"])
+def test_a_key_file_of_the_wrong_shape_gives_401_with_a_message(server, astronaut_jpeg, tmp_path, shape):
+    path = tmp_path / "keys.json"
+    path.write_text(shape)
+    for client in (RestClient(server.inference_url, key_file=str(path)),
+                   GrpcClient(server.grpc_target, key_file=str(path))):
+        answer = client.predict(MODEL, astronaut_jpeg)
+        assert (answer.status, answer.body["error"]["code"]) == (401, "unauthorized"), answer.body
+        assert str(path) in answer.body["error"]["message"]
+        assert shape.startswith("not json") or "holds no keys" in answer.body["error"]["message"]
+
+
+def test_server_written_4xx_and_507_are_not_retried(server, astronaut_jpeg):
+    """TorchServe's own 400 for a 64 KB header became server_error (500) and was sent 4 times; 507 (out of
+    memory) was retried too, so a request that exhausts a worker was sent again to the fresh one."""
+    rest = RestClient(server.inference_url)
+    answer = rest.predict(MODEL, astronaut_jpeg, options={"pad": "x" * 65536})
+    assert 400 <= answer.status < 500 and answer.body["error"]["code"] in ("bad_request", "headers_too_large"), answer.body
+    assert rest.stats.retries == 0
+    assert rest.predict(MODEL, astronaut_jpeg).status == 200
+
+    hits = []
+
+    class OutOfMemory(http.server.BaseHTTPRequestHandler):  # a worker that ran out of memory cannot be made here
+        def do_POST(self):  # noqa: N802
+            hits.append(self.path)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"code": 507, "type": "InternalServerException", "message": "Out of memory"}).encode()
+            self.send_response(507)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OutOfMemory)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        oom = RestClient(f"http://127.0.0.1:{stub.server_address[1]}", key_file=None)
+        answer = oom.predict(MODEL, astronaut_jpeg)
+    finally:
+        stub.shutdown()
+    assert (answer.status, answer.body["error"]["code"]) == (507, "out_of_memory")
+    assert len(hits) == 1 and oom.stats.retries == 0
+
+
+def test_a_client_whose_server_is_gone_answers_503_in_our_format(astronaut_jpeg):
+    (port,) = free_ports(1)
+    for client in (RestClient(f"http://127.0.0.1:{port}", retry=NO_RETRY), GrpcClient(f"127.0.0.1:{port}", retry=NO_RETRY),
+                   TritonClient(f"127.0.0.1:{port}", "http", retry=NO_RETRY),
+                   TritonClient(f"127.0.0.1:{port}", "grpc", retry=NO_RETRY)):
+        answer = client.predict(MODEL, astronaut_jpeg)
+        assert answer.status in (502, 503) and answer.body["error"]["code"] == "server_unavailable", answer.body

@@ -127,7 +127,9 @@ def server_error(status: int, message: str, kind: str = "") -> dict:
     """An error the server itself wrote (not our handler), in the project's format. A 4xx of its own
     (TorchServe's 400 for oversized headers, Triton's 400 for a malformed request) stays a 4xx:
     ``bad_request`` with the server's status, never retried."""
-    code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
+    # 507 first: TorchServe names an out-of-memory worker with a generic exception type, and a request
+    # that exhausted one worker would exhaust the fresh one too.
+    code = "out_of_memory" if status == 507 else SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
     if code is None:
         code = "bad_request" if 400 <= status < 500 else "server_error"
     body = error_body(code, message or f"HTTP {status}")
