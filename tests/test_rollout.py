@@ -23,11 +23,12 @@ from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPo
 from deepfake_serving.rollout.evaluation import evaluate, labelled_files
 from deepfake_serving.rollout.files import write_atomically
 from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
-from deepfake_serving.rollout.nginx import Nginx, nginx_binary
+from deepfake_serving.rollout.nginx import Nginx
 from deepfake_serving.rollout.routing import RoutedClient, Split, bucket
 from deepfake_serving.rollout.servers import TorchServeTarget
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import Prediction, RestClient, RetryPolicy
+from deepfake_serving.serving.nginx import nginx_binary
 from deepfake_serving.serving.processes import free_ports
 from deepfake_serving.serving.torchserve import Ports, TorchServe
 from deepfake_serving.variants import get_variant

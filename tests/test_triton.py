@@ -362,3 +362,21 @@ def test_a_server_written_400_is_not_retried(server, astronaut_jpeg):
     answer = triton.predict(CLASSIFIER, astronaut_jpeg)
     assert (answer.status, answer.body["error"]["code"]) == (400, "bad_request"), answer.body
     assert triton.stats.retries == 0
+
+
+def test_bodies_over_the_transport_limit_are_refused_before_triton_reads_them(server, clip):
+    """Triton 2.45 read any body whole (150 MB over HTTP, 600 MB over gRPC reached the video model and cost
+    4.6 GB); its front refuses them with 413 in our format, sent once, and the video model never sees them."""
+    def requests_seen() -> int:
+        stats = server.statistics(VIDEO)["model_stats"][0]["inference_stats"]
+        return int(stats["success"]["count"]) + int(stats["fail"]["count"])
+
+    seen = requests_seen()
+    for protocol, target, size in (("http", server.http_url, 150), ("grpc", server.grpc_target, 600)):
+        triton = TritonClient(target, protocol)
+        answer = triton.predict(VIDEO, b"\0" * (size * 2**20))
+        assert (answer.status, answer.body["error"]["code"]) == (413, "request_too_large"), answer.body
+        assert triton.stats.retries == 0
+        triton.close()
+    assert requests_seen() == seen
+    assert TritonClient(server.grpc_target, "grpc").predict(VIDEO, clip).status == 200

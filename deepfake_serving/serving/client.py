@@ -339,6 +339,10 @@ class TritonClient(Retrying):
     @staticmethod
     def _failure(err) -> Prediction:
         message = err.message() or str(err)
+        if isinstance(message, dict):  # tritonclient's HTTP client hands over a JSON body's "error" as it is
+            if message.get("code") in CATALOGUE:  # a front's own answer in our format (the transport limit)
+                return Prediction(int(message.get("status", 500)), {"error": message})
+            message = json.dumps(message)
         try:
             error = json.loads(message[message.index("{"):])  # our models' JSON, after Triton's own prefix
             return Prediction(int(error.get("status", 500)), {"error": error})

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import os
 import secrets
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -25,9 +26,12 @@ import requests
 
 from ..threads import THREADS_ENV, worker_environment
 from .auth import ServerKeys, register_key_file, write_key_file, write_server_record
-from .processes import ServerPorts, stop_group
+from .nginx import nginx_binary
+from .processes import ServerPorts, free_ports, stop_group
+from .triton_front import FrontPorts, TritonFront
 from .triton_repository import DEFAULT_INSTANCES, REPOSITORY, compile_model_files
 
+logger = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 # Triton 2.45's API groups that need the launcher's key (the open ones: health, metadata, inference).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace", "statistics", "model-config")
@@ -114,6 +118,8 @@ class Triton:
         # Our own shared-memory prefix: a leftover segment can be told apart from another server's.
         self.shm_prefix = f"deepfake_triton_{ports.http}_"
         self.process: subprocess.Popen | None = None
+        self.front: TritonFront | None = None
+        self.listen = ports  # where tritonserver itself listens (loopback ports behind the front)
         self.keys = ServerKeys(self.workdir / "key_file.json")
 
     def _write_key(self) -> str:
@@ -149,8 +155,8 @@ class Triton:
             f"--backend-directory={self.backend_directory()}",
             "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models),
             "--disable-auto-complete-config", "--strict-readiness=true", "--exit-timeout-secs=30",
-            f"--http-address={self.ports.host}", f"--http-port={self.ports.http}",
-            f"--grpc-address={self.ports.host}", f"--grpc-port={self.ports.grpc}",
+            f"--http-address={self.listen.host}", f"--http-port={self.listen.http}",
+            f"--grpc-address={self.listen.host}", f"--grpc-port={self.listen.grpc}",
             f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
             "--allow-metrics=true", "--allow-cpu-metrics=true", "--metrics-config=summary_latencies=true",
             f"--metrics-address={self.ports.host}", f"--metrics-port={self.ports.metrics}",
@@ -159,8 +165,21 @@ class Triton:
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
         ]
 
+    def _start_front(self) -> None:
+        """nginx on the public ports (the transport limit, serving.triton_front), tritonserver on free
+        loopback ports behind it; without nginx, tritonserver on the public ports and no limit."""
+        if nginx_binary() is None:
+            logger.warning("nginx is not installed: Triton serves without a transport limit (make install)")
+            self.listen = self.ports
+            return
+        http, grpc = free_ports(2)
+        self.listen = replace(self.ports, http=http, grpc=grpc, host="127.0.0.1")
+        self.front = TritonFront(self.workdir / "front", FrontPorts(self.ports.host, self.ports.http, self.ports.grpc,
+                                                                   http, grpc)).start()
+
     def start(self, timeout: float = 240.0) -> "Triton":
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self._start_front()
         libs = str(pytriton_paths()["libs"])
         env = {
             **os.environ,
@@ -229,6 +248,9 @@ class Triton:
         stop_group(self.process, timeout)
         self.process = None
         self.log.close()
+        if self.front is not None:
+            self.front.stop()
+            self.front = None
         leftovers = self.shm_segments()
         for path in leftovers:
             path.unlink(missing_ok=True)
