@@ -7,7 +7,8 @@ clip while its worker's RSS is sampled every 50 ms.
 
 Clips: a 4K (3840x2160) 300-frame clip analysed with sampling=all; the DFDC-like 10 s 720p clip
 (linspace 32); an MPEG-TS that declares 320x240 and turns 7680x4320 after 150 frames; an MP4 whose
-sample table claims 2**32-1 frames.
+sample table claims 2**32-1 frames; 8 honest 1080p frames of faces tiled at 40 px. Image: a 1024x1024
+PNG of 625 tiled faces (sent to the image model).
 
 Run: python benchmarks/bench_hostile.py [--compare 9a7d702] [--no-served]
 """
@@ -33,8 +34,11 @@ CLIPS = {  # name: (sampling options)
     "720p_10s_linspace32": {"sampling": "linspace", "frames": 32},
     "ts_320x240_then_8k": {"sampling": "all"},
     "mp4_claims_2e32_frames": {"sampling": "all"},
+    "tiled_faces_1080p_8": {"sampling": "all"},
+    "tiled_faces_png": {"image": True},
 }
-HONEST = ("4k_300_all", "720p_10s_linspace32")  # the clips --compare also runs through the old code
+# the inputs --compare also runs through the old code
+HONEST = ("4k_300_all", "720p_10s_linspace32", "tiled_faces_1080p_8", "tiled_faces_png")
 
 CHILD = """
 import json, os, sys, time
@@ -48,17 +52,23 @@ torch.set_num_threads(2)
 from deepfake_serving.variants import create_model, get_variant
 from deepfake_serving.video import Sampling
 from deepfake_serving.video_pipeline import VideoPipeline
+from deepfake_serving.pipeline import ImagePipeline
 try:
     from deepfake_serving.errors import RequestError as Refusal
 except ImportError:
     from deepfake_serving.errors import InputError as Refusal
-pipeline = VideoPipeline(get_variant("b4-mobile"), create_model("b4-mobile"))
 options = json.loads(sys.argv[2])
+kind = ImagePipeline if options.get("image") else VideoPipeline
+pipeline = kind(get_variant("b4-mobile"), create_model("b4-mobile"))
 start = time.perf_counter()
 try:
-    answer = pipeline.analyze(open(sys.argv[1], "rb").read(), Sampling(strategy=options["sampling"],
-                              frames=options.get("frames", 32)))
-    outcome = f"200 frames={answer['frames_analyzed']}"
+    if options.get("image"):
+        answer = pipeline.predict(open(sys.argv[1], "rb").read())
+        outcome = f"200 faces={len(answer['faces'])}"
+    else:
+        answer = pipeline.analyze(open(sys.argv[1], "rb").read(), Sampling(strategy=options["sampling"],
+                                  frames=options.get("frames", 32)))
+        outcome = f"200 frames={answer['frames_analyzed']}"
 except Refusal as err:
     outcome = f"{err.status} {err.code}"
 except MemoryError:
@@ -71,9 +81,8 @@ print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome, "p
 
 def make_clips(directory: Path) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
-    import media  # the test corpus's builders
-
     from deepfake_serving import samples
+    from helpers import media  # the test corpus's builders
 
     builders = {
         "4k_300_all": lambda: samples.encode_video(samples.moving_face_frames(300, size=(3840, 2160)), "mp4"),
@@ -81,6 +90,8 @@ def make_clips(directory: Path) -> dict[str, Path]:
                                                            "mp4", fps=30),
         "ts_320x240_then_8k": lambda: media.resolution_switch_ts(small=150),
         "mp4_claims_2e32_frames": media.claims_frames,
+        "tiled_faces_1080p_8": media.tiled_faces_clip,
+        "tiled_faces_png": media.tiled_faces_png,
     }
     paths = {}
     for name, build in builders.items():
@@ -117,9 +128,10 @@ def served(clips: dict[str, Path], workdir: Path) -> dict:
         client = RestClient(server.inference_url, timeout=3600)
         results["corpus_with_good_traffic"] = corpus_under_good_traffic(server)
         print(f"served     corpus + good traffic       {results['corpus_with_good_traffic']}", flush=True)
-        (pid,) = server.worker_pids("b4-mobile-video")
-        worker = psutil.Process(pid)
         for name, path in clips.items():
+            model = "b4-mobile" if CLIPS[name].get("image") else "b4-mobile-video"
+            (pid,) = server.worker_pids(model)
+            worker = psutil.Process(pid)
             baseline = worker.memory_info().rss
             peak, done = [baseline], threading.Event()
 
@@ -134,15 +146,17 @@ def served(clips: dict[str, Path], workdir: Path) -> dict:
             sampler = threading.Thread(target=sample)
             sampler.start()
             start = time.perf_counter()
-            answer = client.predict("b4-mobile-video", path.read_bytes(), options=CLIPS[name])
+            options = None if model == "b4-mobile" else CLIPS[name]
+            answer = client.predict(model, path.read_bytes(), options=options)
             seconds = time.perf_counter() - start
             done.set()
             sampler.join()
-            outcome = (f"200 frames={answer.body['frames_analyzed']}" if answer.ok
-                       else f"{answer.status} {answer.body['error']['code']}")
+            found = f"faces={len(answer.body.get('faces', []))}" if model == "b4-mobile" else \
+                f"frames={answer.body.get('frames_analyzed')}"
+            outcome = f"200 {found}" if answer.ok else f"{answer.status} {answer.body['error']['code']}"
             results[name] = {"seconds": seconds, "outcome": outcome, "worker_rss_before_mb": baseline / 2**20,
                              "worker_peak_rss_mb": max(peak) / 2**20,
-                             "worker_pid_unchanged": server.worker_pids("b4-mobile-video") == [pid]}
+                             "worker_pid_unchanged": server.worker_pids(model) == [pid]}
     return results
 
 
@@ -151,14 +165,16 @@ def corpus_under_good_traffic(server, rounds: int = 3) -> dict:
     photographs and clips: how many good requests failed, and whether every bad one got its own code."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import media
-
     from deepfake_serving import samples
     from deepfake_serving.serving.client import RestClient
+    from helpers import media
 
     clip = samples.encode_video(samples.moving_face_frames(20, size=(320, 240)), "mp4")
     bad = [("b4-mobile", data, code, None) for data, _, code in media.BAD_IMAGES.values()]
     bad += [("b4-mobile-video", make(clip), code, {"sampling": "all"}) for make, _, code in media.BAD_VIDEOS.values()]
+    # heavy but honest: answered 200 (code None is a good request's; these count as the corpus's)
+    bad += [("b4-mobile", media.tiled_faces_png(), "", None),
+            ("b4-mobile-video", media.tiled_faces_clip(), "", {"sampling": "all"})]
     good = [("b4-mobile", samples.astronaut_jpeg(), None, None), ("b4-mobile-video", clip, None, {"frames": 4})]
     jobs = bad * rounds
     jobs += good * (len(jobs) // 2)
@@ -173,6 +189,7 @@ def corpus_under_good_traffic(server, rounds: int = 3) -> dict:
         answers = list(pool.map(send, jobs))
     good_failed = sum(1 for code, answer in answers if code is None and not answer.ok)
     wrong_code = sum(1 for code, answer in answers if code and answer.body.get("error", {}).get("code") != code)
+    wrong_code += sum(1 for code, answer in answers if code == "" and not answer.ok)  # tiled faces: must be 200
     return {"requests": len(answers), "good": sum(1 for code, _ in answers if code is None),
             "good_failed": good_failed, "bad_with_a_wrong_code": wrong_code}
 

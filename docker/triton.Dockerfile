@@ -36,12 +36,14 @@ CMD set -e; \
     # bytecode now, not by the stubs while loading: a directory changed after its load makes Triton
     # reload that model from its on-disk config at the next ensemble load (see deepfake_serving/serving/triton_repository.py)
     python3 -m compileall -q model_repository; \
-    # the repository API (a load request can carry code) only with this key, as the launcher does
+    # every API but inference, health and metadata only with this key, as the launcher does (a load
+    # request can carry code; the shared-memory API can abort the server). No transport limit here:
+    # put the nginx front of deepfake_serving/serving/triton_front.py (or your ingress's body limit) before it.
     KEY=${REPOSITORY_KEY:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
     install -d -m 0700 /run/deepfake; \
     (umask 077; printf '{"management": {"key": "%s"}}' "$KEY" > /run/deepfake/key_file.json); \
     exec tritonserver --model-repository=/opt/deepfake-serving/model_repository \
         --model-control-mode=explicit --load-model="$MODEL" --load-model="${MODEL}_video" \
         --disable-auto-complete-config \
-        --http-restricted-api="model-repository:authorization=Bearer $KEY" \
-        --grpc-restricted-protocol="model-repository:authorization=Bearer $KEY"
+        --http-restricted-api="model-repository,shared-memory,logging,trace,statistics,model-config:authorization=Bearer $KEY" \
+        --grpc-restricted-protocol="model-repository,shared-memory,logging,trace,statistics,model-config:authorization=Bearer $KEY"

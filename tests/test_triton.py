@@ -6,11 +6,13 @@ import json
 import re
 import stat
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 import torch
@@ -23,7 +25,7 @@ from deepfake_serving.pipeline import ImageFaceStage
 from deepfake_serving.serving.archive import build_archive
 from deepfake_serving.serving.client import RestClient, TritonClient
 from deepfake_serving.serving.torchserve import Ports, TorchServe
-from deepfake_serving.serving.triton import Triton, TritonPorts
+from deepfake_serving.serving.triton import RESTRICTED_APIS, Triton, TritonPorts
 from deepfake_serving.serving.triton_repository import build_classifier_version, render_configs, write_configs
 from deepfake_serving.variants import create_model, get_variant, list_variants
 from helpers import media
@@ -380,3 +382,36 @@ def test_bodies_over_the_transport_limit_are_refused_before_triton_reads_them(se
         triton.close()
     assert requests_seen() == seen
     assert TritonClient(server.grpc_target, "grpc").predict(VIDEO, clip).status == 200
+
+
+def test_the_container_restricts_the_apis_the_launcher_restricts():
+    dockerfile = (Path(__file__).resolve().parents[1] / "docker" / "triton.Dockerfile").read_text()
+    assert dockerfile.count(f'restricted-api="{",".join(RESTRICTED_APIS)}:') == 1
+    assert dockerfile.count(f'restricted-protocol="{",".join(RESTRICTED_APIS)}:') == 1
+
+
+def test_tiled_faces_keep_every_stub_within_the_memory_budget(server, astronaut_jpeg):
+    """The tiled-faces PNG took Triton's preprocess stub to 3.9 GB; with MTCNN's caps every stub that
+    detects (preprocess and video) stays under 2 GB, and the next good answer is a 200."""
+    triton = TritonClient(server.http_url)
+    for model, data in ((VARIANT, media.tiled_faces_png()), (VIDEO, media.tiled_faces_clip())):
+        stubs = [psutil.Process(pid) for pid in server.stub_pids()]
+        peak, done = {s.pid: 0 for s in stubs}, threading.Event()
+
+        def sample():
+            while not done.is_set():
+                for stub in stubs:
+                    peak[stub.pid] = max(peak[stub.pid], stub.memory_info().rss)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            answer = triton.predict(model, data)
+        finally:
+            done.set()
+            sampler.join()
+        print(f"{model}: stub peaks {sorted(p // 2**20 for p in peak.values())} MB")
+        assert answer.status == 200, answer.body
+        assert max(peak.values()) < 2 * 2**30
+    assert triton.predict(VARIANT, astronaut_jpeg).status == 200
