@@ -10,7 +10,7 @@ Clips: a 4K (3840x2160) 300-frame clip analysed with sampling=all; the DFDC-like
 sample table claims 2**32-1 frames; 8 honest 1080p frames of faces tiled at 40 px. Image: a 1024x1024
 PNG of 625 tiled faces (sent to the image model).
 
-Run: python benchmarks/bench_hostile.py [--compare 9a7d702] [--no-served]
+Run: python benchmarks/bench_hostile.py [--compare 9a7d702] [--no-served] [--inputs tiled_faces_png ...]
 """
 
 from __future__ import annotations
@@ -198,9 +198,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", help="a git revision to run side by side in process (e.g. 9a7d702)")
     parser.add_argument("--no-served", action="store_true")
+    parser.add_argument("--inputs", nargs="+", choices=list(CLIPS), help="only these inputs (default: all)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    clips = make_clips(RESULTS)
+    clips = {name: path for name, path in make_clips(RESULTS).items() if not args.inputs or name in args.inputs}
     out: dict = {"in_process": {}, "served": {}}
     with tempfile.TemporaryDirectory() as tmp:
         codes = {"this tree": None}
