@@ -129,7 +129,10 @@ def server_error(status: int, message: str, kind: str = "") -> dict:
     ``bad_request`` with the server's status, never retried."""
     # 507 first: TorchServe names an out-of-memory worker with a generic exception type, and a request
     # that exhausted one worker would exhaust the fresh one too.
-    code = "out_of_memory" if status == 507 else SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
+    # TorchServe answers a killed worker's batch 507 "Worker died." as well: that one is retried.
+    died = "Worker died" in message
+    code = "out_of_memory" if status == 507 and not died else SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
+    code = "worker_failed" if died else code
     if code is None:
         code = "bad_request" if 400 <= status < 500 else "server_error"
     body = error_body(code, message or f"HTTP {status}")
