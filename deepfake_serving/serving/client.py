@@ -127,12 +127,14 @@ def server_error(status: int, message: str, kind: str = "") -> dict:
     """An error the server itself wrote (not our handler), in the project's format. A 4xx of its own
     (TorchServe's 400 for oversized headers, Triton's 400 for a malformed request) stays a 4xx:
     ``bad_request`` with the server's status, never retried."""
-    # 507 first: TorchServe names an out-of-memory worker with a generic exception type, and a request
-    # that exhausted one worker would exhaust the fresh one too.
-    # TorchServe answers a killed worker's batch 507 "Worker died." as well: that one is retried.
-    died = "Worker died" in message
-    code = "out_of_memory" if status == 507 and not died else SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
-    code = "worker_failed" if died else code
+    # TorchServe answers a killed worker's batch "Worker died." (500 or 507): retryable. Any other 507
+    # is out of memory whatever the exception type says: the same request would exhaust a fresh worker.
+    if "Worker died" in message:
+        code = "worker_failed"
+    elif status == 507:
+        code = "out_of_memory"
+    else:
+        code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
     if code is None:
         code = "bad_request" if 400 <= status < 500 else "server_error"
     body = error_body(code, message or f"HTTP {status}")
