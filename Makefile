@@ -42,16 +42,16 @@ triton: install  ## build classifier version 1 (random weights unless CHECKPOINT
 	$(VENV)/bin/deepfake-serving triton serve --variant $(or $(VARIANT),b4-mobile) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 triton-configs: install  ## regenerate model_repository/*/config.pbtxt and model.py from the variant registry
-	$(PY) -c "from deepfake_serving.serving.triton_repository import write_configs; write_configs()"
+	$(PY) -c "from deepfake_serving.serving.launch.triton_repository import write_configs; write_configs()"
 
 loadtest: install  ## Locust vs a demo server: make loadtest TARGET=torchserve-rest|torchserve-grpc|triton-http|triton-grpc [WORKERS=2]
 	$(PY) loadtests/run.py --target $(or $(TARGET),torchserve-rest) --workers $(or $(WORKERS),0)
 
 grpc-stubs: install  ## regenerate the committed stubs from TorchServe's own protos
-	$(PY) -m deepfake_serving.serving.grpc_codegen
+	$(PY) -m deepfake_serving.serving.client.grpc_codegen
 
 docs: install  ## regenerate the README's error tables from deepfake_serving/errors.py
-	$(PY) -m deepfake_serving.errors README.md
+	$(PY) -m deepfake_serving.core.errors README.md
 
 clean:
 	rm -rf runtime model_store/*.mar

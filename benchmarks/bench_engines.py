@@ -39,9 +39,10 @@ import psutil
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from deepfake_serving import samples  # noqa: E402
-from deepfake_serving.bundle import load_bundle, load_video_bundle, write_bundle  # noqa: E402
-from deepfake_serving.manifest import MANIFEST_NAME  # noqa: E402
+from deepfake_serving.builder import write_bundle
+from deepfake_serving.bundle.manifest import MANIFEST_NAME  # noqa: E402
+from deepfake_serving.media import samples  # noqa: E402
+from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,11 +74,11 @@ def interleaved(candidates: dict, rounds: int) -> dict[str, float]:
 
 def face_crops(size: int, count: int) -> list[np.ndarray]:
     """Real face crops (the astronaut and the two-face picture) ready for a ``size`` input."""
-    from deepfake_serving.pipeline import ImageFaceStage
+    from deepfake_serving.pipeline.image import ImagePreprocessor
     from deepfake_serving.variants import get_variant
 
     variant = "b4-mobile" if size == 224 else "b7-dfdc"
-    stage = ImageFaceStage(get_variant(variant))
+    stage = ImagePreprocessor(get_variant(variant))
     crops = [c for item in stage.prepare([samples.astronaut_jpeg(), samples.encode(samples.two_faces())])
              for c in item.crops]
     return (crops * count)[:count]
@@ -86,8 +87,10 @@ def face_crops(size: int, count: int) -> list[np.ndarray]:
 def section_faces(args) -> dict:
     import torch
 
-    from deepfake_serving.engines import GRAPH_RUNTIMES, Device, GraphScorer, TorchScorer
-    from deepfake_serving.onnx_export import export_onnx
+    from deepfake_serving.builder.export import export_onnx
+    from deepfake_serving.engines import GRAPH_ENGINES, Device, graph_runtime
+    from deepfake_serving.engines.scorers import GraphScorer
+    from deepfake_serving.engines.torch_engine import TorchScorer
     from deepfake_serving.variants import create_model, get_variant
 
     torch.set_num_threads(THREADS)
@@ -99,8 +102,8 @@ def section_faces(args) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             data = export_onnx(variant, [model], Path(tmp) / "g.onnx").read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        graphs = {engine: runtime(data, "g.onnx", digest, THREADS, Device()) for engine, runtime in GRAPH_RUNTIMES.items()}
-        graphs["openvino-bf16"] = GRAPH_RUNTIMES["openvino"](data, "g.onnx", digest, THREADS, precision="bf16")
+        graphs = {engine: graph_runtime(engine, data, "g.onnx", digest, THREADS, Device()) for engine in GRAPH_ENGINES}
+        graphs["openvino-bf16"] = graph_runtime("openvino", data, "g.onnx", digest, THREADS, precision="bf16")
         crops = face_crops(variant.preprocessing.input_size, 8)
         for batch in (1, 4, 8):
             scorers = {**{e: GraphScorer(g, variant, batch) for e, g in graphs.items()},
@@ -117,9 +120,9 @@ def section_detect(args) -> dict:
     import torch
     from facenet_pytorch import MTCNN
 
-    from deepfake_serving.faces import shrink
-    from deepfake_serving.mtcnn import OnnxMTCNN
-    from deepfake_serving.video import Sampling, decode_video
+    from deepfake_serving.faces.detector import shrink
+    from deepfake_serving.faces.mtcnn import OnnxMTCNN
+    from deepfake_serving.media.video import Sampling, decode_video
 
     torch.set_num_threads(THREADS)
     clip = samples.encode_video(samples.moving_face_frames(60, size=(1280, 720)), "mp4")
@@ -148,9 +151,9 @@ def rss_mb(pid: int) -> float:
 
 
 def section_image(args) -> dict:
-    from deepfake_serving.serving.archive import build_archive
-    from deepfake_serving.serving.client import RestClient
-    from deepfake_serving.serving.torchserve import Ports, TorchServe
+    from deepfake_serving.serving.client.clients import RestClient
+    from deepfake_serving.serving.launch.archive import build_archive
+    from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
     image = samples.astronaut_jpeg()
     out = {}
@@ -158,7 +161,7 @@ def section_image(args) -> dict:
         tmp = Path(tmp)
         write_bundle(tmp / "bundle", "b4-mobile", "bench")
         for engine in ENGINES:
-            pipeline = load_bundle(tmp / "bundle", engine=engine, threads=THREADS)
+            pipeline = load_image_pipeline(tmp / "bundle", engine=engine, threads=THREADS)
             batch = [image] * 8
             s = median_seconds(lambda: pipeline.predict_batch(batch), 6)
             out[f"in-process {engine} req/s"] = round(8 / s, 2)
@@ -199,8 +202,8 @@ assert deepfake_serving.__file__.startswith(os.environ["BENCH_CODE"]), deepfake_
 import torch
 torch.set_num_threads(2)
 from deepfake_serving.variants import create_model, get_variant
-from deepfake_serving.video import Sampling
-from deepfake_serving.video_pipeline import VideoPipeline
+from deepfake_serving.media.video import Sampling
+from deepfake_serving.pipeline.video import VideoPipeline
 torch.manual_seed(0)
 pipeline = VideoPipeline(get_variant("b7-dfdc"), create_model("b7-dfdc"))
 data = open(sys.argv[1], "rb").read()
@@ -226,10 +229,10 @@ def old_revision(rev: str, clip: Path, rounds: int) -> dict:
 def section_video(args) -> dict:
     import torch
 
-    from deepfake_serving.serving.archive import build_archive
-    from deepfake_serving.serving.client import RestClient
-    from deepfake_serving.serving.torchserve import Ports, TorchServe
-    from deepfake_serving.video import Sampling
+    from deepfake_serving.media.video import Sampling
+    from deepfake_serving.serving.client.clients import RestClient
+    from deepfake_serving.serving.launch.archive import build_archive
+    from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
     torch.set_num_threads(THREADS)
     out = {}
@@ -247,7 +250,7 @@ def section_video(args) -> dict:
         (tmp / "bundle-bf16" / MANIFEST_NAME).write_text(json.dumps(manifest))
         for engine in (*ENGINES, "openvino-bf16"):
             bundle = tmp / ("bundle-bf16" if engine == "openvino-bf16" else "bundle")
-            pipeline = load_video_bundle(bundle, engine=engine.removesuffix("-bf16"), threads=THREADS)
+            pipeline = load_video_pipeline(bundle, engine=engine.removesuffix("-bf16"), threads=THREADS)
             pipeline.analyze(data, Sampling(frames=32))
             out[f"in-process {engine} s"] = round(median_seconds(lambda: pipeline.analyze(data, Sampling(frames=32)),
                                                                  args.video_rounds), 2)
@@ -271,10 +274,10 @@ def section_video(args) -> dict:
 
 
 def section_triton(args) -> dict:
-    from deepfake_serving.naming import model_names
-    from deepfake_serving.serving.client import TritonClient
-    from deepfake_serving.serving.triton import Triton, TritonPorts
-    from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
+    from deepfake_serving.core.naming import model_names
+    from deepfake_serving.serving.client.clients import TritonClient
+    from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+    from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
 
     out = {}
     names = model_names("b4-mobile")
@@ -297,9 +300,9 @@ def section_triton(args) -> dict:
 
 
 def section_canary(args) -> dict:
-    from deepfake_serving.serving.archive import build_archive
-    from deepfake_serving.serving.client import RestClient
-    from deepfake_serving.serving.torchserve import Ports, TorchServe
+    from deepfake_serving.serving.client.clients import RestClient
+    from deepfake_serving.serving.launch.archive import build_archive
+    from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
     image = samples.astronaut_jpeg()
     out = {}

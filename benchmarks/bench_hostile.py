@@ -50,13 +50,13 @@ assert deepfake_serving.__file__.startswith(os.environ.get("BENCH_CODE", "")), d
 import torch
 torch.set_num_threads(2)
 from deepfake_serving.variants import create_model, get_variant
-from deepfake_serving.video import Sampling
-from deepfake_serving.video_pipeline import VideoPipeline
-from deepfake_serving.pipeline import ImagePipeline
+from deepfake_serving.media.video import Sampling
+from deepfake_serving.pipeline.video import VideoPipeline
+from deepfake_serving.pipeline.image import ImagePipeline
 try:
-    from deepfake_serving.errors import RequestError as Refusal
+    from deepfake_serving.core.errors import RequestError as Refusal
 except ImportError:
-    from deepfake_serving.errors import InputError as Refusal
+    from deepfake_serving.core.errors import InputError as Refusal
 options = json.loads(sys.argv[2])
 kind = ImagePipeline if options.get("image") else VideoPipeline
 pipeline = kind(get_variant("b4-mobile"), create_model("b4-mobile"))
@@ -81,7 +81,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome, "p
 
 def make_clips(directory: Path) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from deepfake_serving import samples
+    from deepfake_serving.media import samples
     from helpers import media  # the test corpus's builders
 
     builders = {
@@ -115,9 +115,9 @@ def in_process(clip: Path, options: dict, pythonpath: str | None) -> dict:
 
 
 def served(clips: dict[str, Path], workdir: Path) -> dict:
-    from deepfake_serving.serving.archive import build_archive
-    from deepfake_serving.serving.client import RestClient
-    from deepfake_serving.serving.torchserve import Ports, TorchServe
+    from deepfake_serving.serving.client.clients import RestClient
+    from deepfake_serving.serving.launch.archive import build_archive
+    from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
     store = workdir / "store"
     archive = build_archive("b4-mobile", "1.0", export_path=store, media="video")
@@ -165,8 +165,8 @@ def corpus_under_good_traffic(server, rounds: int = 3) -> dict:
     photographs and clips: how many good requests failed, and whether every bad one got its own code."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from deepfake_serving import samples
-    from deepfake_serving.serving.client import RestClient
+    from deepfake_serving.media import samples
+    from deepfake_serving.serving.client.clients import RestClient
     from helpers import media
 
     clip = samples.encode_video(samples.moving_face_frames(20, size=(320, 240)), "mp4")

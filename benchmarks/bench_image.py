@@ -31,14 +31,15 @@ import psutil
 import requests
 import torch
 
-from deepfake_serving import samples
-from deepfake_serving.bundle import load_bundle, write_bundle
-from deepfake_serving.naming import model_names
-from deepfake_serving.serving.archive import DEFAULT_MODEL_CONFIG, build_archive
-from deepfake_serving.serving.client import TritonClient
-from deepfake_serving.serving.torchserve import Ports, TorchServe
-from deepfake_serving.serving.triton import Triton, TritonPorts
-from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
+from deepfake_serving.builder import write_bundle
+from deepfake_serving.core.naming import model_names
+from deepfake_serving.media import samples
+from deepfake_serving.pipeline import load_image_pipeline
+from deepfake_serving.serving.client.clients import TritonClient
+from deepfake_serving.serving.launch.archive import DEFAULT_MODEL_CONFIG, build_archive
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
+from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
 from deepfake_serving.variants import create_model, list_variants
 
 RESULTS = Path(__file__).parent / "results"
@@ -124,7 +125,7 @@ def _init_worker(variant: str, threads: int) -> None:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         write_bundle(tmp, variant, "bench")
-        _PIPELINE = load_bundle(tmp)
+        _PIPELINE = load_image_pipeline(tmp)
 
 
 def _run_batch(images: list[bytes]) -> int:

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     bundle_dir = tempfile.mkdtemp(prefix="bundle-")
-    subprocess.run([sys.executable, "-c", "import sys; from deepfake_serving.bundle import write_bundle; "
+    subprocess.run([sys.executable, "-c", "import sys; from deepfake_serving.builder import write_bundle; "
                     "write_bundle(sys.argv[1], sys.argv[2], '1')", bundle_dir, args.variant], check=True)
     rows = [("python", rss())]
     if args.engine == "torch":
@@ -37,10 +37,10 @@ def main() -> None:
         rows.append(("import torch, torchvision", rss()))
     import onnxruntime  # noqa: F401
 
-    from deepfake_serving import samples
-    from deepfake_serving.bundle import load_bundle
+    from deepfake_serving.media import samples
+    from deepfake_serving.pipeline import load_image_pipeline
     rows.append(("import onnxruntime, deepfake_serving", rss()))
-    pipeline = load_bundle(bundle_dir, engine=args.engine, threads=args.threads)
+    pipeline = load_image_pipeline(bundle_dir, engine=args.engine, threads=args.threads)
     rows.append((f"classifier ({args.engine}) + MTCNN (ONNX Runtime)", rss()))
     image = samples.astronaut_jpeg()
     pipeline.predict(image)

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "loadtests"))
 
 from run import demo_server  # noqa: E402
 
-from deepfake_serving import samples  # noqa: E402
-from deepfake_serving.naming import model_names  # noqa: E402
-from deepfake_serving.serving.client import NO_RETRY, RestClient, TritonClient  # noqa: E402
+from deepfake_serving.core.naming import model_names  # noqa: E402
+from deepfake_serving.media import samples  # noqa: E402
+from deepfake_serving.serving.client.clients import NO_RETRY, RestClient, TritonClient  # noqa: E402
 
 VARIANT = "b4-mobile"
 

@@ -10,22 +10,22 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL_STORE = "model_store"
-DEFAULT_WORKDIR = "runtime/torchserve"  # deepfake_serving.serving.auth looks for key files here
+DEFAULT_WORKDIR = "runtime/torchserve"  # deepfake_serving.serving.client.auth looks for key files here
 DEFAULT_TRITON_WORKDIR = "runtime/triton"
 
 
 def cmd_variants(args) -> int:
-    from .variants import get_variant, list_variants
+    from deepfake_serving.variants import get_variant, list_variants
 
     for name in list_variants():
         v = get_variant(name)
-        print(json.dumps({"name": name, "seed": v.seed, "description": v.description, "output": v.output,
+        print(json.dumps({"name": name, "source_document": v.source_document, "description": v.description, "output": v.output,
                           "preprocessing": v.preprocessing.to_dict()}))
     return 0
 
 
 def cmd_archive(args) -> int:
-    from .serving.archive import build_archive
+    from deepfake_serving.serving.launch.archive import build_archive
 
     config = {}
     if args.workers:
@@ -43,7 +43,7 @@ def cmd_archive(args) -> int:
 
 
 def _start_server(args, models: list[str]):
-    from .serving.torchserve import Ports, TorchServe
+    from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     return TorchServe(args.model_store, args.workdir, models=models, ports=_ports(Ports, args)).start()
@@ -93,10 +93,10 @@ def cmd_serve(args) -> int:
 
 def cmd_demo(args) -> int:
     """Build a demo archive (random weights, flagged untrained), serve it, and predict a real face."""
-    from . import samples
-    from .naming import archive_file_name
-    from .serving.archive import build_archive
-    from .serving.client import GrpcClient, RestClient
+    from deepfake_serving.core.naming import archive_file_name
+    from deepfake_serving.media import samples
+    from deepfake_serving.serving.client.clients import GrpcClient, RestClient
+    from deepfake_serving.serving.launch.archive import build_archive
 
     mar = Path(args.model_store) / archive_file_name(args.variant, "1.0")
     if not mar.exists():
@@ -141,8 +141,8 @@ def _predict_video(client, model: str, data: bytes, args):
 
 def cmd_triton_build(args) -> int:
     """Write the variant's configs into the repository (if missing) and export one classifier version."""
-    from .naming import model_names
-    from .serving.triton_repository import build_classifier_version, write_configs
+    from deepfake_serving.core.naming import model_names
+    from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
 
     if not (Path(args.repository) / model_names(args.variant)["classifier"] / "config.pbtxt").exists():
         write_configs(args.repository, [args.variant])
@@ -153,9 +153,9 @@ def cmd_triton_build(args) -> int:
 
 def cmd_triton_serve(args) -> int:
     """Build classifier version 1 when it is missing (or from --checkpoint), then serve the variant."""
-    from .naming import model_names
-    from .serving.triton import Triton, TritonPorts
-    from .serving.triton_repository import built_versions
+    from deepfake_serving.core.naming import model_names
+    from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+    from deepfake_serving.serving.launch.triton_repository import built_versions
 
     if args.checkpoint or not built_versions(args.variant, args.repository):
         args.version, args.label, args.seed = 1, None, 0
@@ -171,10 +171,10 @@ def cmd_triton_serve(args) -> int:
 
 def cmd_rollout(args) -> int:
     """Register the candidate archive next to the serving version and take it through every step."""
-    from . import samples
-    from .rollout.audit import AuditLog
-    from .rollout.controller import Rollout, RolloutError, RolloutPolicy, RolloutStopped, stop_on_signals
-    from .rollout.servers import TorchServeTarget, TritonTarget
+    from deepfake_serving.media import samples
+    from deepfake_serving.rollout.audit import AuditLog
+    from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy, RolloutStopped, stop_on_signals
+    from deepfake_serving.rollout.targets import TorchServeTarget, TritonTarget
 
     if args.abort:
         args.model = args.abort
@@ -195,7 +195,7 @@ def cmd_rollout(args) -> int:
     if args.nginx_prefix:
         if args.backend != "torchserve":
             raise CommandError("--nginx-prefix: nginx's split_clients fronts TorchServe")
-        from .rollout.nginx import Nginx
+        from deepfake_serving.rollout.nginx import Nginx
 
         on_split = Nginx.attach(args.nginx_prefix).apply
     state = Path(args.state_dir)
@@ -227,9 +227,9 @@ def split_file(state_dir: str | Path, model: str) -> Path:
 def cmd_nginx(args) -> int:
     """nginx in front of TorchServe with the model's current split (the rollout's split file when
     there is one, else everyone on the default version); ``rollout --nginx-prefix`` reloads it."""
-    from .rollout.nginx import Nginx
-    from .rollout.routing import Split
-    from .rollout.servers import TorchServeTarget
+    from deepfake_serving.rollout.nginx import Nginx
+    from deepfake_serving.rollout.routing import Split
+    from deepfake_serving.rollout.targets import TorchServeTarget
 
     current = split_file(args.state_dir, args.model)
     if current.exists():
@@ -244,7 +244,7 @@ def cmd_nginx(args) -> int:
 
 
 def cmd_kserve(args) -> int:
-    from .rollout.kserve import inference_service, to_yaml
+    from deepfake_serving.rollout.kserve import inference_service, to_yaml
 
     print(to_yaml(inference_service(args.name, args.backend, args.storage_uri, args.canary, args.candidate_version)),
           end="")
@@ -252,7 +252,7 @@ def cmd_kserve(args) -> int:
 
 
 def cmd_key(args) -> int:
-    from .serving.auth import ServerKeys
+    from deepfake_serving.serving.client.auth import ServerKeys
 
     url = args.url or ("127.0.0.1:8000" if args.backend == "triton" else "http://127.0.0.1:8080")
     keys = ServerKeys.for_url(url, args.key_file)
@@ -266,9 +266,9 @@ def cmd_key(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .formats import video_container
-    from .naming import video_model
-    from .serving.client import make_client
+    from deepfake_serving.core.formats import video_container
+    from deepfake_serving.core.naming import video_model
+    from deepfake_serving.serving.client.clients import make_client
 
     if args.backend == "triton" and args.stream:
         raise CommandError("--stream needs TorchServe (Triton's video model answers once)")
@@ -295,7 +295,7 @@ def cmd_visualize(args) -> int:
     """Render seed 001's overlay video and a score plot from a saved response, without the model."""
     from tqdm import tqdm
 
-    from .visualize import plot_scores, render_overlay
+    from deepfake_serving.evaluation.visualize import plot_scores, render_overlay
 
     response = json.loads(Path(args.response).read_text())
     if response.get("media_type") != "video":
@@ -315,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .engines import DEFAULT_ENGINE, ENGINES
-    from .quantize import MODES as QUANTIZE_MODES
+    from deepfake_serving.builder.quantize import MODES as QUANTIZE_MODES
+    from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
 
     sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
 
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["demo"].add_argument("--variant", default="b4-mobile")
     sub.choices["demo"].add_argument("--exit", action="store_true", help="stop the server after the prediction")
 
-    from .serving.triton_repository import REPOSITORY
+    from deepfake_serving.serving.launch.triton_repository import REPOSITORY
 
     triton = sub.add_parser("triton", help="build and serve the Triton model repository").add_subparsers(
         dest="triton_command", required=True)

@@ -22,12 +22,12 @@ from pathlib import Path
 from grpc.experimental import gevent as grpc_gevent
 from locust import User, between, events, tag, task
 from locust.runners import WorkerRunner
+from thresholds import Observed, breaches, load_thresholds  # beside this file: Locust puts its folder on sys.path
 
-from deepfake_serving import samples
-from deepfake_serving.naming import video_model
+from deepfake_serving.core.naming import video_model
+from deepfake_serving.media import samples
 from deepfake_serving.rollout.routing import RoutedClient, RoutedTritonClient
-from deepfake_serving.serving.client import GrpcClient, RestClient, TritonClient
-from deepfake_serving.serving.thresholds import Observed, breaches, load_thresholds
+from deepfake_serving.serving.client.clients import GrpcClient, RestClient, TritonClient
 
 grpc_gevent.init_gevent()  # gRPC's own threads would block Locust's gevent loop
 

@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from deepfake_serving.core.naming import video_model
 from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
-from deepfake_serving.naming import video_model
-from deepfake_serving.serving.processes import free_ports
+from deepfake_serving.serving.launch.processes import free_ports
 
 HERE = Path(__file__).parent
 TARGETS = {  # target → (Locust user class, backend, protocol)
@@ -35,8 +35,8 @@ def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT
     """The variant on random (seeded) weights: an image and a video model, on free loopback ports. Yields
     the addresses by protocol, and the launcher as ``server``."""
     if backend == "torchserve":
-        from deepfake_serving.serving.archive import build_archive
-        from deepfake_serving.serving.torchserve import Ports, TorchServe
+        from deepfake_serving.serving.launch.archive import build_archive
+        from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
         store = workdir / "store"
         image = build_archive(variant, "1.0", export_path=store, engine=engine)
@@ -45,9 +45,9 @@ def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT
                         models=[f"{variant}={image.name}", f"{video_model(variant)}={video.name}"]) as server:
             yield {"rest": server.inference_url, "grpc": server.grpc_target, "server": server}
     else:
-        from deepfake_serving.naming import model_names
-        from deepfake_serving.serving.triton import Triton, TritonPorts
-        from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
+        from deepfake_serving.core.naming import model_names
+        from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+        from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
 
         repository = workdir / "model_repository"
         write_configs(repository, [variant])

@@ -5,8 +5,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import pytest
 import torch
 
-from deepfake_serving import samples
-from deepfake_serving.serving.client import GrpcClient, RestClient
+from deepfake_serving.media import samples
+from deepfake_serving.serving.client.clients import GrpcClient, RestClient
 
 torch.set_num_threads(2)
 

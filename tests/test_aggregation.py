@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deepfake_serving.aggregation import confident_strategy, image_score, label_for
+from deepfake_serving.core.aggregation import confident_strategy, image_score, label_for
 
 
 def scores(fakes=0, reals=0, middle=0, fake=0.9, real=0.1, mid=0.5):

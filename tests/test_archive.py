@@ -7,13 +7,13 @@ import zipfile
 import pytest
 import torch
 
-from deepfake_serving.bundle import load_bundle, write_bundle
+from deepfake_serving.builder import write_bundle
+from deepfake_serving.bundle.manifest import MANIFEST_NAME
 from deepfake_serving.cli import main
-from deepfake_serving.crops import to_array
-from deepfake_serving.errors import CheckpointError
-from deepfake_serving.manifest import MANIFEST_NAME
-from deepfake_serving.runtime import sha256_of
-from deepfake_serving.variants import create_model
+from deepfake_serving.core.digest import sha256_of
+from deepfake_serving.core.errors import CheckpointError
+from deepfake_serving.pipeline import load_image_pipeline
+from deepfake_serving.variants import create_model, to_array
 from helpers.checkpoint_formats import save_dfdc_checkpoint
 
 DFDC_NAME = "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36"
@@ -52,7 +52,7 @@ def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
     ckpt = tmp_path / "best.pth"
     torch.save({"model_state_dict": source.state_dict(), "epoch": 3}, ckpt)
     write_bundle(tmp_path / "bundle", "b4-ff", "3.0", checkpoints=[ckpt])
-    pipeline = load_bundle(tmp_path / "bundle")
+    pipeline = load_image_pipeline(tmp_path / "bundle")
     assert pipeline.weights_trained and pipeline.version == "3.0"
     answer = pipeline.predict(astronaut_jpeg)
     prepared = pipeline.prepare([astronaut_jpeg])[0]
@@ -71,7 +71,7 @@ def test_tampered_files_are_refused(tmp_path, tampered, engine):
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"{tampered} has sha256"):
-        load_bundle(tmp_path, engine=engine)
+        load_image_pipeline(tmp_path, engine=engine)
 
 
 def test_a_checkpoint_for_another_variant_is_refused_before_archiving(tmp_path, dfdc_checkpoint):
@@ -89,10 +89,10 @@ def test_a_video_archive_with_server_side_batches_is_refused(tmp_path):
 
 
 def test_several_checkpoints_are_averaged_after_the_confident_strategy(tmp_path):
-    from deepfake_serving import samples
-    from deepfake_serving.bundle import load_video_bundle
+    from deepfake_serving.media import samples
+    from deepfake_serving.pipeline import load_video_pipeline
+    from deepfake_serving.pipeline.video import VideoPipeline
     from deepfake_serving.variants import get_variant
-    from deepfake_serving.video_pipeline import VideoPipeline
 
     paths, models = [], []
     for seed in (3, 4):
@@ -108,7 +108,7 @@ def test_several_checkpoints_are_averaged_after_the_confident_strategy(tmp_path)
         z.extractall(tmp_path / "unpacked")
         config = z.read("model-config.yaml").decode()
     assert "media: video" in config and "batchSize: 1" in config
-    ensemble = load_video_bundle(tmp_path / "unpacked")
+    ensemble = load_video_pipeline(tmp_path / "unpacked")
     clip = samples.encode_video(samples.moving_face_frames(16, size=(320, 240)), "mp4")
     both = ensemble.analyze(clip)
     singles = [VideoPipeline(get_variant("b4-mobile"), m).analyze(clip)["fake_probability"] for m in models]

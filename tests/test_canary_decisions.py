@@ -7,7 +7,7 @@ import pytest
 
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
-from deepfake_serving.rollout.servers import Counters
+from deepfake_serving.rollout.targets import Counters
 
 POLICY = RolloutPolicy(watch_s=0.3, check_every_s=0.1, min_canary_requests=1, max_latency_ratio=2.0)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from deepfake_serving.checkpoints import load_checkpoint_into
-from deepfake_serving.errors import CheckpointError
+from deepfake_serving.core.errors import CheckpointError
 from deepfake_serving.variants import create_model, get_variant
+from deepfake_serving.variants.checkpoints import load_checkpoint_into
 from helpers.checkpoint_formats import save_dfdc_checkpoint
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from deepfake_serving.cli import main
-from deepfake_serving.serving import auth
+from deepfake_serving.serving.client import auth
 
 CLI = [sys.executable, "-m", "deepfake_serving.cli"]
 

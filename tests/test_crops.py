@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from deepfake_serving.crops import (
+from deepfake_serving.faces.crops import (
     center_square,
     fit_to_input,
     isotropic_resize,
     padded_crop,
     put_to_center,
-    to_array,
 )
+from deepfake_serving.variants import to_array
 
 
 def ramp(h, w):

@@ -13,19 +13,20 @@ import skimage.data
 import torch
 from facenet_pytorch import MTCNN
 
-from deepfake_serving import samples
-from deepfake_serving.bundle import load_bundle, load_video_bundle, write_bundle
+from deepfake_serving.builder import write_bundle
+from deepfake_serving.builder.export import export_onnx
+from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.cli import main
+from deepfake_serving.core.digest import sha256_of
+from deepfake_serving.core.errors import CheckpointError
+from deepfake_serving.core.threads import intra_op_threads, threads_for, worker_environment
 from deepfake_serving.engines import Device
-from deepfake_serving.errors import CheckpointError
-from deepfake_serving.faces import FaceDetector, shrink
-from deepfake_serving.manifest import GRAPH_NAME, MANIFEST_NAME
-from deepfake_serving.mtcnn import OnnxMTCNN
-from deepfake_serving.onnx_export import export_onnx
-from deepfake_serving.runtime import sha256_of
-from deepfake_serving.threads import intra_op_threads, threads_for, worker_environment
+from deepfake_serving.faces.detector import FaceDetector, shrink
+from deepfake_serving.faces.mtcnn import OnnxMTCNN
+from deepfake_serving.media import samples
+from deepfake_serving.media.video import Sampling, decode_video
+from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline
 from deepfake_serving.variants import create_model, get_variant
-from deepfake_serving.video import Sampling, decode_video
 
 THRESHOLDS = (0.7, 0.8, 0.8)
 
@@ -75,7 +76,7 @@ def test_an_images_faces_do_not_depend_on_its_neighbours(images):
 def test_a_shipped_mtcnn_graph_that_was_changed_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    from deepfake_serving import mtcnn
+    from deepfake_serving.faces import mtcnn
 
     shutil.copytree(str(mtcnn.ASSETS), tmp_path / "mtcnn")
     graph = tmp_path / "mtcnn" / "pnet.onnx"
@@ -100,7 +101,7 @@ def test_graph_engines_agree_with_torch_per_face(mobile_bundle, astronaut_jpeg, 
     manifest = json.loads((mobile_bundle / MANIFEST_NAME).read_text())
     assert manifest["engine"] == "onnxruntime" and manifest["onnx"]["opset"] == 17
     assert "torch" in manifest["onnx"]["exporter"] and manifest["onnx"]["checkpoints"] == 1
-    answers = {e: load_bundle(mobile_bundle, engine=e).predict_batch([astronaut_jpeg, two_faces_jpeg])
+    answers = {e: load_image_pipeline(mobile_bundle, engine=e).predict_batch([astronaut_jpeg, two_faces_jpeg])
                for e in (engine, "torch")}
     faces = 0
     for ours, reference in zip(answers[engine], answers["torch"]):
@@ -135,7 +136,7 @@ def test_a_graph_for_another_input_size_is_refused(mobile_bundle, tmp_path, engi
     torch.manual_seed(0)
     replace_graph(bundle, export_onnx(other, [create_model("b7-dfdc")], tmp_path / "other.onnx").read_bytes())
     with pytest.raises(CheckpointError, match=r"classifier.onnx takes input .*380.*needs \[faces, 3, 224, 224\]"):
-        load_bundle(bundle, engine=engine)
+        load_image_pipeline(bundle, engine=engine)
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
@@ -143,18 +144,18 @@ def test_a_corrupt_graph_is_refused_by_name(mobile_bundle, tmp_path, engine):
     bundle = copy_bundle(mobile_bundle, tmp_path / "b")
     replace_graph(bundle, b"\x08\x07" + b"not a protobuf" * 100)
     with pytest.raises(CheckpointError, match="classifier.onnx is not a usable ONNX graph"):
-        load_bundle(bundle, engine=engine)
+        load_image_pipeline(bundle, engine=engine)
 
 
 def test_unknown_and_unavailable_engines_are_refused(mobile_bundle, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'; known: onnxruntime, openvino, torch"):
-        load_bundle(mobile_bundle, engine="tensorrt")
+        load_image_pipeline(mobile_bundle, engine="tensorrt")
     with pytest.raises(SystemExit):
         main(["archive", "--variant", "b4-mobile", "--version", "1", "--engine", "tensorrt",
               "--export-path", str(tmp_path)])
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="the openvino engine runs on the CPU; use onnxruntime for cuda:0"):
-        load_bundle(mobile_bundle, engine="openvino", device=Device("cuda", 0))
+        load_image_pipeline(mobile_bundle, engine="openvino", device=Device("cuda", 0))
 
 
 # -- torch-free serving path --------------------------------------------------------------------------
@@ -162,11 +163,11 @@ def test_the_serving_path_imports_no_torch(mobile_bundle):
     """Image (ONNX Runtime) and video (OpenVINO) pipelines over a bundle, in a fresh interpreter."""
     code = (
         "import sys, json\n"
-        "from deepfake_serving import samples\n"
-        "from deepfake_serving.bundle import load_bundle, load_video_bundle\n"
-        f"image = load_bundle({str(mobile_bundle)!r}).predict(samples.astronaut_jpeg())\n"
+        "from deepfake_serving.media import samples\n"
+        "from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline\n"
+        f"image = load_image_pipeline({str(mobile_bundle)!r}).predict(samples.astronaut_jpeg())\n"
         "clip = samples.encode_video(samples.moving_face_frames(8, size=(320, 240)), 'mp4')\n"
-        f"video = load_video_bundle({str(mobile_bundle)!r}, engine='openvino').analyze(clip)\n"
+        f"video = load_video_pipeline({str(mobile_bundle)!r}, engine='openvino').analyze(clip)\n"
         "print(json.dumps([image['label'], video['label'], sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision', 'facenet_pytorch', 'timm'))]))\n"
     )
@@ -178,7 +179,7 @@ def test_the_serving_path_imports_no_torch(mobile_bundle):
 
 def test_video_bundle_on_each_engine_gives_the_same_verdict(mobile_bundle):
     clip = samples.encode_video(samples.moving_face_frames(12, size=(320, 240)), "mp4")
-    scores = [load_video_bundle(mobile_bundle, engine=e).analyze(clip)["fake_probability"]
+    scores = [load_video_pipeline(mobile_bundle, engine=e).analyze(clip)["fake_probability"]
               for e in ("onnxruntime", "openvino", "torch")]
     assert scores[0] == pytest.approx(scores[2], abs=1e-3) and scores[1] == pytest.approx(scores[2], abs=1e-3)
 
@@ -217,7 +218,7 @@ def face_folders(tmp_path_factory):
 
 
 def test_int8_needs_both_folders_and_faces_in_them(face_folders, tmp_path):
-    from deepfake_serving.quantize import QuantizationRefused
+    from deepfake_serving.builder.quantize import QuantizationRefused
 
     base = ["archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path), "--quantize", "int8"]
     with pytest.raises(QuantizationRefused, match="needs --calibration DIR .* and --holdout DIR"):
@@ -231,7 +232,7 @@ def test_int8_needs_both_folders_and_faces_in_them(face_folders, tmp_path):
 
 def test_int8_that_strays_from_fp32_is_refused(face_folders, tmp_path):
     """Random weights do not quantize well: the archive command measures that and writes nothing."""
-    from deepfake_serving.quantize import QuantizationRefused
+    from deepfake_serving.builder.quantize import QuantizationRefused
 
     with pytest.raises(QuantizationRefused, match=r"int8 refused: on \d+ held-out faces .*(\|Δp\||rank correlation)"):
         main(["--debug", "archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path),
@@ -245,8 +246,8 @@ def calibrated_b4_mobile(folder, seed: int = 0):
     crops (as training leaves them) and a last layer that spreads their scores (logit std 1)."""
     from torch import nn
 
-    from deepfake_serving.crops import to_array
-    from deepfake_serving.quantize import folder_faces
+    from deepfake_serving.builder.quantize import folder_faces
+    from deepfake_serving.variants import to_array
 
     variant = get_variant("b4-mobile")
     crops = folder_faces(folder, variant, "calibration")
@@ -285,7 +286,7 @@ def test_int8_within_the_limits_is_archived_with_its_proof(face_folders, calibra
     archive then carries."""
     import onnx
 
-    from deepfake_serving import quantize
+    from deepfake_serving.builder import quantize
 
     checkpoint = calibrated_checkpoint
     monkeypatch.setattr(quantize, "LIMITS", quantize.Limits(1.0, 1.0, 1.0, -1.0))
@@ -299,11 +300,11 @@ def test_int8_within_the_limits_is_archived_with_its_proof(face_folders, calibra
     ops = {node.op_type for node in onnx.load(str(tmp_path / "b" / GRAPH_NAME)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert not (tmp_path / "b" / "classifier.fp32.onnx").exists()
-    assert load_bundle(tmp_path / "b").predict(astronaut_jpeg)["face_count"] == 1
+    assert load_image_pipeline(tmp_path / "b").predict(astronaut_jpeg)["face_count"] == 1
 
 
 def test_fp16_and_bf16_need_a_holdout_and_a_graph_engine_that_runs_them(face_folders, tmp_path):
-    from deepfake_serving.quantize import QuantizationRefused
+    from deepfake_serving.builder.quantize import QuantizationRefused
 
     base = ["archive", "--variant", "b4-mobile", "--version", "1", "--export-path", str(tmp_path)]
     with pytest.raises(QuantizationRefused, match="--quantize fp16 needs --holdout DIR"):
@@ -325,9 +326,9 @@ def test_fp16_and_bf16_are_archived_with_their_proof(face_folders, calibrated_ch
     import onnx
     import openvino as ov
 
-    from deepfake_serving import quantize
-    from deepfake_serving.engines import load_scorer
-    from deepfake_serving.quantize import folder_faces
+    from deepfake_serving.builder import quantize
+    from deepfake_serving.builder.quantize import folder_faces
+    from deepfake_serving.bundle import Bundle
 
     if mode == "bf16":
         monkeypatch.setattr(quantize, "LIMITS", quantize.Limits(max_label_flip_ratio=1.0))
@@ -340,12 +341,12 @@ def test_fp16_and_bf16_are_archived_with_their_proof(face_folders, calibrated_ch
     graph = onnx.load(str(tmp_path / "b" / GRAPH_NAME))
     initializer_types = {t.data_type for t in graph.graph.initializer if len(t.dims) == 4}  # conv weights
     assert initializer_types == {onnx.TensorProto.FLOAT16 if mode == "fp16" else onnx.TensorProto.FLOAT}
-    scorer = load_scorer(tmp_path / "b")
+    scorer = Bundle.open(tmp_path / "b").scorer()
     if mode == "bf16":
         if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             pytest.skip("this CPU has no bf16 units: OpenVINO keeps f32")
         assert str(scorer.graph.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
-    fp32 = load_scorer(tmp_path / "b", engine="torch")
+    fp32 = Bundle.open(tmp_path / "b").scorer(engine="torch")
     crops = folder_faces(face_folders / "holdout", get_variant("b4-mobile"), "held-out")
     reduced, reference = scorer.scores(crops), fp32.scores(crops)
     assert 0 < np.abs(reduced - reference).max() <= 0.05

@@ -3,7 +3,7 @@ one of the test corpus's cases (tests/media.py) or named here with the test that
 
 from pathlib import Path
 
-from deepfake_serving.errors import CATALOGUE, RequestError, internal_error, with_tables
+from deepfake_serving.core.errors import CATALOGUE, RequestError, internal_error, with_tables
 from helpers import media
 
 README = Path(__file__).resolve().parents[1] / "README.md"

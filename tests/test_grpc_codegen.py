@@ -1,6 +1,6 @@
 """The committed gRPC stubs are exactly what TorchServe's own protos generate."""
 
-from deepfake_serving.serving import grpc_codegen
+from deepfake_serving.serving.client import grpc_codegen
 
 
 def test_committed_stubs_match_torchserve_protos(tmp_path):

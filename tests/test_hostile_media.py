@@ -6,13 +6,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from deepfake_serving import mtcnn, samples
-from deepfake_serving.errors import RequestError
-from deepfake_serving.mtcnn import OnnxMTCNN
-from deepfake_serving.pipeline import ImagePipeline
+from deepfake_serving.core.errors import RequestError
+from deepfake_serving.faces import mtcnn
+from deepfake_serving.faces.mtcnn import OnnxMTCNN
+from deepfake_serving.media import samples
+from deepfake_serving.media.video import Sampling, VideoLimits, decode_video
+from deepfake_serving.pipeline.image import ImagePipeline
+from deepfake_serving.pipeline.video import VideoPipeline
 from deepfake_serving.variants import create_model, get_variant
-from deepfake_serving.video import Sampling, VideoLimits, decode_video
-from deepfake_serving.video_pipeline import VideoPipeline
 from helpers import media
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from deepfake_serving import samples
-from deepfake_serving.errors import RequestError
-from deepfake_serving.imaging import ImageLimits, decode_image
+from deepfake_serving.core.errors import RequestError
+from deepfake_serving.media import samples
+from deepfake_serving.media.image import ImageLimits, decode_image
 from helpers import media
 
 

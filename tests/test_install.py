@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deepfake_serving import samples
+from deepfake_serving.media import samples
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.processes import free_ports
-from deepfake_serving.serving.thresholds import Observed, Thresholds, breaches, load_thresholds
-from deepfake_serving.serving.torchserve import Ports, TorchServe
-from deepfake_serving.serving.triton import Triton, TritonPorts
-from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
-from helpers.live_load import LOCUSTFILE
+from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.processes import free_ports
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
+from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
+from helpers.live_load import LOCUSTFILE, import_beside_locustfile
+
+Observed, Thresholds, breaches, load_thresholds = import_beside_locustfile(
+    "thresholds", "Observed", "Thresholds", "breaches", "load_thresholds")
 
 THRESHOLDS = LOCUSTFILE.with_name("thresholds.yaml")
 VARIANT = "b4-mobile"

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from deepfake_serving import samples
-from deepfake_serving.errors import RequestError
-from deepfake_serving.pipeline import ImagePipeline
+from deepfake_serving.core.errors import RequestError
+from deepfake_serving.media import samples
+from deepfake_serving.pipeline.image import ImagePipeline
 from deepfake_serving.variants import create_model, get_variant
 from helpers import box_inside, media
 

@@ -17,20 +17,20 @@ import pytest
 import requests
 import torch
 
-from deepfake_serving import samples
+from deepfake_serving.evaluation.metrics import evaluate, labelled_files
+from deepfake_serving.media import samples
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
-from deepfake_serving.rollout.evaluation import evaluate, labelled_files
 from deepfake_serving.rollout.files import write_atomically
 from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
 from deepfake_serving.rollout.nginx import Nginx
 from deepfake_serving.rollout.routing import RoutedClient, Split, bucket
-from deepfake_serving.rollout.servers import TorchServeTarget
-from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import Prediction, RestClient, RetryPolicy
-from deepfake_serving.serving.nginx import nginx_binary
-from deepfake_serving.serving.processes import free_ports
-from deepfake_serving.serving.torchserve import Ports, TorchServe
+from deepfake_serving.rollout.targets import TorchServeTarget
+from deepfake_serving.serving.client.clients import Prediction, RestClient, RetryPolicy
+from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.nginx import nginx_binary
+from deepfake_serving.serving.launch.processes import free_ports
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 from deepfake_serving.variants import get_variant
 from helpers.live_load import Load, second_rollout_during_canary
 
@@ -109,7 +109,7 @@ def test_a_lease_tells_a_live_owner_from_a_dead_one(tmp_path):
 
 
 def test_triton_versions_sort_as_integers(monkeypatch):
-    from deepfake_serving.rollout.servers import TritonTarget
+    from deepfake_serving.rollout.targets import TritonTarget
 
     target = TritonTarget(MODEL, "http://127.0.0.1:9", "http://127.0.0.1:9/metrics")
     index = [{"name": target.names["classifier"], "version": v} for v in ("10", "2", "1")]

@@ -11,18 +11,18 @@ import time
 import pytest
 import torch
 
-from deepfake_serving import samples
-from deepfake_serving.manifest import GRAPH_NAME
-from deepfake_serving.naming import model_names, pinned_ensemble
-from deepfake_serving.onnx_export import export_onnx
+from deepfake_serving.builder.export import export_onnx
+from deepfake_serving.bundle.manifest import GRAPH_NAME
+from deepfake_serving.core.digest import sha256_of
+from deepfake_serving.core.naming import model_names, pinned_ensemble
+from deepfake_serving.media import samples
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
 from deepfake_serving.rollout.routing import Split, VersionStats, bucket
-from deepfake_serving.rollout.servers import Counters, TritonTarget
-from deepfake_serving.runtime import sha256_of
-from deepfake_serving.serving.client import TritonClient
-from deepfake_serving.serving.triton import Triton, TritonPorts
-from deepfake_serving.serving.triton_repository import build_classifier_version, write_configs
+from deepfake_serving.rollout.targets import Counters, TritonTarget
+from deepfake_serving.serving.client.clients import TritonClient
+from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
 from deepfake_serving.variants import get_variant
 from helpers.live_load import Load, second_rollout_during_canary
 

@@ -12,13 +12,13 @@ import pytest
 import requests
 import torch
 
-from deepfake_serving import samples
-from deepfake_serving.pipeline import ImagePipeline
-from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import NO_RETRY, GrpcClient, RestClient, TritonClient
-from deepfake_serving.serving.grpc_stubs import management_pb2, management_pb2_grpc
-from deepfake_serving.serving.processes import free_ports
-from deepfake_serving.serving.torchserve import Ports, TorchServe
+from deepfake_serving.media import samples
+from deepfake_serving.pipeline.image import ImagePipeline
+from deepfake_serving.serving.client.clients import NO_RETRY, GrpcClient, RestClient, TritonClient
+from deepfake_serving.serving.client.grpc_stubs import management_pb2, management_pb2_grpc
+from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.processes import free_ports
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
 from helpers import box_inside, media
 

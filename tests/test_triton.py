@@ -18,16 +18,15 @@ import requests
 import torch
 import tritonclient.http as triton_http
 
-from deepfake_serving import samples
-from deepfake_serving.crops import to_array
-from deepfake_serving.engines import TorchScorer
-from deepfake_serving.pipeline import ImageFaceStage
-from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.client import RestClient, TritonClient
-from deepfake_serving.serving.torchserve import Ports, TorchServe
-from deepfake_serving.serving.triton import RESTRICTED_APIS, Triton, TritonPorts
-from deepfake_serving.serving.triton_repository import build_classifier_version, render_configs, write_configs
-from deepfake_serving.variants import create_model, get_variant, list_variants
+from deepfake_serving.engines.torch_engine import TorchScorer
+from deepfake_serving.media import samples
+from deepfake_serving.pipeline.image import ImagePreprocessor
+from deepfake_serving.serving.client.clients import RestClient, TritonClient
+from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
+from deepfake_serving.serving.launch.triton import RESTRICTED_APIS, Triton, TritonPorts
+from deepfake_serving.serving.launch.triton_repository import build_classifier_version, render_configs, write_configs
+from deepfake_serving.variants import create_model, get_variant, list_variants, to_array
 from helpers import media
 
 pytestmark = pytest.mark.server
@@ -186,7 +185,7 @@ def classify_directly(server, version: str, faces: np.ndarray) -> np.ndarray:
 
 def test_both_classifier_versions_serve_their_own_weights(server, checkpoints):
     variant = get_variant(VARIANT)
-    item = ImageFaceStage(variant).prepare([samples.astronaut_jpeg()])[0]
+    item = ImagePreprocessor(variant).prepare([samples.astronaut_jpeg()])[0]
     faces = to_array(item.crops, variant.preprocessing.mean, variant.preprocessing.std)
     for version, checkpoint in (("1", checkpoints[0]), ("2", checkpoints[1])):
         assert server.model_ready(CLASSIFIER, int(version))

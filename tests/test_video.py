@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from deepfake_serving import samples
-from deepfake_serving.errors import RequestError
+from deepfake_serving.core.errors import RequestError
+from deepfake_serving.media import samples
+from deepfake_serving.media.video import Sampling, VideoLimits, decode_video
+from deepfake_serving.pipeline.video import VideoPipeline
 from deepfake_serving.variants import create_model, get_variant
-from deepfake_serving.video import Sampling, VideoLimits, decode_video
-from deepfake_serving.video_pipeline import VideoPipeline
 from helpers import dfdc_reference, media
 
 
@@ -127,9 +127,11 @@ def test_no_face_video_gets_no_verdict(mobile_video):
 def test_video_score_equals_the_dfdc_reference_procedure(tmp_path, engine, tolerance):
     """Same two B7 checkpoints, same frames: our pipeline and the reference give the same score, to 1e-5
     on the torch engine and to 1e-3 on ONNX Runtime (the checkpoints exported as one graph)."""
-    from deepfake_serving.engines import Device, GraphScorer, OrtGraph
-    from deepfake_serving.onnx_export import export_onnx
-    from deepfake_serving.runtime import sha256_of
+    from deepfake_serving.builder.export import export_onnx
+    from deepfake_serving.core.digest import sha256_of
+    from deepfake_serving.engines import Device
+    from deepfake_serving.engines.onnx_runtime import OrtGraph
+    from deepfake_serving.engines.scorers import GraphScorer
 
     variant = get_variant("b7-dfdc")
     models = []

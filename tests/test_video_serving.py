@@ -12,10 +12,10 @@ import psutil
 import pytest
 import requests
 
-from deepfake_serving import samples
 from deepfake_serving.cli import main
-from deepfake_serving.serving.archive import build_archive
-from deepfake_serving.serving.torchserve import Ports, TorchServe
+from deepfake_serving.media import samples
+from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 from helpers import media
 
 pytestmark = pytest.mark.server

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .audit import AuditLog
-from .evaluation import Evaluation, confusion_png, evaluate_folder, labelled_files
-from .lease import Lease, LeaseFile, LeaseHeld
-from .routing import Split, VersionStats
-from .servers import Counters, ServerUnavailable
+from deepfake_serving.evaluation.metrics import Evaluation, confusion_png, evaluate_folder, labelled_files
+from deepfake_serving.rollout.audit import AuditLog
+from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
+from deepfake_serving.rollout.routing import Split, VersionStats
+from deepfake_serving.rollout.targets import Counters, ServerUnavailable
 
 
 @dataclass(frozen=True)

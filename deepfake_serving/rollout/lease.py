@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from .files import write_atomically
+from deepfake_serving.rollout.files import write_atomically
 
 
 def _process_started(pid: int) -> float | None:

@@ -14,9 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..serving.auth import ServerKeys
-from ..serving.nginx import check_config, json_error_location, require_nginx, start_nginx, stop_nginx, temp_paths
-from .routing import Split
+from deepfake_serving.rollout.routing import Split
+from deepfake_serving.serving.client.auth import ServerKeys
+from deepfake_serving.serving.launch.nginx import check_config, json_error_location, require_nginx, start_nginx, stop_nginx, temp_paths
 
 # What the front answers itself, never forwarding it: explanations (the handlers have none yet), and
 # every path but predictions and /ping (TorchServe's API description, KServe's routes).

@@ -10,8 +10,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..naming import pinned_ensemble
-from .files import write_atomically
+from deepfake_serving.core.naming import pinned_ensemble
+from deepfake_serving.rollout.files import write_atomically
 
 
 def bucket(key: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import subprocess
 import sys
 import threading
@@ -13,6 +14,14 @@ from typing import Callable
 from deepfake_serving.rollout.routing import Split
 
 LOCUSTFILE = Path(__file__).parents[2] / "loadtests" / "locustfile.py"
+
+
+def import_beside_locustfile(module: str, *names: str) -> list:
+    """Names from a module of loadtests/ (Locust imports them from the locustfile's folder)."""
+    if str(LOCUSTFILE.parent) not in sys.path:
+        sys.path.insert(0, str(LOCUSTFILE.parent))
+    loaded = importlib.import_module(module)
+    return [getattr(loaded, name) for name in names]
 
 
 class Load:

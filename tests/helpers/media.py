@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from deepfake_serving import samples
+from deepfake_serving.media import samples
 
 
 def truncated_jpeg() -> bytes:

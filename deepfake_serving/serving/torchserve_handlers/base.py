@@ -8,9 +8,9 @@ import logging
 
 from ts.torch_handler.base_handler import BaseHandler
 
-from ...engines import Device
-from ...errors import RequestError
-from ...threads import intra_op_threads
+from deepfake_serving.core.errors import RequestError
+from deepfake_serving.core.threads import intra_op_threads
+from deepfake_serving.engines import Device
 
 logger = logging.getLogger(__name__)
 

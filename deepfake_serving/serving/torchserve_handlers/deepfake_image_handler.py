@@ -1,14 +1,15 @@
 """TorchServe handler for image archives: batch-aware (the faces of every request in a server-side
 batch share one forward pass); a bad request, or a fault of ours while answering it, fails alone."""
 
-from deepfake_serving.bundle import load_bundle
-from deepfake_serving.errors import RequestError, internal_error
+from deepfake_serving.core.batching import in_place
+from deepfake_serving.core.errors import internal_error
+from deepfake_serving.pipeline import load_image_pipeline
 from deepfake_serving.serving.torchserve_handlers.base import DeepfakeHandler, request_bytes
 
 
 class ImageHandler(DeepfakeHandler):
     def load(self, directory, config, **options):
-        return load_bundle(directory, **options)
+        return load_image_pipeline(directory, **options)
 
     def preprocess(self, data):
         payloads = []
@@ -21,12 +22,5 @@ class ImageHandler(DeepfakeHandler):
         return payloads
 
     def inference(self, payloads, *args, **kwargs):
-        valid = [i for i, p in enumerate(payloads) if not isinstance(p, RequestError)]
-        try:
-            answers = self.pipeline.predict_batch([payloads[i] for i in valid])
-        except Exception as err:  # noqa: BLE001 - predict_batch isolates requests; this is the last resort
-            answers = [internal_error(err)] * len(valid)
-        results = list(payloads)
-        for i, answer in zip(valid, answers):
-            results[i] = answer
-        return results
+        # predict_batch isolates requests; in_place is the last resort if it raises
+        return [internal_error(a) if isinstance(a, Exception) else a for a in in_place(payloads, self.pipeline.predict_batch)]

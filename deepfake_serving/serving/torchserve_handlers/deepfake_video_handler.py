@@ -5,20 +5,21 @@ import json
 
 from ts.handler_utils.utils import send_intermediate_predict_response
 
-from deepfake_serving.bundle import load_video_bundle
-from deepfake_serving.errors import RequestError, internal_error
+from deepfake_serving.core.errors import RequestError, internal_error
+from deepfake_serving.core.limits import MAX_VIDEO_FACES
+from deepfake_serving.media.video import Sampling, VideoLimits
+from deepfake_serving.pipeline import load_video_pipeline
 from deepfake_serving.serving.torchserve_handlers.base import JSON, DeepfakeHandler, request_bytes
-from deepfake_serving.video import Sampling, VideoLimits
 
 
 class VideoHandler(DeepfakeHandler):
     line_end = "\n"  # the last line of a stream
 
     def load(self, directory, config, **options):
-        # The face pool cap (DFDC: 127) and the decoded-pixel budget can be set per archive.
+        # The face pool cap (DFDC: 127), the decoded-pixel and detection budgets can be set per archive.
         limits = VideoLimits(**{name: int(config[name]) for name in ("max_decoded_pixels", "max_detector_candidates")
                                 if name in config})
-        return load_video_bundle(directory, limits=limits, max_faces=int(config.get("max_faces", 127)), **options)
+        return load_video_pipeline(directory, limits=limits, max_faces=int(config.get("max_faces", MAX_VIDEO_FACES)), **options)
 
     def preprocess(self, data):
         """(body, sampling, stream) per request: options from a multipart or gRPC field, else an X- header

@@ -13,8 +13,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from deepfake_serving.core.errors import RequestError, internal_error
 from deepfake_serving.engines import Device
-from deepfake_serving.errors import RequestError, internal_error
 
 
 def parameters(args: dict) -> dict[str, str]:
@@ -25,7 +25,7 @@ def parameters(args: dict) -> dict[str, str]:
 
 def instance_device(args: dict) -> Device:
     """This instance's device: KIND_GPU instances get their GPU (untested here: no GPU), all others the CPU.
-    Threads come from the launcher's environment (deepfake_serving.threads), never from config.pbtxt."""
+    Threads come from the launcher's environment (deepfake_serving.core.threads), never from config.pbtxt."""
     if args.get("model_instance_kind") == "GPU":
         return Device("cuda", int(args.get("model_instance_device_id", 0)))
     return Device()

@@ -1,6 +1,6 @@
 """Video over BLS: the core's VideoPipeline, with the faces scored by this variant's classifier model.
 
-Decoding, sampling, MTCNN, the 127-face pool and the confident strategy are the
+Decoding, sampling, MTCNN, the face pool and the confident strategy are the
 same code TorchServe's handler runs; only the forward pass goes to Triton.
 """
 
@@ -11,12 +11,20 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from deepfake_serving.core.limits import MAX_VIDEO_FACES
+from deepfake_serving.core.naming import ANSWERED_BY
+from deepfake_serving.media.video import Sampling
+from deepfake_serving.pipeline.video import VideoPipeline
+from deepfake_serving.serving.triton_models import (
+    error_response,
+    input_bytes,
+    instance_device,
+    json_tensor,
+    optional_scalar,
+    parameters,
+)
+from deepfake_serving.serving.triton_models.preprocess import face_tensor
 from deepfake_serving.variants import get_variant
-from deepfake_serving.video import Sampling
-from deepfake_serving.video_pipeline import VideoPipeline
-
-from . import error_response, input_bytes, instance_device, json_tensor, optional_scalar, parameters
-from .preprocess import face_tensor
 
 
 class TritonClassifier:
@@ -31,13 +39,13 @@ class TritonClassifier:
         parts = []
         for start in range(0, len(faces), self.max_batch):
             response = pb_utils.InferenceRequest(
-                model_name=self.model_name, requested_output_names=["FAKE_PROBABILITY", "CHECKPOINT"],
+                model_name=self.model_name, requested_output_names=["FAKE_PROBABILITY", ANSWERED_BY],
                 inputs=[pb_utils.Tensor("FACES", faces[start:start + self.max_batch])],
             ).exec()
             if response.has_error():
                 raise RuntimeError(f"{self.model_name}: {response.error().message()}")
             parts.append(pb_utils.get_output_tensor_by_name(response, "FAKE_PROBABILITY").as_numpy())
-            self.answered_by = json.loads(pb_utils.get_output_tensor_by_name(response, "CHECKPOINT").as_numpy().flat[0])
+            self.answered_by = json.loads(pb_utils.get_output_tensor_by_name(response, ANSWERED_BY).as_numpy().flat[0])
         return np.concatenate(parts)[:len(crops)].T.astype(np.float64)  # (checkpoints, faces)
 
 
@@ -46,7 +54,7 @@ class TritonPythonModel:
         params = parameters(args)
         variant = get_variant(params["variant"])
         self.classifier = TritonClassifier(variant, params["classifier"], int(params.get("classifier_batch", 16)))
-        self.pipeline = VideoPipeline(variant, self.classifier, max_faces=int(params.get("max_faces", 127)),
+        self.pipeline = VideoPipeline(variant, self.classifier, max_faces=int(params.get("max_faces", MAX_VIDEO_FACES)),
                                       device=instance_device(args))
 
     def execute(self, requests):

@@ -1,0 +1,79 @@
+"""Writing a bundle: weights (safetensors, one file per checkpoint), the same checkpoints as one ONNX graph
+(exported here), reduced precision under proof, and the manifest. Imports torch."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Sequence
+
+from safetensors.torch import save_file
+
+from deepfake_serving import __version__
+from deepfake_serving.builder.export import export_onnx, exporter_info
+from deepfake_serving.builder.quantize import check_options, reduce_precision
+from deepfake_serving.bundle.manifest import GRAPH_NAME, LAYOUT, MANIFEST_NAME, BundleManifest
+from deepfake_serving.core.digest import sha256_of
+from deepfake_serving.engines import DEFAULT_ENGINE, check_engine
+from deepfake_serving.variants import get_variant
+from deepfake_serving.variants.factory import create_model
+
+
+def weights_file_name(i: int) -> str:
+    return "weights.safetensors" if i == 0 else f"weights_{i}.safetensors"
+
+
+def write_bundle(
+    directory: str | Path,
+    variant_name: str,
+    version: str,
+    checkpoints: Sequence[str | Path] = (),
+    seed: int = 0,
+    engine: str = DEFAULT_ENGINE,
+    quantize: str | None = None,
+    calibration: str | Path | None = None,
+    holdout: str | Path | None = None,
+) -> BundleManifest:
+    """Write weights, graph and manifest. Without checkpoints the weights are random (seeded) and
+    flagged untrained. Every checkpoint is loaded into the variant before anything is written.
+    ``quantize`` ("int8", "fp16" or "bf16") reduces the graph's precision (int8 calibrated on
+    ``calibration``'s faces), refused unless it agrees with fp32 on ``holdout``'s (deepfake_serving.quantize)."""
+    check_engine(engine)
+    check_options(quantize, calibration, holdout, engine)
+    variant = get_variant(variant_name)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    models = [(create_model(variant.name, checkpoint, seed=seed), checkpoint) for checkpoint in checkpoints or [None]]
+    entries = []
+    for i, (model, checkpoint) in enumerate(models):
+        path = directory / weights_file_name(i)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        source = {"name": Path(checkpoint).name, "sha256": sha256_of(checkpoint)} if checkpoint else None
+        entries.append({"file": path.name, "sha256": sha256_of(path), "source_checkpoint": source})
+    graph = export_onnx(variant, [model for model, _ in models], directory / GRAPH_NAME)
+    onnx = {"file": graph.name, "checkpoints": len(models), **exporter_info(), "precision": "fp32"}
+    if quantize:
+        fp32 = graph.rename(directory / "classifier.fp32.onnx")
+        try:
+            record = reduce_precision(quantize, fp32, graph, variant, calibration, holdout)
+            onnx.update(precision=quantize, quantization=record)
+        finally:
+            fp32.unlink()
+    onnx["sha256"] = sha256_of(graph)
+    manifest = BundleManifest(
+        variant=variant.name,
+        version=version,
+        input_size=variant.preprocessing.input_size,
+        preprocessing=variant.preprocessing.to_dict(),
+        output=variant.output,
+        threshold=variant.threshold,
+        weights=entries,
+        trained=bool(checkpoints),
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        package_version=__version__,
+        engine=engine,
+        onnx=onnx,
+        layout=LAYOUT,
+    )
+    (directory / MANIFEST_NAME).write_text(manifest.to_json())
+    return manifest

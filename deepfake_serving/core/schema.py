@@ -1,0 +1,102 @@
+"""The one response schema every backend returns (documented in the README): the image and the video
+answer are built here and nowhere else, by TorchServe's handler and Triton's models alike.
+
+Timings are per request: work done once for a batch (detection over the batch's images, one
+classifier call over the faces of every request that reached it) is shared equally among the requests
+in it. ``batch_size`` counts the requests whose faces went through that classifier call."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from deepfake_serving.core.aggregation import image_score, label_for
+
+SCHEMA_VERSION = "1"
+
+
+def face_entry(box: Sequence[int], detector_confidence: float | None, fake_probability: float, source: str) -> dict:
+    return {
+        "box": [int(v) for v in box],
+        "detector_confidence": None if detector_confidence is None else round(float(detector_confidence), 6),
+        "fake_probability": float(fake_probability),
+        "source": source,  # "mtcnn" or "center_crop"
+    }
+
+
+def image_response(
+    *,
+    model: str,
+    version: str,
+    threshold: float,
+    faces: list[dict],
+    weights_trained: bool,
+    width: int,
+    height: int,
+    timings_ms: dict[str, float],
+    batch_size: int,
+) -> dict:
+    score = image_score([f["fake_probability"] for f in faces]) if faces else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "version": version,
+        "media_type": "image",
+        "label": label_for(score, threshold),
+        "fake_probability": score,
+        "threshold": threshold,
+        "decision_rule": "max_face",
+        "faces": faces,
+        "face_count": len(faces),
+        "image": {"width": width, "height": height},
+        "weights_trained": weights_trained,
+        "batch_size": batch_size,
+        "timings_ms": _timings(timings_ms),
+    }
+
+
+def _timings(timings_ms: dict[str, float]) -> dict[str, float]:
+    """Rounded, with ``total`` the sum of the steps (decode, detect, crop, classify)."""
+    steps = {k: v for k, v in timings_ms.items() if k != "total"}
+    return {**{k: round(v, 3) for k, v in steps.items()}, "total": round(sum(steps.values()), 3)}
+
+
+def video_response(
+    *,
+    model: str,
+    version: str,
+    threshold: float,
+    score: float | None,
+    checkpoints: int,
+    frame_count: int,
+    fps: float,
+    duration_s: float,
+    video: dict,
+    sampling: dict,
+    frames: list[dict],
+    metrics: dict,
+    weights_trained: bool,
+    timings_ms: dict[str, float],
+    notes: list[str],
+) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "version": version,
+        "media_type": "video",
+        "label": label_for(score, threshold),
+        "fake_probability": score,
+        "threshold": threshold,
+        "decision_rule": "confident_strategy, mean across checkpoints",
+        "checkpoints_averaged": checkpoints,
+        "frame_count": frame_count,
+        "frames_analyzed": len(frames),
+        "fps": round(fps, 3),
+        "duration_s": round(duration_s, 3),
+        "video": video,
+        "sampling": sampling,
+        "frames": frames,
+        "metrics": metrics,
+        "weights_trained": weights_trained,
+        "timings_ms": _timings(timings_ms),
+        "notes": notes,
+    }

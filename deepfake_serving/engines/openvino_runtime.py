@@ -1,0 +1,37 @@
+"""The classifier graph compiled by OpenVINO for the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+
+from deepfake_serving.core.digest import check_bytes
+from deepfake_serving.core.errors import CheckpointError
+from deepfake_serving.core.threads import alone_on_machine, intra_op_threads
+from deepfake_serving.engines import Device
+
+
+class OpenVinoGraph:
+    """One infer request: one caller at a time, as TorchServe workers and Triton instances call."""
+
+    def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device = Device(),
+                 precision: str = "fp32"):
+        check_bytes(graph, name, sha256)
+        if device.kind != "cpu":
+            raise CheckpointError(f"the openvino engine runs on the CPU; use onnxruntime for {device.torch}")
+        core = ov.Core()
+        try:
+            model = core.read_model(graph, b"")
+            # f32 unless the archive proved bf16 (CPUs with bf16 units would otherwise get bf16 unasked);
+            # threads pinned to cores would collide with co-located workers' threads.
+            self.compiled = core.compile_model(model, "CPU", {
+                "INFERENCE_NUM_THREADS": intra_op_threads(threads), "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "ENABLE_CPU_PINNING": alone_on_machine()})
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+            raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.input_shape = [d.get_length() if d.is_static else "faces" for d in model.inputs[0].get_partial_shape()]
+
+    def run(self, faces: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: faces})[0]

@@ -1,0 +1,102 @@
+"""Seed 001's visualisation, rendered from a saved video response and the clip (no model is run):
+an overlay video with the per-frame suspicion graph (top right) and a suspicion bar (bottom),
+and a PNG plot of the per-frame scores."""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+from typing import Callable
+
+import av
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deepfake_serving.media.video import iter_frames  # noqa: E402
+
+NO_FACE_COLOR = (128, 128, 128)
+
+
+def frame_scores(response: dict, frame_count: int) -> list[float | None]:
+    """A score for every frame of the clip: the latest analysed frame's at or before it."""
+    analysed = {f["index"]: f["score"] for f in response["frames"]}
+    scores, current = [], None
+    for i in range(frame_count):
+        if i in analysed:
+            current = analysed[i]
+        scores.append(current)
+    return scores
+
+
+def plot_scores(response: dict, out_png: str | Path) -> Path:
+    xs = [f["timestamp"] for f in response["frames"]]
+    ys = [np.nan if f["score"] is None else f["score"] for f in response["frames"]]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(xs, ys, "o-", color="#FF851B")
+    ax.axhline(response.get("threshold", 0.5), color="grey", linestyle="--")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("P(fake), most suspicious face")
+    verdict = response["label"] if response["fake_probability"] is None else \
+        f"{response['label']} ({response['fake_probability']:.3f})"
+    ax.set_title(f"{response['model']} v{response['version']}: {verdict}")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def _graph(fig, ax, scores: list[float | None], upto: int) -> np.ndarray:
+    ax.clear()
+    ys = np.array([np.nan if s is None else s for s in scores[: upto + 1]])
+    xs = np.arange(len(ys))
+    ax.fill_between(xs, np.nan_to_num(ys), where=~np.isnan(ys), color="#FF4136", alpha=0.4)
+    ax.plot(xs, ys, color="#FF851B", linewidth=2)
+    ax.axhline(y=0.5, color="white", linestyle="--", alpha=0.7)
+    ax.set_xlim(0, max(1, len(scores) - 1))
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Frame Suspicion Analysis")
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+
+
+def render_overlay(response: dict, clip: bytes, out_video: str | Path,
+                   progress: Callable[[int], None] | None = None) -> Path:
+    frame_count = response["frame_count"]
+    scores = frame_scores(response, frame_count)
+    plt.style.use("dark_background")
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    out_video = Path(out_video)
+    with av.open(str(out_video), mode="w") as container:
+        stream = None
+        for i, (frame, fps) in enumerate(iter_frames(clip)):
+            h, w = frame.shape[:2]
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1000))
+                stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+            score = scores[min(i, len(scores) - 1)]
+            graph = _graph(fig, ax, scores, min(i, len(scores) - 1))
+            gh = int(h * 0.3)
+            gw = min(w - 20, int(gh * graph.shape[1] / graph.shape[0]))
+            frame = frame.copy()
+            frame[10:10 + gh, w - gw - 10:w - 10] = cv2.resize(graph, (gw, gh), interpolation=cv2.INTER_AREA)
+            color = NO_FACE_COLOR if score is None else (int(255 * score), int(255 * (1 - score)), 0)  # RGB
+            cv2.rectangle(frame, (0, h - 40), (w, h), color, -1)
+            text = "Frame Suspicion: no face" if score is None else f"Frame Suspicion: {score:.2f}"
+            cv2.putText(frame, text, (15, h - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]),
+                                                     format="rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+            if progress:
+                progress(1)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    plt.close(fig)
+    plt.style.use("default")
+    return out_video

@@ -1,1 +1,0 @@
-"""PyTorch modules of the five detector variants (registered in ``deepfake_serving.variants``)."""

@@ -1,0 +1,379 @@
+"""Clients that answer with one ``Prediction`` whatever the server: TorchServe over REST or gRPC,
+Triton over HTTP or gRPC (KServe v2 / Open Inference Protocol, through tritonclient)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+import requests
+
+from deepfake_serving.core.errors import CATALOGUE, RequestError, error_body
+from deepfake_serving.core.naming import triton_model_name
+from deepfake_serving.serving.client.auth import ServerKeys
+from deepfake_serving.serving.client.grpc_stubs import inference_pb2, inference_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Prediction:
+    status: int
+    body: dict
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+# What can succeed when sent again: a worker that died (TorchServe answers its in-flight batch 500, Triton
+# a lost stub 500: both ``worker_failed``), a server restarting or unreachable (502/503/504, connection
+# errors, gRPC UNAVAILABLE: ``server_unavailable``). Never a 4xx, never 507 (out of memory: the same
+# request would exhaust the fresh worker too), never our handler's own ``internal_error``.
+RETRY_CODES = frozenset({"worker_failed", "server_unavailable"})
+
+
+def retryable(prediction: "Prediction") -> bool:
+    error = prediction.body.get("error") if isinstance(prediction.body, dict) else None
+    return isinstance(error, dict) and error.get("code") in RETRY_CODES
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter for predictions (idempotent: the same bytes give the same
+    answer), never on a 4xx. ``attempts`` counts the first; no retry starts after ``deadline_s``. The
+    default spans a TorchServe worker's restart (5-7 s here) while a request that kills workers (no
+    file should) is sent at most 4 times."""
+
+    attempts: int = 4
+    base_s: float = 0.5
+    cap_s: float = 8.0
+    deadline_s: float = 60.0
+
+    def delay(self, retry: int) -> float:
+        """Equal jitter: half the exponential step, plus up to the other half at random (clients that
+        failed together do not come back together)."""
+        step = min(self.cap_s, self.base_s * 2 ** retry)
+        return step / 2 + random.uniform(0, step / 2)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass
+class ClientStats:
+    predictions: int = 0
+    retries: int = 0  # attempts after the first, over all predictions
+    retried: int = 0  # predictions that needed at least one retry
+    gave_up: int = 0  # predictions still failing (retryably) when attempts or the deadline ran out
+
+
+class Retrying:
+    """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``.
+    Whatever a transport raises becomes a ``Prediction`` (503 ``server_unavailable``); a 401 says
+    where the key came from."""
+
+    keys: ServerKeys | None = None
+
+    def __init__(self, retry: RetryPolicy = RetryPolicy()):
+        self.retry, self.stats = retry, ClientStats()
+
+    def _attempt(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        try:
+            prediction = self._predict_once(model, data, version, options)
+        except Exception as err:  # noqa: BLE001 - any transport's own exception (HTTPConnectionClosed, ...)
+            return Prediction(503, error_body("server_unavailable", f"{type(err).__name__}: {err}"))
+        error = prediction.body.get("error") if isinstance(prediction.body, dict) else None
+        if self.keys is not None and isinstance(error, dict) and error.get("code") == "unauthorized":
+            error["message"] = f"{error.get('message', '')} [{self.keys.describe()}]"
+        return prediction
+
+    def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
+        deadline = time.monotonic() + self.retry.deadline_s
+        self.stats.predictions += 1
+        for attempt in range(self.retry.attempts):
+            prediction = self._attempt(model, data, version, options)
+            if not retryable(prediction):
+                return prediction
+            delay = self.retry.delay(attempt)
+            if attempt + 1 == self.retry.attempts or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)  # gevent's under Locust
+            self.stats.retries += 1
+            self.stats.retried += attempt == 0
+        self.stats.gave_up += 1
+        return prediction
+
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        raise NotImplementedError
+
+
+# TorchServe's own error bodies ({"code": N, "type": "...Exception", "message": ...}) → our codes.
+SERVER_EXCEPTIONS = {"InvalidKeyException": "unauthorized", "ModelNotFoundException": "model_not_found",
+                     "ModelVersionNotFoundException": "model_not_found", "ServiceUnavailableException": "worker_failed",
+                     "InternalServerException": "worker_failed"}  # "Worker died."
+# Over gRPC TorchServe names its exception in the details (a dead worker: RESOURCE_EXHAUSTED, "Worker died.
+# org.pytorch.serve.http.InternalServerException"), so the status code alone would read it as a size limit.
+SERVER_EXCEPTION_NAME = re.compile(r"org\.pytorch\.serve\.[\w.]*?(\w+Exception)")
+SERVER_STATUSES = {401: "unauthorized", 404: "model_not_found", 413: "request_too_large", 431: "headers_too_large",
+                   500: "worker_failed", 502: "server_unavailable", 503: "worker_failed", 504: "server_unavailable",
+                   507: "out_of_memory"}
+
+
+def server_error(status: int, message: str, kind: str = "") -> dict:
+    """An error the server itself wrote (not our handler), in the project's format. A 4xx of its own
+    (TorchServe's 400 for oversized headers, Triton's 400 for a malformed request) stays a 4xx:
+    ``bad_request`` with the server's status, never retried."""
+    # TorchServe answers a killed worker's batch "Worker died." (500 or 507): retryable. Any other 507
+    # is out of memory whatever the exception type says: the same request would exhaust a fresh worker.
+    if "Worker died" in message:
+        code = "worker_failed"
+    elif status == 507:
+        code = "out_of_memory"
+    else:
+        code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
+    if code is None:
+        code = "bad_request" if 400 <= status < 500 else "server_error"
+    body = error_body(code, message or f"HTTP {status}")
+    if code == "bad_request":
+        body["error"]["status"] = status
+    return body
+
+
+def normalized(status: int, raw: bytes, reason: str = "") -> dict:
+    """The body in the project's format: our handler's JSON as it is, anything the server or a proxy
+    wrote itself (TorchServe's error JSON, an empty 413, an HTML page) mapped to a catalogue code."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and body["error"].get("code") in CATALOGUE:
+        return body
+    if status < 400 and isinstance(body, dict):
+        return body
+    if isinstance(body, dict) and "type" in body:  # TorchServe's own error
+        return server_error(status, str(body.get("message", "")), str(body["type"]))
+    text = raw.decode("utf-8", "replace")[:300] if raw else reason
+    return server_error(status if status >= 400 else 502, text or "the server sent no readable body")
+
+
+class RestClient(Retrying):
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 300.0, key_file: str | None = None,
+                 retry: RetryPolicy = RetryPolicy()):
+        super().__init__(retry)
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.keys = ServerKeys.for_url(self.url, key_file)
+
+    def _post(self, model: str, data: bytes, version: str | None, options: dict | None, stream: bool):
+        path = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
+        headers = {"Content-Type": "application/octet-stream", **self.keys.headers("inference")}
+        # Per-request video options travel as X- headers: TorchServe does not pass query strings on.
+        headers.update({f"X-{k.capitalize()}": str(v) for k, v in (options or {}).items()})
+        if stream:
+            headers["X-Stream"] = "true"
+        return self.session.post(path, data=data, timeout=self.timeout, headers=headers, stream=stream)
+
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        try:
+            response = self._post(model, data, version, options, stream=False)
+        except requests.RequestException as err:
+            return Prediction(503, error_body("server_unavailable", f"{self.url}: {err}"))
+        body = normalized(response.status_code, response.content, response.reason)
+        return Prediction(body["error"]["status"] if "error" in body else response.status_code, body)
+
+    def stream(self, model: str, data: bytes, version: str | None = None,
+               options: dict | None = None) -> Iterator[Prediction]:
+        """Progress events as they arrive (newline-delimited JSON over chunked HTTP); the last is the result,
+        or a ``stream_interrupted`` error when the stream ends without one (the worker died)."""
+        last = None
+        try:
+            response = self._post(model, data, version, options, stream=True)
+            for line in response.iter_lines():
+                if line.strip():
+                    body = normalized(response.status_code, line)
+                    last = Prediction(body["error"]["status"] if "error" in body else response.status_code, body)
+                    yield last
+        except requests.RequestException as err:
+            yield Prediction(502, error_body("stream_interrupted", f"the stream broke off: {err}"))
+            return
+        if last is None or "event" in last.body:
+            yield Prediction(502, error_body("stream_interrupted", "the stream ended without a result"))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class GrpcClient(Retrying):
+    """TorchServe's gRPC Predictions call. Its per-request status does not cross gRPC (the call
+    is OK and the error is in the body), so the status comes from the body's ``error.status``."""
+
+    def __init__(self, target: str = "127.0.0.1:7070", timeout: float = 300.0, max_message_mb: int = 100,
+                 key_file: str | None = None, retry: RetryPolicy = RetryPolicy()):
+        super().__init__(retry)
+        self.keys = ServerKeys.for_url(target, key_file)
+        size = max_message_mb * 1024 * 1024
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+        )
+        self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
+        self.timeout = timeout
+
+    @staticmethod
+    def _request(model: str, data: bytes, version: str | None, options: dict | None, stream: bool = False):
+        fields = {"data": data, **{k: str(v).encode() for k, v in (options or {}).items()}}
+        if stream:
+            fields["stream"] = b"true"
+        return inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input=fields)
+
+    @staticmethod
+    def _prediction(raw: bytes) -> Prediction:
+        body = normalized(200, raw)
+        status = body["error"].get("status", 500) if isinstance(body.get("error"), dict) else 200
+        return Prediction(int(status), body)
+
+    @staticmethod
+    def _failure(err: grpc.RpcError) -> Prediction:
+        details = err.details() or err.code().name
+        if "Token Authorization failed" in details:
+            return Prediction(401, error_body("unauthorized", details))
+        kind = SERVER_EXCEPTION_NAME.search(details)
+        body = server_error(_http_status(err.code()), f"{err.code().name}: {details}", kind.group(1) if kind else "")
+        return Prediction(body["error"]["status"], body)
+
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        try:
+            response = self.stub.Predictions(self._request(model, data, version, options), timeout=self.timeout,
+                                             metadata=self.keys.metadata("inference"))
+        except grpc.RpcError as err:
+            return self._failure(err)
+        return self._prediction(response.prediction)
+
+    def stream(self, model: str, data: bytes, version: str | None = None,
+               options: dict | None = None) -> Iterator[Prediction]:
+        """StreamPredictions: progress events, then the result."""
+        last = None
+        try:
+            for response in self.stub.StreamPredictions(self._request(model, data, version, options, True),
+                                                        timeout=self.timeout, metadata=self.keys.metadata("inference")):
+                last = self._prediction(response.prediction)
+                yield last
+        except grpc.RpcError as err:
+            failure = self._failure(err)
+            if last is not None:  # progress came, then the call failed: the worker died mid-stream
+                failure = Prediction(502, error_body("stream_interrupted", failure.body["error"]["message"]))
+            yield failure
+            return
+        if last is None or "event" in last.body:
+            yield Prediction(502, error_body("stream_interrupted", "the stream ended without a result"))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _http_status(code: grpc.StatusCode) -> int:
+    """The HTTP status of a gRPC failure (CANCELLED: TorchServe cancels a message over its limit)."""
+    return {
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+        grpc.StatusCode.CANCELLED: 413,
+        grpc.StatusCode.UNAVAILABLE: 502,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.INTERNAL: 500,
+    }.get(code, 500)
+
+
+class TritonClient(Retrying):
+    """Triton over HTTP (``protocol="http"``) or gRPC. Images go to the variant's ensemble, videos
+    (``*-video``) to its BLS model with SAMPLING/FRAMES/EVERY inputs. Triton answers a client error
+    with 400 (HTTP) or INVALID_ARGUMENT; our models put the error's own code and status in the
+    message, so ``Prediction.status`` is the same as TorchServe's (415, 413, 422, ...)."""
+
+
+    def __init__(self, url: str | None = None, protocol: str = "http", timeout: float = 300.0,
+                 retry: RetryPolicy = RetryPolicy()):
+        super().__init__(retry)
+        if protocol == "http":
+            import tritonclient.http as module
+        elif protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            raise ValueError(f"unknown Triton protocol {protocol!r} (http or grpc)")
+        self.module, self.protocol, self.timeout = module, protocol, timeout
+        default = "127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001"
+        target = (url or default).removeprefix("http://")
+        options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
+        self.client = module.InferenceServerClient(target, **options)
+
+    def _inputs(self, model: str, data: bytes, options: dict | None) -> list:
+        """IMAGE, or VIDEO plus SAMPLING/FRAMES/EVERY (RequestError bad_sampling for options that do not parse)."""
+        import numpy as np
+
+        from deepfake_serving.media.video import Sampling
+
+        def tensor(name: str, value, dtype: str):
+            array = np.array([value], dtype=np.object_ if dtype == "BYTES" else np.int32)
+            item = self.module.InferInput(name, [1], dtype)
+            item.set_data_from_numpy(array)
+            return item
+
+        if not model.endswith("_video"):
+            return [tensor("IMAGE", data, "BYTES")]
+        sampling = Sampling.from_options(options or {})
+        return [tensor("VIDEO", data, "BYTES"), tensor("SAMPLING", sampling.strategy.encode(), "BYTES"),
+                tensor("FRAMES", sampling.frames, "INT32"), tensor("EVERY", sampling.every, "INT32")]
+
+    def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
+        name = triton_model_name(model)
+        try:
+            inputs = self._inputs(name, data, options)
+        except RequestError as err:
+            return Prediction(err.status, err.to_dict())
+        extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        try:
+            result = self.client.infer(name, inputs, model_version=version or "", **extra)
+        except self.module.InferenceServerException as err:
+            return self._failure(err)
+        return Prediction(200, json.loads(result.as_numpy("RESPONSE").reshape(-1)[0]))
+
+    @staticmethod
+    def _failure(err) -> Prediction:
+        message = err.message() or str(err)
+        if isinstance(message, dict):  # tritonclient's HTTP client hands over a JSON body's "error" as it is
+            if message.get("code") in CATALOGUE:  # a front's own answer in our format (the transport limit)
+                return Prediction(int(message.get("status", 500)), {"error": message})
+            message = json.dumps(message)
+        try:
+            error = json.loads(message[message.index("{"):])  # our models' JSON, after Triton's own prefix
+            return Prediction(int(error.get("status", 500)), {"error": error})
+        except ValueError:  # Triton's own error: a lost stub, an unknown model, a refused connection
+            status = err.status() or ""
+            wire = int(status) if status.isdigit() else {"StatusCode.NOT_FOUND": 404, "StatusCode.UNAVAILABLE": 502,
+                                                         "StatusCode.INVALID_ARGUMENT": 400,
+                                                         "StatusCode.RESOURCE_EXHAUSTED": 413}.get(status, 500)
+            if "not found" in message or "unknown model" in message:
+                wire = 404
+            body = server_error(wire, message)
+            return Prediction(body["error"]["status"], body)
+
+    def close(self) -> None:
+        """Close once: tritonclient's gRPC client closes its channel again in ``__del__``, and under
+        gevent (Locust) that second close, run by the garbage collector at exit, can block forever."""
+        close, self.client.close = self.client.close, lambda: None
+        close()
+
+
+def make_client(protocol: str, url: str | None = None, timeout: float = 300.0, backend: str = "torchserve",
+                key_file: str | None = None):
+    if backend == "triton":
+        return TritonClient(url, "http" if protocol == "rest" else protocol, timeout)
+    if protocol == "rest":
+        return RestClient(url or "http://127.0.0.1:8080", timeout, key_file)
+    if protocol == "grpc":
+        return GrpcClient(url or "127.0.0.1:7070", timeout, key_file=key_file)
+    raise ValueError(f"unknown protocol {protocol!r} (rest or grpc)")

@@ -1,0 +1,89 @@
+"""Versioned TorchServe archives (.mar) built with torch-model-archiver."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib.resources import as_file
+from pathlib import Path
+
+import yaml
+
+from deepfake_serving.builder import write_bundle
+from deepfake_serving.builder.quantize import check_options
+from deepfake_serving.bundle.manifest import MANIFEST_NAME
+from deepfake_serving.core.naming import archive_file_name, check_name, default_model_name
+from deepfake_serving.engines import DEFAULT_ENGINE
+from deepfake_serving.serving.torchserve_handlers import handler_file
+from deepfake_serving.variants import get_variant
+
+# Worker settings that go into the archive's model-config.yaml: one worker, server-side batching
+# (benchmarks/bench_image.py prints the sweep); threads follow deepfake_serving.core.threads' rule
+# unless ``handler.threads`` is set.
+DEFAULT_MODEL_CONFIG = {
+    "minWorkers": 1,
+    "maxWorkers": 1,
+    "batchSize": 8,
+    "maxBatchDelay": 10,
+    "responseTimeout": 300,
+    "handler": {"media": "image"},
+}
+# A video is already a batch of faces: one request per forward pass, a longer timeout.
+VIDEO_MODEL_CONFIG = {**DEFAULT_MODEL_CONFIG, "batchSize": 1, "maxBatchDelay": 0, "responseTimeout": 900,
+                      "handler": {"media": "video"}}
+
+
+def build_archive(
+    variant: str,
+    version: str,
+    checkpoints: list[str] | tuple[str, ...] = (),
+    export_path: str | Path = "model_store",
+    model_name: str | None = None,
+    model_config: dict | None = None,
+    media: str = "image",
+    seed: int = 0,
+    engine: str = DEFAULT_ENGINE,
+    **quantization,
+) -> Path:
+    """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
+    several checkpoints of one variant averaged (as the DFDC winner did). ``quantization``:
+    write_bundle's ``quantize``, ``calibration`` and ``holdout``."""
+    # Every refusal before the build (15-20 s): names that become paths, the variant, the folders.
+    get_variant(variant)
+    check_name(version, "version")
+    model_name = check_name(model_name or default_model_name(variant, media), "model name")
+    check_options(quantization.get("quantize"), quantization.get("calibration"), quantization.get("holdout"), engine)
+    handler = handler_file(media)
+    export_path = Path(export_path)
+    export_path.mkdir(parents=True, exist_ok=True)
+    base = DEFAULT_MODEL_CONFIG if media == "image" else VIDEO_MODEL_CONFIG
+    config = {**base, **(model_config or {})}
+    if media == "video" and int(config.get("batchSize", 1)) > 1:
+        raise ValueError(f"a video archive takes one clip per request (batch size 1, not {config['batchSize']}): "
+                         "a batch would send one request's streamed progress to every request in it")
+    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media, "engine": engine}
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp, as_file(handler) as handler:
+        tmp = Path(tmp)
+        manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine,
+                                **quantization)
+        files = [tmp / "bundle" / name for name in [*manifest.weight_files, manifest.onnx["file"]]]
+        (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        subprocess.run(
+            [
+                sys.executable, "-m", "model_archiver.model_packaging",  # torch-model-archiver's entry point
+                "--model-name", model_name,
+                "--version", version,
+                "--handler", str(handler),
+                "--serialized-file", str(files[0]),
+                "--extra-files", ",".join(str(f) for f in [tmp / "bundle" / MANIFEST_NAME, *files[1:]]),
+                "--config-file", str(tmp / "model-config.yaml"),
+                "--export-path", str(tmp),
+                "--force",
+            ],
+            check=True,
+        )
+        target = export_path / archive_file_name(model_name, version)
+        shutil.move(str(tmp / f"{model_name}.mar"), target)
+    return target
