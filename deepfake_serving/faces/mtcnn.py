@@ -7,7 +7,7 @@ per call (the DFDC reference's way): the same image pyramid, area resampling
 ``tests/test_engines.py`` compares every box with facenet-pytorch's.
 
 The graphs are exported once from the weights in facenet-pytorch's wheel
-(MIT licence) by ``python -m deepfake_serving.faces.mtcnn export`` and ship in the
+(MIT licence) by ``python -m deepfake_serving.builder.mtcnn_export`` and ship in the
 package with their sha256 in ``assets/mtcnn/graphs.json``.
 """
 
@@ -242,35 +242,3 @@ class OnnxMTCNN:
         q1 = np.floor((2 * cells + 1) / F32(scale))
         q2 = np.floor((2 * cells + 12) / F32(scale))
         return np.concatenate([q1, q2, probs[ys, xs, None], reg[:, ys, xs].T], axis=1).astype(F32)
-
-
-# -- exporting the graphs (needs torch and facenet-pytorch; run once, the output is committed) ----------
-def export(directory=None) -> dict[str, str]:
-    import hashlib
-    from pathlib import Path
-
-    import torch
-    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
-
-    directory = Path(directory or str(ASSETS))
-    directory.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for net, module, size, outputs in (("pnet", PNet(), None, ["reg", "prob"]),
-                                       ("rnet", RNet(), 24, ["reg", "prob"]),
-                                       ("onet", ONet(), 48, ["reg", "landmarks", "prob"])):
-        example = torch.zeros(1, 3, size or 48, size or 64)
-        axes = {"image": {0: "n", 2: "h", 3: "w"} if size is None else {0: "n"}}
-        path = directory / f"{net}.onnx"
-        torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"], output_names=outputs,
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
-        digests[net] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (directory / "graphs.json").write_text(json.dumps(digests, indent=2) + "\n")
-    return digests
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] != ["export"]:
-        sys.exit("usage: python -m deepfake_serving.faces.mtcnn export")
-    print(json.dumps(export(), indent=2))

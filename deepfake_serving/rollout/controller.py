@@ -19,7 +19,7 @@ from deepfake_serving.evaluation.metrics import Evaluation, confusion_png, evalu
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
 from deepfake_serving.rollout.routing import Split, VersionStats
-from deepfake_serving.rollout.targets import Counters, ServerUnavailable
+from deepfake_serving.rollout.targets import Counters, RolloutTarget, ServerUnavailable
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def lease_file(split_file: Path) -> Path:
 
 @dataclass
 class Rollout:
-    target: object  # TorchServeTarget | TritonTarget
+    target: RolloutTarget
     audit: AuditLog
     split_file: Path
     policy: RolloutPolicy = RolloutPolicy()

@@ -7,6 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,6 +61,31 @@ def _call(method: str, url: str, timeout: float, key: str = "management", key_fi
     if response.status_code >= 400:
         raise ServerUnavailable(f"{method} {url}: {response.status_code} {response.text[:300]}")
     return response
+
+
+class RolloutTarget(Protocol):
+    """What a rollout needs from a server (TorchServeTarget, TritonTarget): its versions of one model,
+    registering, routing, promoting and removing them, and the counters the canary gate reads."""
+
+    backend: str
+    model: str
+    quantile_window_s: float | None  # the window of latency_quantiles, or None when counters are cumulative
+
+    def versions(self) -> list[str]: ...
+
+    def serving_version(self) -> str: ...
+
+    def register(self, archive: str | Path, timeout: float = 600.0) -> str: ...
+
+    def predict(self, version: str, data: bytes) -> Prediction: ...
+
+    def promote(self, version: str) -> None: ...
+
+    def remove(self, version: str) -> None: ...
+
+    def counters(self, version: str) -> Counters: ...
+
+    def latency_quantiles(self, version: str) -> dict[float, float]: ...
 
 
 class TorchServeTarget:
