@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # OpenMP threads of what make runs itself (torch in tests and benchmarks): the machine's 2 cores.
-# Served workers take theirs from the threads rule (deepfake_serving/threads.py), whatever this says.
+# Served workers take theirs from the threads rule (deepfake_serving/core/threads.py), whatever this says.
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: install serve test test-fast lint bench archives grpc-stubs triton triton-configs loadtest docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[serve,triton,load,test]'
+	$(PY) -m pip install --quiet -e '.[serve,triton,rollout,samples,load,dev]'
 	# nginx for the rollout's split_clients (Debian's package, unpacked into the venv when not installed)
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (cd $(VENV) && apt-get download nginx >/dev/null \
 		&& dpkg -x nginx_*.deb nginx && rm -f nginx_*.deb) || echo "nginx unavailable: its tests will skip"
@@ -22,8 +22,10 @@ install: $(STAMP)
 serve: install  ## build the demo archive, start TorchServe on loopback, print a real prediction
 	$(VENV)/bin/deepfake-serving demo
 
-lint: install  ## ruff with the rules in pyproject.toml
+lint: install  ## ruff, the import contract (import-linter) and the type check (mypy), all configured in pyproject.toml
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: lint  ## the whole suite: real TorchServe, Triton, nginx, Locust
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
@@ -50,8 +52,8 @@ loadtest: install  ## Locust vs a demo server: make loadtest TARGET=torchserve-r
 grpc-stubs: install  ## regenerate the committed stubs from TorchServe's own protos
 	$(PY) -m deepfake_serving.serving.client.grpc_codegen
 
-docs: install  ## regenerate the README's error tables from deepfake_serving/errors.py
-	$(PY) -m deepfake_serving.core.errors README.md
+docs: install  ## regenerate the error tables of docs/schema.md from deepfake_serving/core/errors.py
+	$(PY) -m deepfake_serving.core.errors docs/schema.md
 
 clean:
 	rm -rf runtime model_store/*.mar

@@ -39,7 +39,7 @@ import psutil
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from deepfake_serving.builder import write_bundle
+from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.bundle.manifest import MANIFEST_NAME  # noqa: E402
 from deepfake_serving.media import samples  # noqa: E402
 from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline

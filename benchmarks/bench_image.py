@@ -31,7 +31,7 @@ import psutil
 import requests
 import torch
 
-from deepfake_serving.builder import write_bundle
+from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.core.naming import model_names
 from deepfake_serving.media import samples
 from deepfake_serving.pipeline import load_image_pipeline

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     bundle_dir = tempfile.mkdtemp(prefix="bundle-")
-    subprocess.run([sys.executable, "-c", "import sys; from deepfake_serving.builder import write_bundle; "
+    subprocess.run([sys.executable, "-c", "import sys; from deepfake_serving.builder.write import write_bundle; "
                     "write_bundle(sys.argv[1], sys.argv[2], '1')", bundle_dir, args.variant], check=True)
     rows = [("python", rss())]
     if args.engine == "torch":

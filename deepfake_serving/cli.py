@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL_STORE = "model_store"
+from deepfake_serving.core.naming import MODEL_STORE as DEFAULT_MODEL_STORE
+from deepfake_serving.core.naming import TRITON_REPOSITORY
+
 DEFAULT_WORKDIR = "runtime/torchserve"  # deepfake_serving.serving.client.auth looks for key files here
 DEFAULT_TRITON_WORKDIR = "runtime/triton"
 
@@ -24,10 +26,22 @@ def cmd_variants(args) -> int:
     return 0
 
 
+def cmd_samples(args) -> int:
+    try:
+        from deepfake_serving.media.samples import write_samples
+
+        files = write_samples(args.directory)
+    except ImportError as err:
+        raise CommandError(f"the sample photographs come from scikit-image ({err.name}): pip install "
+                           "'deepfake-serving[samples]'") from None
+    print(json.dumps(files))
+    return 0
+
+
 def cmd_archive(args) -> int:
     from deepfake_serving.serving.launch.archive import build_archive
 
-    config = {}
+    config: dict[str, object] = {}
     if args.workers:
         config.update(minWorkers=args.workers, maxWorkers=args.workers)
     if args.batch_size:
@@ -174,13 +188,14 @@ def cmd_rollout(args) -> int:
     from deepfake_serving.media import samples
     from deepfake_serving.rollout.audit import AuditLog
     from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy, RolloutStopped, stop_on_signals
-    from deepfake_serving.rollout.targets import TorchServeTarget, TritonTarget
+    from deepfake_serving.rollout.targets import RolloutTarget, TorchServeTarget, TritonTarget
 
     if args.abort:
         args.model = args.abort
     elif not args.candidate:
         raise CommandError("rollout: give the candidate (or --abort MODEL)")
 
+    target: RolloutTarget
     if args.backend == "triton":
         target = TritonTarget(args.model, args.inference_url, args.metrics_url, args.key_file)
     else:
@@ -315,10 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from deepfake_serving.builder.quantize import MODES as QUANTIZE_MODES
+    from deepfake_serving.bundle.manifest import REDUCED_PRECISIONS as QUANTIZE_MODES
     from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
 
     sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
+
+    p = sub.add_parser("samples", help="write sample media to DIR: face.jpg, no_face.jpg (real photographs) and "
+                                       "clip.mp4 (a moving face)")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_samples)
 
     p = sub.add_parser("archive", help="package a variant as a versioned .mar")
     p.add_argument("--variant", required=True)
@@ -358,8 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["demo"].add_argument("--variant", default="b4-mobile")
     sub.choices["demo"].add_argument("--exit", action="store_true", help="stop the server after the prediction")
 
-    from deepfake_serving.serving.launch.triton_repository import REPOSITORY
-
     triton = sub.add_parser("triton", help="build and serve the Triton model repository").add_subparsers(
         dest="triton_command", required=True)
     for name, func, helptext in (
@@ -368,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = triton.add_parser(name, help=helptext)
         p.add_argument("--variant", default="b4-mobile")
         p.add_argument("--checkpoint", action="append", help="as for archive: repeat to average checkpoints")
-        p.add_argument("--repository", default=str(REPOSITORY))
+        p.add_argument("--repository", default=TRITON_REPOSITORY)
         p.set_defaults(func=func)
     build = triton.choices["build"]
     build.add_argument("--version", type=int, required=True, help="Triton version directory (1, 2, ...)")

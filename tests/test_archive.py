@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import torch
 
-from deepfake_serving.builder import write_bundle
+from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.bundle.manifest import MANIFEST_NAME
 from deepfake_serving.cli import main
 from deepfake_serving.core.digest import sha256_of

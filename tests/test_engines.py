@@ -13,8 +13,8 @@ import skimage.data
 import torch
 from facenet_pytorch import MTCNN
 
-from deepfake_serving.builder import write_bundle
 from deepfake_serving.builder.export import export_onnx
+from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.cli import main
 from deepfake_serving.core.digest import sha256_of

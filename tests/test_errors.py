@@ -1,4 +1,4 @@
-"""The error catalogue is the one source of the README's tables, and every documented client error is
+"""The error catalogue is the one source of the error tables (docs/schema.md), and every documented client error is
 one of the test corpus's cases (tests/media.py) or named here with the test that sends it."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from deepfake_serving.core.errors import CATALOGUE, RequestError, internal_error, with_tables
 from helpers import media
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "schema.md"  # where the tables are
 
 # Codes sent by tests outside the media tables.
 SENT_ELSEWHERE = {
@@ -27,7 +27,7 @@ UNREACHABLE = {"missing_input", "bad_input_shape"}
 def test_the_readme_tables_are_generated_from_the_catalogue():
     text = README.read_text()
     assert "<!-- errors:video -->" in text and "<!-- errors:request,image -->" in text
-    assert with_tables(text) == text, "run `make docs` to regenerate the README's error tables"
+    assert with_tables(text) == text, "run `make docs` to regenerate the error tables of docs/schema.md"
 
 
 def test_every_client_error_code_is_sent_by_a_test():

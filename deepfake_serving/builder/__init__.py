@@ -1,5 +1,2 @@
-"""Building bundles (imports torch): ``write_bundle``, the ONNX export and reduced precision."""
-
-from deepfake_serving.builder.write import write_bundle
-
-__all__ = ["write_bundle"]
+"""Building bundles (imports torch): ``write.write_bundle``, the ONNX export, reduced precision under proof
+and the MTCNN graphs' export."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfake_serving.bundle.manifest import REDUCED_PRECISIONS
 from deepfake_serving.core.errors import CheckpointError
 from deepfake_serving.engines import graph_runtime
 from deepfake_serving.pipeline.image import ImagePreprocessor, PreparedImage
@@ -29,7 +30,7 @@ from deepfake_serving.variants import Variant
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CALIBRATION_BATCH = 8
-MODES = ("int8", "fp16", "bf16")
+MODES = REDUCED_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ def reduce_precision(mode: str, graph: Path, target: Path, variant: Variant, cal
     pre = variant.preprocessing
     holdout_faces = pre.tensor(folder_faces(holdout, variant, "held-out"))
     if mode == "int8":
+        if calibration is None:
+            raise QuantizationRefused("--quantize int8 needs --calibration DIR")
         record = _write_int8(graph, target, variant, calibration)
     else:
         record = _write_fp16(graph, target) if mode == "fp16" else _write_bf16(graph, target)

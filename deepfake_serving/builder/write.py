@@ -43,7 +43,8 @@ def write_bundle(
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    models = [(create_model(variant.name, checkpoint, seed=seed), checkpoint) for checkpoint in checkpoints or [None]]
+    sources: list[str | Path | None] = list(checkpoints) or [None]  # no checkpoint: random (seeded) weights
+    models = [(create_model(variant.name, checkpoint, seed=seed), checkpoint) for checkpoint in sources]
     entries = []
     for i, (model, checkpoint) in enumerate(models):
         path = directory / weights_file_name(i)
@@ -55,6 +56,7 @@ def write_bundle(
     if quantize:
         fp32 = graph.rename(directory / "classifier.fp32.onnx")
         try:
+            assert holdout is not None  # check_options refused a reduced precision without a held-out folder
             record = reduce_precision(quantize, fp32, graph, variant, calibration, holdout)
             onnx.update(precision=quantize, quantization=record)
         finally:

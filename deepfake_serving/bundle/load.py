@@ -63,7 +63,7 @@ class Bundle:
         if engine == "torch":
             set_torch_threads(intra_op_threads(threads))
             return torch_scorer(self.variant, self.torch_models(), batch, device)
-        return GraphScorer(self.graph(engine, device, threads), self.variant, batch, self.manifest.onnx["file"])
+        return GraphScorer(self.graph(engine, device, threads), self.variant, batch)
 
     def graph(self, engine: str | None = None, device: Device = Device(), threads: int | None = None) -> Graph:
         """The ONNX graph on a graph engine's runtime (default: the manifest's engine when it runs graphs,

@@ -16,6 +16,8 @@ MANIFEST_NAME = "deepfake_manifest.json"
 # modules that no longer exist, so such archives are rebuilt, README: Upgrading).
 LAYOUT = 2
 GRAPH_NAME = "classifier.onnx"
+# A graph's precision other than fp32, each allowed only with proof (deepfake_serving.builder.quantize).
+REDUCED_PRECISIONS = ("int8", "fp16", "bf16")
 
 
 @dataclass(frozen=True)

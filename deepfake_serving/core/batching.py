@@ -3,7 +3,7 @@ so an item that cannot run fails by itself and its neighbours are answered, each
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -15,7 +15,7 @@ def isolated(items: Sequence[T], one: Callable[[T], R],
     item, an item whose call raises getting its exception as its result."""
     if batch is not None and items:
         try:
-            results = list(batch(items))
+            results: list[R | Exception] = list(batch(items))
             if len(results) == len(items):
                 return results
         except Exception:  # noqa: BLE001 - retried item by item below
@@ -33,9 +33,9 @@ def in_place(items: Sequence[T | Exception], run: Callable[[list[T]], Sequence[R
     """``run`` over the items that are not already failures, its answers put back at their places; if
     ``run`` itself raises, each of those items gets the exception."""
     places = [i for i, item in enumerate(items) if not isinstance(item, Exception)]
-    todo = [items[i] for i in places]
+    todo = [cast(T, items[i]) for i in places]
     try:
-        answers = list(run(todo)) if todo else []  # type: ignore[arg-type]
+        answers: list[R | Exception] = list(run(todo)) if todo else []
     except Exception as exc:  # noqa: BLE001 - the last resort: these requests fail, the others keep theirs
         answers = [exc] * len(todo)
     results: list = list(items)

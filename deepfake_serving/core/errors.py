@@ -2,7 +2,7 @@
 
 The handler, the Triton models, the clients and the nginx front all answer
 ``{"error": {"code", "message", "status"}}`` with a code from ``CATALOGUE``;
-the README's error tables are generated from it (``markdown_table``), and a
+the error tables of docs/schema.md are generated from it (``markdown_table``), and a
 test sends every documented case.
 """
 
@@ -99,14 +99,14 @@ def error_body(code: str, message: str) -> dict:
 
 
 def markdown_table(scopes: tuple[str, ...]) -> str:
-    """The README's table of the codes in ``scopes`` (kept in step with the code by a test)."""
+    """The table of the codes in ``scopes`` (docs/schema.md; kept in step with the code by a test)."""
     rows = ["| code | status | when |", "|---|---|---|"]
     rows += [f"| `{code}` | {kind.status} | {kind.meaning} |" for code, kind in CATALOGUE.items() if kind.scope in scopes]
     return "\n".join(rows)
 
 
 def with_tables(readme: str) -> str:
-    """The README with every ``<!-- errors:SCOPES -->`` block regenerated (``make docs``)."""
+    """A page with every ``<!-- errors:SCOPES -->`` block regenerated (``make docs``)."""
     def table(match: re.Match) -> str:
         return f"{match.group(1)}\n{markdown_table(tuple(match.group(2).split(',')))}\n{match.group(3)}"
     return re.sub(r"(<!-- errors:([a-z,]+) -->)\n.*?(<!-- /errors:\2 -->)", table, readme, flags=re.S)
@@ -120,5 +120,5 @@ if __name__ == "__main__":
     import sys
     from pathlib import Path
 
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schema.md")
     path.write_text(with_tables(path.read_text()))

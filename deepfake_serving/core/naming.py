@@ -20,6 +20,9 @@ def check_name(value: str, what: str = "name") -> str:
         raise ValueError(f"{what} {value!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting "
                          "with a letter or digit (no path separators, no '..')")
     return str(value)
+# Where built archives and the Triton repository live, relative to where a command runs.
+MODEL_STORE = "model_store"
+TRITON_REPOSITORY = "model_repository"
 TRITON_ROLES = ("preprocess", "classifier", "postprocess", "video")
 # The classifier's second output: which version answered, whether it was trained, the batch size and this
 # request's share of the call's time (JSON), read by postprocess and the video model.

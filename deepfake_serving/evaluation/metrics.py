@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from sklearn import metrics
@@ -82,7 +82,17 @@ def evaluate(labels: list[int], scores: list[float | None], thresholds: float | 
     )
 
 
-def evaluate_folder(folder: str | Path, predict: Callable[[bytes], object]) -> Evaluation:
+class Answer(Protocol):
+    """A served answer (the clients' ``Prediction``): whether it succeeded, and its JSON body."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def body(self) -> dict: ...
+
+
+def evaluate_folder(folder: str | Path, predict: Callable[[bytes], Answer]) -> Evaluation:
     """``predict(data) -> Prediction`` for every file, judged at the threshold the answer carries (the
     served variant's); a failed request counts as ``failed``."""
     labels, scores, thresholds, failed = [], [], [], 0

@@ -30,6 +30,8 @@ def _interpolation(scale: float) -> int:
 
 def isotropic_resize(image: np.ndarray, size: int) -> np.ndarray:
     """Scale so the longest side equals ``size``; unchanged if it already does."""
+    h: float
+    w: float
     h, w = image.shape[:2]
     if max(w, h) == size:
         return image

@@ -37,7 +37,8 @@ class FaceSet:
         size and resize rule; a face whose padded crop is empty (a box outside the image) is not kept."""
         if self.image is None:
             raise ValueError("the decoded pixels were released: crops are cut before release()")
-        kept, crops = [], []
+        kept: list[DetectedFace] = []
+        crops: list[np.ndarray] = []
         for face in self.faces:
             crop = padded_crop(self.image, face.box, pre.faces.crop_margin)
             if crop.size == 0:
@@ -49,6 +50,11 @@ class FaceSet:
 
     def release(self) -> None:
         self.image = None
+
+
+def _box(values) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = values
+    return x1, y1, x2, y2
 
 
 def shrink(image: np.ndarray, scale: float) -> np.ndarray:
@@ -90,7 +96,7 @@ class FaceDetector:
         """The faces of an RGB image, detected on its copy shrunk by ``scale``; boxes come back full size."""
         boxes, probs = self.mtcnn.detect(shrink(image, scale))
         inverse = 1.0 / scale
-        faces = [DetectedFace(tuple(int(float(b) * inverse) for b in box), float(p)) for box, p in zip(boxes, probs)]
+        faces = [DetectedFace(_box(int(float(b) * inverse) for b in box), float(p)) for box, p in zip(boxes, probs)]
         return FaceSet(faces, image)
 
     def detect(self, images: Sequence[np.ndarray], scales: Sequence[float]) -> list[FaceSet | Exception]:

@@ -66,7 +66,6 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), video_endpoin
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(ImageOps.exif_transpose(img))
     except Exception as exc:  # truncated data, bad chunks, zlib errors...
         raise RequestError("corrupt_image", f"the {fmt} data is corrupt or truncated: {exc}") from None

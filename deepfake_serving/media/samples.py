@@ -52,7 +52,7 @@ def _place(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
 
 def _resized(image: np.ndarray, height: int) -> np.ndarray:
     width = round(image.shape[1] * height / image.shape[0])
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
 
 
 def moving_face_frames(count: int = 60, size: tuple[int, int] = (640, 480), faces: int = 1,
@@ -90,6 +90,7 @@ def encode_video(frames: list[np.ndarray], fmt: str = "mp4", fps: float = 25, ti
     buf = io.BytesIO()
     with av.open(buf, mode="w", format={"mkv": "matroska", "mov": "mov", "ts": "mpegts"}.get(fmt, fmt)) as container:
         stream = container.add_stream(codec or VIDEO_CODECS[fmt], rate=fractions.Fraction(fps).limit_denominator(1000))
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
         time_base = fractions.Fraction(1, 1000)
@@ -104,3 +105,17 @@ def encode_video(frames: list[np.ndarray], fmt: str = "mp4", fps: float = 25, ti
         for packet in stream.encode():
             container.mux(packet)
     return buf.getvalue()
+
+
+def write_samples(directory) -> dict[str, str]:
+    """The five-minute path's media: a face photograph, a photograph with no face, and a 2-second H.264
+    clip of a moving face (what ``deepfake-serving samples DIR`` writes)."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"face.jpg": astronaut_jpeg(), "no_face.jpg": encode(no_face(), quality=90),
+             "clip.mp4": encode_video(moving_face_frames(50), "mp4")}
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return {name: str(directory / name) for name in files}

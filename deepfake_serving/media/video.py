@@ -170,17 +170,21 @@ class VideoSource:
 
     @property
     def size(self) -> int:
-        return len(self.data) if self.data is not None else self.path.stat().st_size  # type: ignore[union-attr]
+        return len(self.data) if self.data is not None else self._path.stat().st_size
 
     def head(self, n: int = 376) -> bytes:
         """The first bytes, enough for every signature in core.formats."""
-        if self.data is not None:
-            return self.data[:n]
-        with open(self.path, "rb") as f:  # type: ignore[arg-type]
+        with self.open() as f:
             return f.read(n)
 
     def open(self) -> BinaryIO:
-        return io.BytesIO(self.data) if self.data is not None else open(self.path, "rb")  # type: ignore[arg-type]
+        return io.BytesIO(self.data) if self.data is not None else self._path.open("rb")
+
+    @property
+    def _path(self) -> Path:
+        if self.path is None:
+            raise ValueError("a video source holds bytes or a path")
+        return self.path
 
 
 def _open(source: VideoSource, file: BinaryIO):

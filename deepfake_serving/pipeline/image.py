@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class ImagePreprocessor:
         if not images:
             return prepared
         start = time.perf_counter()
-        detections = self.face_detector.detect([item.image for item in images.values()],
+        detections = self.face_detector.detect([cast(np.ndarray, item.image) for item in images.values()],
                                                [item.detect_scale for item in images.values()])
         detect_ms = ms_since(start) / len(images)
         for (i, item), found in zip(images.items(), detections):
@@ -116,7 +116,7 @@ class ImagePreprocessor:
         kept, item.crops = found.crops(pre)
         item.boxes = [face.box for face in kept]
         item.confidences = [face.confidence for face in kept]
-        if not item.crops and pre.faces.no_face_fallback == "center_crop":
+        if not item.crops and pre.faces.no_face_fallback == "center_crop" and found.image is not None:
             crop, box = center_square(found.image)
             item.boxes.append(box)
             item.confidences.append(None)
@@ -124,7 +124,7 @@ class ImagePreprocessor:
             item.source = "center_crop"
 
 
-def image_result(item: PreparedImage, scores: Sequence[float], *, model: str, version: str, threshold: float,
+def image_result(item: PreparedImage, scores: Sequence[float] | np.ndarray, *, model: str, version: str, threshold: float,
                  weights_trained: bool, batch_size: int) -> dict:
     """The response for one prepared image and its faces' P(fake)."""
     faces = [
@@ -166,7 +166,7 @@ class ImagePipeline:
         """P(fake) for each crop (the mean over the archive's checkpoints)."""
         return self.classifier.scores(crops).mean(axis=0)
 
-    def respond(self, item: PreparedImage, scores: Sequence[float], batch_size: int = 1) -> dict:
+    def respond(self, item: PreparedImage, scores: Sequence[float] | np.ndarray, batch_size: int = 1) -> dict:
         return image_result(item, scores, model=self.model_name, version=self.version,
                             threshold=self.variant.threshold, weights_trained=self.weights_trained,
                             batch_size=batch_size)

@@ -12,6 +12,7 @@ import socket
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -103,6 +104,12 @@ class Rollout:
         self.audit.append(model=self.target.model, serving=self.serving, candidate=self.candidate,
                           step=step, outcome=outcome, message=message,
                           figures={"backend": self.target.backend, **figures})
+
+    def _versions(self) -> tuple[str, str]:
+        """(serving, candidate): known in every step after register."""
+        if self.serving is None or self.candidate is None:
+            raise RolloutError(self.step, "no candidate is registered beside a serving version")
+        return self.serving, self.candidate
 
     def _set_split(self, split: Split) -> None:
         split.save(self.split_file)
@@ -214,7 +221,7 @@ class Rollout:
             promoted = candidate is not None and self.target.serving_version() == candidate
         except ServerUnavailable:
             promoted = False
-        if promoted:
+        if promoted and candidate is not None:
             self._set_split(Split(self.target.model, candidate))
             return candidate, [], []
         self._set_split(Split(self.target.model, serving))
@@ -234,11 +241,11 @@ class Rollout:
 
     # -- steps -----------------------------------------------------------------------------------
     def _warm_up(self) -> None:
-        probe = self.probes[0] if self.probes else None
+        serving, candidate = self._versions()
         latencies = []
-        for _ in range(self.policy.warmup_requests if probe else 0):
+        for probe in [self.probes[0]] * self.policy.warmup_requests if self.probes else []:
             start = time.perf_counter()
-            answer = self.target.predict(self.candidate, probe)
+            answer = self.target.predict(candidate, probe)
             latencies.append((time.perf_counter() - start) * 1000)
             if not answer.ok:
                 self._log("warm_up", "failed", f"candidate answered {answer.status}: {answer.body}")
@@ -246,8 +253,10 @@ class Rollout:
         self._log("warm_up", "ok", requests=len(latencies), latency_ms=[round(x, 1) for x in latencies])
 
     def _shadow(self) -> None:
-        deltas, agree, times = [], 0, {"serving": [], "candidate": []}
-        pairs = [("serving", self.serving), ("candidate", self.candidate)]
+        serving, candidate = self._versions()
+        deltas, agree = [], 0
+        times: dict[str, list[float]] = {"serving": [], "candidate": []}
+        pairs = [("serving", serving), ("candidate", candidate)]
         for i, data in enumerate(list(self.probes) * self.policy.shadow_rounds):
             answers = {}
             for role, version in (pairs if i % 2 == 0 else pairs[::-1]):
@@ -262,7 +271,7 @@ class Rollout:
             if a.get("fake_probability") is not None and b.get("fake_probability") is not None:
                 deltas.append(abs(a["fake_probability"] - b["fake_probability"]))
         n = max(len(self.probes) * self.policy.shadow_rounds, 1)
-        figures = {"probes": len(self.probes), "comparisons": n, "label_agreement": agree / n,
+        figures: dict = {"probes": len(self.probes), "comparisons": n, "label_agreement": agree / n,
                    "mean_abs_delta": statistics.fmean(deltas) if deltas else 0.0,
                    "serving_p50_ms": statistics.median(times["serving"]) if times["serving"] else None,
                    "candidate_p50_ms": statistics.median(times["candidate"]) if times["candidate"] else None}
@@ -280,12 +289,13 @@ class Rollout:
             raise RolloutError("shadow", "; ".join(problems))
 
     def _gate(self) -> None:
+        serving, candidate = self._versions()
         if self.labelled_folder is None:
             self._log("gate", "skipped", "no labelled folder given")
             return
         results: dict[str, Evaluation] = {}
-        for role, version in (("serving", self.serving), ("candidate", self.candidate)):
-            results[role] = evaluate_folder(self.labelled_folder, lambda data, v=version: self.target.predict(v, data))
+        for role, version in (("serving", serving), ("candidate", candidate)):
+            results[role] = evaluate_folder(self.labelled_folder, partial(self.target.predict, version))
             if self.reports:
                 self.reports.mkdir(parents=True, exist_ok=True)
                 confusion_png(results[role], self.reports / f"confusion_{self.target.model}_{version}.png",
@@ -302,15 +312,16 @@ class Rollout:
         self._log("gate", "ok", f"candidate {metric} {candidate} vs serving {serving}", **figures)
 
     def _canary(self) -> None:
-        split = Split(self.target.model, self.serving, self.candidate, self.policy.canary_weight)
-        before = {v: self.target.counters(v) for v in (self.serving, self.candidate)}
+        serving, candidate = self._versions()
+        split = Split(self.target.model, serving, candidate, self.policy.canary_weight)
+        before = {v: self.target.counters(v) for v in (serving, candidate)}
         router_before = self._router_snapshot()
         self._set_split(split)
-        self._log("canary", "started", f"{self.policy.canary_weight}% of keys to {self.candidate}",
+        self._log("canary", "started", f"{self.policy.canary_weight}% of keys to {candidate}",
                   weight=self.policy.canary_weight)
         started = time.monotonic()
         deadline = started + self.policy.watch_s
-        probes = {self.serving: VersionStats(), self.candidate: VersionStats()}
+        probes = {serving: VersionStats(), candidate: VersionStats()}
         slow_checks = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -318,7 +329,7 @@ class Rollout:
                                              else self.policy.check_every_s)  # watching on past a slow check
             self._probe(probes)
             time.sleep(max(0.0, next_check - time.monotonic()))
-            now = {v: self.target.counters(v) for v in (self.serving, self.candidate)}
+            now = {v: self.target.counters(v) for v in (serving, candidate)}
             window = {v: now[v] - before[v] for v in now}
             failing, slow, figures = self._guard_rails(window, self._router_window(router_before), probes,
                                                        *self._server_quantiles(started))
@@ -342,10 +353,11 @@ class Rollout:
         """Interleaved requests to both versions under the same live load: latencies measured side by side.
         (TorchServe's server-side latency counts a whole batch's time for each request in it, so it
         cannot compare versions whose batches fill differently.)"""
+        serving, candidate = self._versions()
         if not self.probes:
             return
         for i in range(self.policy.canary_probes):
-            order = [self.serving, self.candidate] if i % 2 == 0 else [self.candidate, self.serving]
+            order = [serving, candidate] if i % 2 == 0 else [candidate, serving]
             for version in order:
                 start = time.perf_counter()
                 answer = self.target.predict(version, self.probes[i % len(self.probes)])
@@ -355,10 +367,11 @@ class Rollout:
     def _server_quantiles(self, canary_started: float) -> tuple[dict, bool]:
         """The server's own latency quantiles per version (Triton), and whether to judge them: only
         once its window holds canary traffic alone, not the candidate's warm-up and shadow requests."""
+        serving, candidate = self._versions()
         window = self.target.quantile_window_s
         if window is None:
             return {}, False
-        quantiles = {v: self.target.latency_quantiles(v) for v in (self.serving, self.candidate)}
+        quantiles = {v: self.target.latency_quantiles(v) for v in (serving, candidate)}
         return quantiles, time.monotonic() - canary_started >= window
 
     def _router_snapshot(self) -> dict:
@@ -382,9 +395,10 @@ class Rollout:
                      quantiles: dict | None = None,
                      judge_quantiles: bool = False) -> tuple[list[str], list[str], dict]:
         """(failing, slow, figures): the candidate's failures and error ratio, its latencies, against serving's."""
-        s, c = server[self.serving], server[self.candidate]
-        ps, pc = probes[self.serving], probes[self.candidate]
-        rs, rc = router.get(self.serving, {}), router.get(self.candidate, {})
+        serving, candidate = self._versions()
+        s, c = server[serving], server[candidate]
+        ps, pc = probes[serving], probes[candidate]
+        rs, rc = router.get(serving, {}), router.get(candidate, {})
         figures = {"serving_requests": s.requests or rs.get("requests", 0),
                    "candidate_requests": c.requests or rc.get("requests", 0),
                    "serving_mean_ms": s.mean_latency_ms, "candidate_mean_ms": c.mean_latency_ms,
@@ -415,7 +429,7 @@ class Rollout:
             slow.append(f"candidate p95 {rc['p95_ms']:.0f} ms > {self.policy.max_latency_ratio}× "
                         f"serving {rs['p95_ms']:.0f} ms (router)")
         if quantiles:
-            qs, qc = quantiles.get(self.serving, {}).get(0.95), quantiles.get(self.candidate, {}).get(0.95)
+            qs, qc = quantiles.get(serving, {}).get(0.95), quantiles.get(candidate, {}).get(0.95)
             figures["server_p95_ms"] = {"serving": qs, "candidate": qc, "judged": judge_quantiles}
             if judge_quantiles and qs and qc and qc > self.policy.max_latency_ratio * qs:
                 slow.append(f"candidate p95 {qc:.0f} ms > {self.policy.max_latency_ratio}× serving {qs:.0f} ms "
@@ -424,14 +438,17 @@ class Rollout:
         return failing, slow, figures
 
     def _promote(self) -> None:
-        self.target.promote(self.candidate)
-        self._set_split(Split(self.target.model, self.candidate))
-        self._log("promote", "ok", f"{self.candidate} is the serving version; {self.serving} stays registered "
+        serving, candidate = self._versions()
+        self.target.promote(candidate)
+        self._set_split(Split(self.target.model, candidate))
+        self._log("promote", "ok", f"{candidate} is the serving version; {serving} stays registered "
                                    "for a manual rollback")
 
     def _rollback(self, cause: RolloutError, versions_before: list[str]) -> None:
         """Traffic back to the serving version first, then (after in-flight requests drain) the candidate
         goes; a stop inside promote after the server switched completes the promotion instead."""
+        if self.serving is None:
+            raise RolloutError(self.step, "nothing to roll back to: the serving version is unknown") from cause
         serving, removed, problems = self._restore(self.serving, self.candidate, versions_before)
         if serving == self.candidate:
             self._log("promote", "ok", f"completed after {cause}")

@@ -104,11 +104,16 @@ class LeaseFile:
     def update(self, **changes) -> None:
         """Record what the rollout changed (serving, candidate, versions_before, phase)."""
         with self._lock:
-            self._lease = replace(self._lease, renewed=time.time(), **changes)
+            self._lease = replace(self._held(), renewed=time.time(), **changes)
             write_atomically(self.path, json.dumps(asdict(self._lease)))
 
+    def _held(self) -> Lease:
+        if self._lease is None:
+            raise RuntimeError("the lease is not held: acquire() it first")
+        return self._lease
+
     def _renew(self) -> None:
-        while not self._stop.wait(self._lease.ttl_s / 3):
+        while not self._stop.wait(self._held().ttl_s / 3):
             self.update()
 
     def release(self) -> None:

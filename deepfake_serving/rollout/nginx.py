@@ -168,7 +168,7 @@ class Nginx:
 
     def write(self, split: Split) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
-        if self.relay_port is None:
+        if self.relay_port is None or self.relay_secret is None:
             raise RuntimeError("no key relay: start() this front, or attach() to a running one")
         settings = {"listen_port": self.listen_port, "torchserve_url": self.torchserve_url,
                     "relay_port": self.relay_port, "relay_secret": self.relay_secret}

@@ -73,7 +73,9 @@ class RoutedClient:
         self.client = client
         self.split_file = Path(split_file)
         self.reload_every_s = reload_every_s
-        self._split, self._mtime, self._checked = None, None, 0.0
+        self._split: Split | None = None
+        self._mtime: int | None = None
+        self._checked = 0.0
         self._lock = threading.Lock()
         self.stats: dict[str, VersionStats] = {}
 
@@ -85,6 +87,7 @@ class RoutedClient:
                 mtime = self.split_file.stat().st_mtime_ns
                 if mtime != self._mtime:
                     self._split, self._mtime = Split.load(self.split_file), mtime
+            assert self._split is not None  # loaded above on the first call
             return self._split
 
     def predict(self, data: bytes, key: str, **options):

@@ -88,7 +88,14 @@ class RolloutTarget(Protocol):
     def latency_quantiles(self, version: str) -> dict[float, float]: ...
 
 
-class TorchServeTarget:
+class _ControlApi:
+    key_file: str | None = None
+
+    def _call(self, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+        return _call(method, url, timeout, key_file=self.key_file, **kwargs)
+
+
+class TorchServeTarget(_ControlApi):
     """Versions are archive versions ("1.0", "2.0") of one model name."""
 
     backend = "torchserve"
@@ -100,9 +107,6 @@ class TorchServeTarget:
         self.management_url, self.metrics_url = management_url, metrics_url
         self.key_file = key_file
         self.client = RestClient(inference_url, key_file=key_file)
-
-    def _call(self, *args, **kwargs) -> requests.Response:
-        return _call(*args, key_file=self.key_file, **kwargs)
 
     def versions(self) -> list[str]:
         described = self._call("GET", f"{self.management_url}/models/{self.model}/all", 10).json()
@@ -151,7 +155,7 @@ class TorchServeTarget:
         return {}
 
 
-class TritonTarget:
+class TritonTarget(_ControlApi):
     """Versions are classifier versions ("1", "2") of one variant's repository. During a rollout the
     image ensemble is pinned to the serving version, each version in play gets its own pinned
     ensemble ``<ensemble>_v<N>`` (loaded through the repository API with a config override and no
@@ -167,8 +171,6 @@ class TritonTarget:
         self.http_url, self.metrics_url = http_url.rstrip("/"), metrics_url
         self.key_file = key_file
         self.client = TritonClient(http_url, "http")
-
-    _call = TorchServeTarget._call
 
     # -- repository API --------------------------------------------------------------------------
     def _config(self, name: str) -> dict:

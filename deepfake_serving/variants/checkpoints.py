@@ -20,7 +20,7 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 # DFDC checkpoints store ``bce_best`` as a numpy scalar. These rebuild a numpy
 # scalar from its dtype and raw bytes; they run no code from the file.
 NUMPY_SCALAR_GLOBALS = [
-    np.core.multiarray.scalar,
+    np.core.multiarray.scalar,  # type: ignore[attr-defined]  # numpy 1.26 has it; its stubs do not say so
     np.dtype,
     *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)},
 ]

@@ -108,11 +108,12 @@ def find_key_file(url: str, key_file: str | Path | None = None) -> tuple[Path | 
                   (os.environ.get(KEY_FILE_VARIABLE), f"${KEY_FILE_VARIABLE}"),
                   *((str(Path(d) / KEY_FILE_NAME), f"the default working directory {d}")
                     for d in DEFAULT_WORKDIRS.values())]
-    notes, unrecorded = [], None
-    for path, how in candidates:
-        if not path or not Path(path).is_file():
+    notes: list[str] = []
+    unrecorded: tuple[Path, str] | None = None
+    for name, how in candidates:
+        if not name or not Path(name).is_file():
             continue
-        path = Path(path)
+        path = Path(name)
         if not path.with_name(RECORD_NAME).exists():
             unrecorded = unrecorded or (path, how)
             continue

@@ -134,9 +134,7 @@ def server_error(status: int, message: str, kind: str = "") -> dict:
     elif status == 507:
         code = "out_of_memory"
     else:
-        code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status)
-    if code is None:
-        code = "bad_request" if 400 <= status < 500 else "server_error"
+        code = SERVER_EXCEPTIONS.get(kind) or SERVER_STATUSES.get(status) or ("bad_request" if 400 <= status < 500 else "server_error")
     body = error_body(code, message or f"HTTP {status}")
     if code == "bad_request":
         body["error"]["status"] = status
@@ -161,6 +159,8 @@ def normalized(status: int, raw: bytes, reason: str = "") -> dict:
 
 
 class RestClient(Retrying):
+    keys: ServerKeys
+
     def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 300.0, key_file: str | None = None,
                  retry: RetryPolicy = RetryPolicy()):
         super().__init__(retry)
@@ -211,6 +211,8 @@ class RestClient(Retrying):
 class GrpcClient(Retrying):
     """TorchServe's gRPC Predictions call. Its per-request status does not cross gRPC (the call
     is OK and the error is in the body), so the status comes from the body's ``error.status``."""
+
+    keys: ServerKeys
 
     def __init__(self, target: str = "127.0.0.1:7070", timeout: float = 300.0, max_message_mb: int = 100,
                  key_file: str | None = None, retry: RetryPolicy = RetryPolicy()):

@@ -18,13 +18,13 @@ STUB_DIR = Path(__file__).parent / "grpc_stubs"
 
 
 def model_server_jar() -> Path:
-    return Path(resources.files("ts")) / "frontend" / "model-server.jar"
+    return Path(str(resources.files("ts"))) / "frontend" / "model-server.jar"
 
 
 def generate(out_dir: Path = STUB_DIR) -> list[Path]:
     from grpc_tools import protoc
 
-    google_protos = Path(resources.files("grpc_tools")) / "_proto"
+    google_protos = Path(str(resources.files("grpc_tools"))) / "_proto"
     from google.rpc import status_pb2  # googleapis-common-protos ships google/rpc/status.proto beside it
 
     common_protos = Path(status_pb2.__file__).parents[2]

@@ -8,12 +8,13 @@ import sys
 import tempfile
 from importlib.resources import as_file
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from deepfake_serving.builder import write_bundle
 from deepfake_serving.builder.quantize import check_options
-from deepfake_serving.bundle.manifest import MANIFEST_NAME
+from deepfake_serving.builder.write import write_bundle
+from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.core.naming import archive_file_name, check_name, default_model_name
 from deepfake_serving.engines import DEFAULT_ENGINE
 from deepfake_serving.serving.torchserve_handlers import handler_file
@@ -22,7 +23,7 @@ from deepfake_serving.variants import get_variant
 # Worker settings that go into the archive's model-config.yaml: one worker, server-side batching
 # (benchmarks/bench_image.py prints the sweep); threads follow deepfake_serving.core.threads' rule
 # unless ``handler.threads`` is set.
-DEFAULT_MODEL_CONFIG = {
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "minWorkers": 1,
     "maxWorkers": 1,
     "batchSize": 8,
@@ -31,7 +32,7 @@ DEFAULT_MODEL_CONFIG = {
     "handler": {"media": "image"},
 }
 # A video is already a batch of faces: one request per forward pass, a longer timeout.
-VIDEO_MODEL_CONFIG = {**DEFAULT_MODEL_CONFIG, "batchSize": 1, "maxBatchDelay": 0, "responseTimeout": 900,
+VIDEO_MODEL_CONFIG: dict[str, Any] = {**DEFAULT_MODEL_CONFIG, "batchSize": 1, "maxBatchDelay": 0, "responseTimeout": 900,
                       "handler": {"media": "video"}}
 
 
@@ -64,11 +65,11 @@ def build_archive(
         raise ValueError(f"a video archive takes one clip per request (batch size 1, not {config['batchSize']}): "
                          "a batch would send one request's streamed progress to every request in it")
     config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media, "engine": engine}
-    with tempfile.TemporaryDirectory(prefix="mar-") as tmp, as_file(handler) as handler:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name, as_file(handler) as handler:
+        tmp = Path(tmp_name)
         manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine,
                                 **quantization)
-        files = [tmp / "bundle" / name for name in [*manifest.weight_files, manifest.onnx["file"]]]
+        files = [tmp / "bundle" / name for name in [*manifest.weight_files, GRAPH_NAME]]
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
             [

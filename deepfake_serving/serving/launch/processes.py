@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -22,17 +23,24 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+@dataclasses.dataclass(frozen=True)
 class ServerPorts:
-    """Where a server binds (``host``) and its ports, in the order the subclass's fields give them."""
+    """Where a server binds (``host``, keyword-only) and its ports, in the order the subclass's fields give them."""
+
+    host: str = dataclasses.field(default="127.0.0.1", kw_only=True)
+
+    @classmethod
+    def port_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "host"]
 
     @classmethod
     def free(cls, host: str = "127.0.0.1"):
-        return cls(*free_ports(len(cls.__dataclass_fields__) - 1), host=host)
+        return cls(*free_ports(len(cls.port_names())), host=host)
 
     @classmethod
     def parse(cls, ports: str | None, host: str = "127.0.0.1"):
         """``--ports``: none (the defaults), ``free`` (any free ones), or every port, comma-separated."""
-        names = [name for name in cls.__dataclass_fields__ if name != "host"]
+        names = cls.port_names()
         if not ports:
             return cls(host=host)
         if ports == "free":

@@ -30,7 +30,6 @@ class Ports(ServerPorts):
     metrics: int = 8082
     grpc_inference: int = 7070
     grpc_management: int = 7071
-    host: str = "127.0.0.1"
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -71,7 +70,8 @@ class TorchServe:
         self.grpc_target = f"{host}:{ports.grpc_inference}"
         self.grpc_management_target = f"{host}:{ports.grpc_management}"
         # TorchServe writes its keys (0600) into its working directory, which only the service user may enter.
-        self.keys = ServerKeys(self.workdir / "key_file.json")
+        self.key_file = self.workdir / "key_file.json"
+        self.keys = ServerKeys(self.key_file)
 
     # -- life cycle -------------------------------------------------------------
     def runtime_config(self) -> Path:
@@ -95,7 +95,7 @@ class TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)
         register_key_file([self.inference_url, self.management_url, self.grpc_target, self.grpc_management_target],
-                          self.keys.path)
+                          self.key_file)
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         env = {
@@ -119,7 +119,7 @@ class TorchServe:
              "--ts-config", str(self.runtime_config()), "--model-store", str(self.model_store)],
             cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        write_server_record(self.keys.path, self.process.pid, [self.inference_url, self.management_url,
+        write_server_record(self.key_file, self.process.pid, [self.inference_url, self.management_url,
                                                                self.grpc_target, self.grpc_management_target])
         self.wait_ready(timeout)
         return self
@@ -140,8 +140,9 @@ class TorchServe:
         """/ping answers before workers load: wait for every model's workers to be READY."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited with {self.process.returncode}; see {self.workdir}/logs")
+            if self.process is None or self.process.poll() is not None:
+                code = self.process and self.process.returncode
+                raise RuntimeError(f"TorchServe exited with {code}; see {self.workdir}/logs")
             self.raise_on_load_failure()
             try:
                 ping = requests.get(f"{self.inference_url}/ping", headers=self.keys.headers("inference"), timeout=2)

@@ -63,7 +63,6 @@ class TritonPorts(ServerPorts):
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
-    host: str = "127.0.0.1"
 
 
 def compute_instances(models: list[str]) -> int:
@@ -120,15 +119,16 @@ class Triton:
         self.process: subprocess.Popen | None = None
         self.front: TritonFront | None = None
         self.listen = ports  # where tritonserver itself listens (loopback ports behind the front)
-        self.keys = ServerKeys(self.workdir / "key_file.json")
+        self.key_file = self.workdir / "key_file.json"
+        self.keys = ServerKeys(self.key_file)
 
     def _write_key(self) -> str:
         """A new repository-API key, in TorchServe's key-file layout ("management"), readable by this user only."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)
         key = secrets.token_urlsafe(24)
-        write_key_file(self.keys.path, {"management": key})
-        register_key_file([self.http_url, self.grpc_target], self.keys.path)
+        write_key_file(self.key_file, {"management": key})
+        register_key_file([self.http_url, self.grpc_target], self.key_file)
         return key
 
     # -- life cycle -------------------------------------------------------------
@@ -192,7 +192,7 @@ class Triton:
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(self._write_key()), cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
-        write_server_record(self.keys.path, self.process.pid, [self.http_url, self.grpc_target])
+        write_server_record(self.key_file, self.process.pid, [self.http_url, self.grpc_target])
         self._guard = threading.Thread(target=self._guard_shared_memory, name="triton-shm-guard", daemon=True)
         self._guard.start()
         self.wait_ready(timeout)
@@ -222,8 +222,9 @@ class Triton:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.process is None or self.process.poll() is not None:
+                code = self.process and self.process.returncode
+                raise RuntimeError(f"tritonserver exited with {code}:\n{self.log_tail()}")
             try:
                 if requests.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200:
                     self.private_shared_memory()

@@ -27,16 +27,15 @@ from typing import Sequence
 from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
-from deepfake_serving.builder import write_bundle
 from deepfake_serving.bundle import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.core.limits import MAX_IMAGE_FACES, MAX_VIDEO_FACES
-from deepfake_serving.core.naming import ANSWERED_BY, TRITON_ROLES, model_names
+from deepfake_serving.core.naming import ANSWERED_BY, TRITON_REPOSITORY, TRITON_ROLES, model_names
 from deepfake_serving.engines import DEFAULT_ENGINE
 from deepfake_serving.variants import Variant, get_variant, list_variants
 
 # Relative to where the command runs, like the model store (the checkout commits its copy: the generated
 # configs and model.py files, checked by the tests against what write_configs renders).
-REPOSITORY = Path("model_repository")
+REPOSITORY = Path(TRITON_REPOSITORY)
 CLASSIFIER_MAX_BATCH = MAX_IMAGE_FACES  # one image's faces always fit one classifier batch
 CLASSIFIER_VERSIONS_SERVED = 2  # version_policy: the two newest versions load side by side
 # Two preprocess instances: one instance hands the classifier one image at a time and MTCNN
@@ -158,6 +157,8 @@ def build_classifier_version(
     e.g. "2.0"); the same checkpoints and seed give the same weights as
     ``deepfake-serving archive``.
     """
+    from deepfake_serving.builder.write import write_bundle  # torch: only where versions are built
+
     if version < 1:
         raise ValueError("Triton model versions are positive integers")
     variant = get_variant(variant_name)

@@ -12,7 +12,7 @@ class ImageHandler(DeepfakeHandler):
         return load_image_pipeline(directory, **options)
 
     def preprocess(self, data):
-        payloads = []
+        payloads: list = []  # each request's input, or its RequestError
         for idx, row in enumerate(data):
             try:
                 self.check_not_explain(idx)

@@ -24,7 +24,7 @@ class VideoHandler(DeepfakeHandler):
     def preprocess(self, data):
         """(body, sampling, stream) per request: options from a multipart or gRPC field, else an X- header
         (TorchServe does not pass query strings on)."""
-        payloads = []
+        payloads: list = []  # each request's input, or its RequestError
         for idx, row in enumerate(data):
             try:
                 self.check_not_explain(idx)

@@ -32,7 +32,7 @@ class TritonPythonModel:
                                               video_endpoint=model_names(self.variant)["video"])
 
     def execute(self, requests):
-        payloads = []
+        payloads: list[bytes | Exception] = []
         for request in requests:
             try:
                 payloads.append(input_bytes(request, "IMAGE"))

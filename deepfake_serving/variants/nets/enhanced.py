@@ -8,6 +8,7 @@ their layers; the layers below are this project's definition of them.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 import timm
 import torch
@@ -70,7 +71,8 @@ class EdgeBranch(nn.Module):
         self.encoder = _conv_stack([1, 32, 64, width])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gradients = nn.functional.conv2d(_grayscale(x), self.sobel, padding=1)
+        sobel = cast(torch.Tensor, self.sobel)  # a buffer
+        gradients = nn.functional.conv2d(_grayscale(x), sobel, padding=1)
         return self.encoder(gradients.pow(2).sum(dim=1, keepdim=True).add(1e-6).sqrt())
 
 

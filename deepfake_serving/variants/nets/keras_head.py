@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-KERAS_BN = {"eps": 1e-3, "momentum": 0.01}  # Keras momentum 0.99 == PyTorch momentum 0.01
+KERAS_BN: dict = {"eps": 1e-3, "momentum": 0.01}  # Keras momentum 0.99 == PyTorch momentum 0.01
 
 
 class KerasHeadB4(nn.Module):
