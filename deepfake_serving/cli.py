@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from deepfake_serving.core.limits import DEFAULT_FRAMES
 from deepfake_serving.core.naming import MODEL_STORE as DEFAULT_MODEL_STORE
 from deepfake_serving.core.naming import TRITON_REPOSITORY
 
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=QUANTIZE_MODES,
                    help="reduced precision: int8 (ONNX Runtime static quantization, needs --calibration), fp16 (for "
                         "ONNX Runtime's CUDA provider), bf16 (--engine openvino); needs --holdout, refused when it "
-                        "strays from fp32 beyond the README's limits")
+                        "strays from fp32 beyond the limits of docs/engines.md")
     p.add_argument("--calibration", help="folder of face images to calibrate the int8 graph on")
     p.add_argument("--holdout", help="another folder of face images: the reduced graph must agree with fp32 on "
                                      "their faces")
@@ -453,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=["rest", "grpc"], default="rest", help="rest is HTTP on Triton")
     p.add_argument("--url", help="REST base URL or gRPC host:port (defaults: the backend's own ports)")
     p.add_argument("--sampling", choices=["linspace", "every_nth", "all"], default="linspace")
-    p.add_argument("--frames", type=int, default=32, help="frames for linspace sampling")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames for linspace sampling")
     p.add_argument("--every", type=int, default=10, help="N for every_nth sampling")
     p.add_argument("--stream", action="store_true", help="show the server's progress while a video runs")
     p.add_argument("--save", help="write the (last) response to this JSON file")

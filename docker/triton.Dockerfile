@@ -15,7 +15,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends software-proper
 
 COPY . /opt/deepfake-serving
 RUN python3.11 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir -e '/opt/deepfake-serving[triton]' \
+ # [build] (torch) only because the CMD below builds classifier version 1 from your checkpoints; a
+ # container serving versions built elsewhere needs [triton] alone.
+ && /opt/venv/bin/pip install --no-cache-dir -e '/opt/deepfake-serving[triton,build]' \
  # ONNX Runtime with the CUDA provider (the classifier picks CUDAExecutionProvider when present)
  && /opt/venv/bin/pip install --no-cache-dir onnxruntime-gpu==1.31.1 \
  # The container's python-backend stub is built for its Python 3.10; nvidia-pytriton carries the
@@ -34,11 +36,11 @@ CMD set -e; \
     deepfake-serving triton build --variant "$VARIANT" --version 1 $CKPTS; \
     MODEL=$(echo "$VARIANT" | tr - _); \
     # bytecode now, not by the stubs while loading: a directory changed after its load makes Triton
-    # reload that model from its on-disk config at the next ensemble load (see deepfake_serving/serving/triton_repository.py)
+    # reload that model from its on-disk config at the next ensemble load (see deepfake_serving/serving/launch/triton_repository.py)
     python3 -m compileall -q model_repository; \
     # every API but inference, health and metadata only with this key, as the launcher does (a load
     # request can carry code; the shared-memory API can abort the server). No transport limit here:
-    # put the nginx front of deepfake_serving/serving/triton_front.py (or your ingress's body limit) before it.
+    # put the nginx front of deepfake_serving/serving/launch/triton_front.py (or your ingress's body limit) before it.
     KEY=${REPOSITORY_KEY:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
     install -d -m 0700 /run/deepfake; \
     (umask 077; printf '{"management": {"key": "%s"}}' "$KEY" > /run/deepfake/key_file.json); \

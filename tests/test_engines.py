@@ -282,7 +282,7 @@ def calibrated_checkpoint(face_folders, tmp_path_factory):
 def test_int8_within_the_limits_is_archived_with_its_proof(face_folders, calibrated_checkpoint, tmp_path,
                                                             monkeypatch, astronaut_jpeg):
     """The acceptance path, on a calibrated network. Even that one misses the documented limits in
-    int8 here (max |Δp| ~0.27, see the README), so this test loosens them and checks what the
+    int8 here (max |Δp| ~0.27, see docs/engines.md), so this test loosens them and checks what the
     archive then carries."""
     import onnx
 

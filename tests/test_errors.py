@@ -6,7 +6,7 @@ from pathlib import Path
 from deepfake_serving.core.errors import CATALOGUE, RequestError, internal_error, with_tables
 from helpers import media
 
-README = Path(__file__).resolve().parents[1] / "docs" / "schema.md"  # where the tables are
+TABLES = Path(__file__).resolve().parents[1] / "docs" / "schema.md"
 
 # Codes sent by tests outside the media tables.
 SENT_ELSEWHERE = {
@@ -25,7 +25,7 @@ UNREACHABLE = {"missing_input", "bad_input_shape"}
 
 
 def test_the_readme_tables_are_generated_from_the_catalogue():
-    text = README.read_text()
+    text = TABLES.read_text()
     assert "<!-- errors:video -->" in text and "<!-- errors:request,image -->" in text
     assert with_tables(text) == text, "run `make docs` to regenerate the error tables of docs/schema.md"
 

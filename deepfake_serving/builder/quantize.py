@@ -35,7 +35,7 @@ MODES = REDUCED_PRECISIONS
 
 @dataclass(frozen=True)
 class Limits:
-    """How far a reduced-precision graph may stray from fp32 on the held-out faces (README: Engines)."""
+    """How far a reduced-precision graph may stray from fp32 on the held-out faces (docs/engines.md)."""
 
     max_abs_delta: float = 0.05
     mean_abs_delta: float = 0.01

@@ -13,7 +13,7 @@ from deepfake_serving.engines import DEFAULT_ENGINE
 
 MANIFEST_NAME = "deepfake_manifest.json"
 # The package layout the bundle was built for (2: the layered package; handlers of layout 1 import
-# modules that no longer exist, so such archives are rebuilt, README: Upgrading).
+# modules that no longer exist, so such archives are rebuilt: README, Upgrading).
 LAYOUT = 2
 GRAPH_NAME = "classifier.onnx"
 # A graph's precision other than fp32, each allowed only with proof (deepfake_serving.builder.quantize).

@@ -1,4 +1,4 @@
-"""The one response schema every backend returns (documented in the README): the image and the video
+"""The one response schema every backend returns (documented in docs/schema.md): the image and the video
 answer are built here and nowhere else, by TorchServe's handler and Triton's models alike.
 
 Timings are per request: work done once for a batch (detection over the batch's images, one

@@ -63,7 +63,7 @@ class ImagePreprocessor:
         self.limits = limits
         self.max_faces = max_faces
         self.face_detector = FaceDetector(variant.preprocessing.faces, threads, device)
-        self.observers = observers or StageObservers("image", variant.name)
+        self.observers = observers if observers is not None else StageObservers("image", variant.name)
 
     def prepare(self, payloads: Sequence[bytes]) -> list[PreparedImage | RequestError]:
         """Decode every payload and detect faces over the whole batch; failures stay per item."""
