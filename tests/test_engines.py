@@ -350,3 +350,18 @@ def test_fp16_and_bf16_are_archived_with_their_proof(face_folders, calibrated_ch
     crops = folder_faces(face_folders / "holdout", get_variant("b4-mobile"), "held-out")
     reduced, reference = scorer.scores(crops), fp32.scores(crops)
     assert 0 < np.abs(reduced - reference).max() <= 0.05
+
+
+def test_openvino_runs_a_static_shape_padding_short_calls_and_chunking_long_ones(mobile_bundle, astronaut_jpeg):
+    from deepfake_serving.bundle import Bundle
+    from deepfake_serving.media import samples
+    from deepfake_serving.pipeline.image import ImagePreprocessor
+    from deepfake_serving.variants import get_variant
+
+    bundle = Bundle.open(mobile_bundle)
+    openvino, reference = bundle.graph("openvino", batch=4), bundle.graph("onnxruntime")
+    assert [d.get_length() for d in openvino.compiled.inputs[0].get_partial_shape()] == [4, 3, 224, 224]
+    one, two = ImagePreprocessor(get_variant("b4-mobile")).prepare([astronaut_jpeg, samples.encode(samples.two_faces())])
+    faces = get_variant("b4-mobile").preprocessing.tensor([*one.crops, *two.crops] * 2)  # 6 faces: 4 + 2 padded
+    for count in (1, 4, 6):
+        np.testing.assert_allclose(openvino.run(faces[:count]), reference.run(faces[:count]), atol=2e-4)

@@ -63,9 +63,10 @@ class Bundle:
         if engine == "torch":
             set_torch_threads(intra_op_threads(threads))
             return torch_scorer(self.variant, self.torch_models(), batch, device)
-        return GraphScorer(self.graph(engine, device, threads), self.variant, batch)
+        return GraphScorer(self.graph(engine, device, threads, batch), self.variant, batch)
 
-    def graph(self, engine: str | None = None, device: Device = Device(), threads: int | None = None) -> Graph:
+    def graph(self, engine: str | None = None, device: Device = Device(), threads: int | None = None,
+              batch: int | None = None) -> Graph:
         """The ONNX graph on a graph engine's runtime (default: the manifest's engine when it runs graphs,
         else ONNX Runtime), checked on the bytes it runs."""
         engine = engine or (self.manifest.engine if self.manifest.engine in GRAPH_ENGINES else GRAPH_ENGINES[0])
@@ -77,7 +78,7 @@ class Bundle:
         if not path.is_file():
             raise CheckpointError(f"{path} is missing")
         return graph_runtime(engine, path.read_bytes(), path.name, entry["sha256"], threads, device,
-                             entry.get("precision", "fp32"))
+                             entry.get("precision", "fp32"), batch)
 
     def torch_models(self) -> list:
         """One torch model per checkpoint (imports torch), each weights file checked first."""

@@ -86,11 +86,13 @@ def _load(engine: str) -> Any:
 
 
 def graph_runtime(engine: str, graph: bytes, name: str, sha256: str, threads: int | None = None,
-                  device: Device = Device(), precision: str = "fp32") -> Graph:
-    """``graph`` (refused unless its sha256 is ``sha256``) on a graph engine's runtime."""
+                  device: Device = Device(), precision: str = "fp32", batch: int | None = None) -> Graph:
+    """``graph`` (refused unless its sha256 is ``sha256``) on a graph engine's runtime; ``batch``: the
+    faces per call the caller sends (OpenVINO compiles that static shape; ONNX Runtime takes any)."""
     if engine not in GRAPH_ENGINES:
         raise ValueError(f"{engine!r} does not run graphs; graph engines: {', '.join(GRAPH_ENGINES)}")
-    return _load(engine)(graph, name, sha256, threads, device, precision)
+    options = {"batch": batch} if engine == "openvino" and batch else {}
+    return _load(engine)(graph, name, sha256, threads, device, precision, **options)
 
 
 def torch_scorer(variant: "Variant", models, batch: int | None = None, device: Device = Device()) -> FaceScorer:

@@ -8,20 +8,24 @@ import openvino as ov
 from deepfake_serving.core.digest import check_bytes
 from deepfake_serving.core.errors import CheckpointError
 from deepfake_serving.core.threads import alone_on_machine, intra_op_threads
-from deepfake_serving.engines import Device
+from deepfake_serving.engines import CPU_BATCH, Device
 
 
 class OpenVinoGraph:
-    """One infer request: one caller at a time, as TorchServe workers and Triton instances call."""
+    """One infer request: one caller at a time, as TorchServe workers and Triton instances call. The input
+    shape is static (``batch`` faces: OpenVINO's CPU plugin picks faster kernels for a known shape); a
+    shorter call is padded with black faces and their rows dropped, a longer one runs in chunks."""
 
     def __init__(self, graph: bytes, name: str, sha256: str, threads: int | None, device: Device = Device(),
-                 precision: str = "fp32"):
+                 precision: str = "fp32", batch: int = CPU_BATCH["openvino"]):
         check_bytes(graph, name, sha256)
         if device.kind != "cpu":
             raise CheckpointError(f"the openvino engine runs on the CPU; use onnxruntime for {device.torch}")
         core = ov.Core()
         try:
             model = core.read_model(graph, b"")
+            shape = model.inputs[0].get_partial_shape()
+            model.reshape({model.inputs[0]: ov.PartialShape([batch, *shape[1:]])})
             # f32 unless the archive proved bf16 (CPUs with bf16 units would otherwise get bf16 unasked);
             # threads pinned to cores would collide with co-located workers' threads.
             self.compiled = core.compile_model(model, "CPU", {
@@ -31,7 +35,14 @@ class OpenVinoGraph:
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None
         self.request = self.compiled.create_infer_request()
-        self.input_shape = [d.get_length() if d.is_static else "faces" for d in model.inputs[0].get_partial_shape()]
+        self.batch = batch
+        self.input_shape = ["faces", *(d.get_length() for d in model.inputs[0].get_partial_shape()[1:])]
 
     def run(self, faces: np.ndarray) -> np.ndarray:
-        return self.request.infer({0: faces})[0]
+        parts = []
+        for start in range(0, len(faces), self.batch):
+            chunk = faces[start:start + self.batch]
+            padded = np.zeros((self.batch, *faces.shape[1:]), dtype=faces.dtype)
+            padded[:len(chunk)] = chunk
+            parts.append(np.array(self.request.infer({0: padded})[0][:len(chunk)]))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
