@@ -3,7 +3,8 @@
 Sections (``--sections``, all by default):
   faces   per-face ms of the classifier alone: b4-mobile at 224 and b7-dfdc at 380, batch 1, 4 and 8, 2 threads
           (OpenVINO also in bf16, what ``archive --engine openvino --quantize bf16`` serves)
-  detect  MTCNN ms per 720p frame (its half-size detection copy): ONNX graphs + numpy vs facenet-pytorch
+  detect  MTCNN ms per 720p frame with two real faces (its half-size detection copy): ONNX graphs + numpy vs
+          facenet-pytorch
   image   b4-mobile images: in-process req/s and TorchServe req/s (8 clients, the astronaut JPEG), the
           worker's RSS after load and the cold start (server start to first answer) per engine
   video   b7-dfdc, a 10 s 720p clip, 32 frames: seconds in process per engine and OpenVINO bf16 (and ``--compare REV``'s
@@ -12,7 +13,9 @@ Sections (``--sections``, all by default):
   canary  TorchServe b4-mobile: the serving version's req/s alone, with a canary version loaded beside
           it (idle), and with the canary taking one client of nine
 
-Rounds alternate between engines so that machine noise falls on both. Prints a table per section and
+Every section runs its candidates at once and interleaves their rounds (``--image-rounds``, ``--video-rounds``;
+served and in-process alternate), so machine noise falls on all of them; the CPU's model and flags are printed
+and written with the figures. Prints a table per section and
 writes benchmarks/results/bench_engines.json.
 
 Run: python benchmarks/bench_engines.py [--sections faces,detect] [--compare e3db085]
@@ -21,6 +24,7 @@ Run: python benchmarks/bench_engines.py [--sections faces,detect] [--compare e3d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +36,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +132,8 @@ def section_detect(args) -> dict:
     from deepfake_serving.media.video import Sampling, decode_video
 
     torch.set_num_threads(THREADS)
-    clip = samples.encode_video(samples.moving_face_frames(60, size=(1280, 720)), "mp4")
+    # real photographs: the astronaut and her mirror image (two faces a frame), moving and changing size
+    clip = samples.encode_video(samples.moving_face_frames(60, size=(1280, 720), faces=2), "mp4")
     frames = [shrink(f, 0.5) for f in decode_video(clip, Sampling(frames=12)).frames]
     ours = OnnxMTCNN(20, (0.7, 0.8, 0.8), THREADS)
     reference = MTCNN(margin=0, thresholds=[0.7, 0.8, 0.8], keep_all=True, device="cpu")
@@ -152,44 +158,52 @@ def rss_mb(pid: int) -> float:
     return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
 
 
-def section_image(args) -> dict:
+def client_sender(url: str, model: str, data: bytes):
+    """A ``send()`` for ``closed_loop``: one RestClient per client thread."""
     from deepfake_serving.serving.client.clients import RestClient
+
+    local = threading.local()
+
+    def send() -> bool:
+        if not hasattr(local, "client"):
+            local.client = RestClient(url, timeout=1800)
+        return local.client.predict(model, data).ok
+
+    return send
+
+
+def section_image(args) -> dict:
+    """In-process batches of 8 and TorchServe under 8 clients, every engine, all running at once and
+    their rounds interleaved (served and in-process alternate), so machine noise falls on all of them."""
     from deepfake_serving.serving.launch.archive import build_archive
     from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
     image = samples.astronaut_jpeg()
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    out, candidates, servers = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         write_bundle(tmp / "bundle", "b4-mobile", "bench")
         for engine in ENGINES:
             pipeline = load_image_pipeline(tmp / "bundle", engine=engine, threads=THREADS)
-            batch = [image] * 8
-            s = median_seconds(lambda: pipeline.predict_batch(batch), 6)
-            out[f"in-process {engine} req/s"] = round(8 / s, 2)
-            pipeline = None
-        for engine in ENGINES:
+            candidates[f"in-process {engine}"] = lambda p=pipeline: p.predict_batch([image] * 8)
             store = tmp / f"store-{engine}"
             mar = build_archive("b4-mobile", "1.0", export_path=store, engine=engine)
             start = time.perf_counter()
-            with TorchServe(store, tmp / f"ts-{engine}", models=[f"b4-mobile={mar.name}"], ports=Ports.free()) as ts:
-                client = RestClient(ts.inference_url)
-                assert client.predict("b4-mobile", image).ok
-                out[f"served {engine} cold start s"] = round(time.perf_counter() - start, 2)
-                (pid,) = ts.worker_pids("b4-mobile")
-                out[f"served {engine} worker RSS MB"] = rss_mb(pid)
-                local = threading.local()
-
-                def send():
-                    if not hasattr(local, "client"):
-                        local.client = RestClient(ts.inference_url)
-                    return local.client.predict("b4-mobile", image).ok
-
-                closed_loop(send, 16, 8)
-                out[f"served {engine} req/s"] = round(closed_loop(send, args.requests, 8), 2)
-        for engine in ENGINES:
+            servers[engine] = ts = stack.enter_context(
+                TorchServe(store, tmp / f"ts-{engine}", models=[f"b4-mobile={mar.name}"], ports=Ports.free()))
+            send = client_sender(ts.inference_url, "b4-mobile", image)
+            assert send()
+            out[f"served {engine} cold start s"] = round(time.perf_counter() - start, 2)
+            candidates[f"served {engine}"] = partial(closed_loop, send, args.requests, 8)
+        seconds = interleaved(candidates, args.image_rounds)
+        for engine, ts in servers.items():
+            (pid,) = ts.worker_pids("b4-mobile")
+            out[f"served {engine} worker RSS MB"] = rss_mb(pid)
+            out[f"in-process {engine} req/s"] = round(8 / seconds[f"in-process {engine}"], 2)
+            out[f"served {engine} req/s"] = round(args.requests / seconds[f"served {engine}"], 2)
             out[f"served/in-process {engine}"] = round(out[f"served {engine} req/s"] / out[f"in-process {engine} req/s"], 2)
         out["served onnxruntime/torch"] = round(out["served onnxruntime req/s"] / out["served torch req/s"], 2)
+    out["rounds, interleaved"] = args.image_rounds
     for k, v in out.items():
         print(f"image   {k:36s} {v}", flush=True)
     return out
@@ -232,7 +246,6 @@ def section_video(args) -> dict:
     import torch
 
     from deepfake_serving.media.video import Sampling
-    from deepfake_serving.serving.client.clients import RestClient
     from deepfake_serving.serving.launch.archive import build_archive
     from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
@@ -250,28 +263,30 @@ def section_video(args) -> dict:
         manifest = json.loads((tmp / "bundle-bf16" / MANIFEST_NAME).read_text())
         manifest["onnx"]["precision"] = "bf16"
         (tmp / "bundle-bf16" / MANIFEST_NAME).write_text(json.dumps(manifest))
+        candidates = {}
         for engine in (*ENGINES, "openvino-bf16"):
             bundle = tmp / ("bundle-bf16" if engine == "openvino-bf16" else "bundle")
             pipeline = load_video_pipeline(bundle, engine=engine.removesuffix("-bf16"), threads=THREADS)
-            pipeline.analyze(data, Sampling(frames=32))
-            out[f"in-process {engine} s"] = round(median_seconds(lambda: pipeline.analyze(data, Sampling(frames=32)),
-                                                                 args.video_rounds), 2)
-            print(f"video   in-process {engine:12s} {out[f'in-process {engine} s']} s", flush=True)
-            pipeline = None
+            candidates[f"in-process {engine}"] = lambda p=pipeline: p.analyze(data, Sampling(frames=32))
+        with contextlib.ExitStack() as stack:
+            for engine in ENGINES:
+                store = tmp / f"store-{engine}"
+                mar = build_archive("b7-dfdc", "1.0", export_path=store, engine=engine, media="video")
+                ts = stack.enter_context(TorchServe(store, tmp / f"ts-{engine}", models=[f"b7-dfdc-video={mar.name}"],
+                                                    ports=Ports.free()))
+                candidates[f"served {engine}"] = client_sender(ts.inference_url, "b7-dfdc-video", data)
+            seconds = interleaved(candidates, args.video_rounds)  # served and in-process alternate
+        for name, s in seconds.items():
+            out[f"{name} s"] = round(s, 2)
+            print(f"video   {name:24s} {s:.2f} s", flush=True)
+        for engine in ENGINES:
+            out[f"served/in-process {engine}"] = round(seconds[f"in-process {engine}"] / seconds[f"served {engine}"], 2)
         if args.compare:
             old = old_revision(args.compare, clip, args.video_rounds)
             out[f"in-process {args.compare} (torch) s"] = round(old["seconds"], 2)
             out[f"in-process {args.compare}/onnxruntime"] = round(old["seconds"] / out["in-process onnxruntime s"], 2)
-            print(f"video   in-process {args.compare} {old['seconds']:.2f} s", flush=True)
-        for engine in ENGINES:
-            store = tmp / f"store-{engine}"
-            mar = build_archive("b7-dfdc", "1.0", export_path=store, engine=engine, media="video")
-            with TorchServe(store, tmp / f"ts-{engine}", models=[f"b7-dfdc-video={mar.name}"], ports=Ports.free()) as ts:
-                client = RestClient(ts.inference_url, timeout=1800)
-                assert client.predict("b7-dfdc-video", data).ok
-                s = median_seconds(lambda: client.predict("b7-dfdc-video", data), args.video_rounds)
-                out[f"served {engine} s"] = round(s, 2)
-                print(f"video   served {engine:12s} {s:.2f} s", flush=True)
+            print(f"video   in-process {args.compare} {old['seconds']:.2f} s (its own run, not interleaved)", flush=True)
+        out["rounds, interleaved"] = args.video_rounds
     return out
 
 
@@ -353,14 +368,25 @@ SECTIONS = {"faces": section_faces, "detect": section_detect, "image": section_i
             "triton": section_triton, "canary": section_canary}
 
 
+def cpu() -> str:
+    """lscpu's model name and the flags that decide the engine (bf16 units, AMX, AVX-512, VNNI)."""
+    info = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni"))]
+    return f"{model}; {' '.join(sorted(wanted)) or 'no AVX-512/AMX'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--compare", help="a git revision whose video path runs beside (its code, this venv)")
     parser.add_argument("--requests", type=int, default=96)
-    parser.add_argument("--video-rounds", type=int, default=1)
+    parser.add_argument("--image-rounds", type=int, default=3, help="interleaved rounds of the image section")
+    parser.add_argument("--video-rounds", type=int, default=3, help="interleaved rounds of the video section")
     args = parser.parse_args()
-    results = {"threads": THREADS, "cores": os.cpu_count()}
+    results = {"threads": THREADS, "cores": os.cpu_count(), "cpu": cpu()}
+    print(f"cpu: {results['cpu']}", flush=True)
     for name in args.sections.split(","):
         results[name] = SECTIONS[name](args)
     RESULTS.mkdir(exist_ok=True)
