@@ -365,3 +365,11 @@ def test_openvino_runs_a_static_shape_padding_short_calls_and_chunking_long_ones
     faces = get_variant("b4-mobile").preprocessing.tensor([*one.crops, *two.crops] * 2)  # 6 faces: 4 + 2 padded
     for count in (1, 4, 6):
         np.testing.assert_allclose(openvino.run(faces[:count]), reference.run(faces[:count]), atol=2e-4)
+
+
+def test_a_torchserve_worker_imports_openvino_only_for_the_openvino_engine(tmp_path):
+    """TorchServe's base_handler would import openvino.torch (~210 MB) in every worker."""
+    probe = ("import sys\nimport deepfake_serving.serving.torchserve_handlers.deepfake_image_handler\n"
+             "print(sorted(m for m, loaded in sys.modules.items() if m.split('.')[0] == 'openvino' and loaded))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[-500:]

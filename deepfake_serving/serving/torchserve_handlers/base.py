@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
-
-from ts.torch_handler.base_handler import BaseHandler
+import sys
 
 from deepfake_serving.core.errors import RequestError
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import Device
+
+# TorchServe's base_handler imports openvino.torch (its torch.compile backend) whenever OpenVINO is installed:
+# ~210 MB in every worker. The openvino engine calls OpenVINO's runtime itself, never torch.compile, so that
+# import is refused here (base_handler catches the ImportError) and a worker imports OpenVINO only when its
+# engine is openvino.
+sys.modules.setdefault("openvino.torch", None)  # type: ignore[arg-type]  # None: the documented "refuse this import"
+
+from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
