@@ -119,8 +119,13 @@ class KeyRelay:
                     self.send_response(403)
                     self.end_headers()
                     return
+                key = keys.key("inference")
+                if key is None:  # TorchServe (re)starting has not written its keys yet: nginx answers 500,
+                    self.send_response(503)  # server_unavailable in our format, which clients retry
+                    self.end_headers()
+                    return
                 self.send_response(204)
-                self.send_header("X-Authorization", next(iter(keys.headers("inference").values()), ""))
+                self.send_header("X-Authorization", f"Bearer {key}")
                 self.end_headers()
 
             def log_message(self, *args):  # no access log on stderr

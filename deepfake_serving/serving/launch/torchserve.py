@@ -110,6 +110,9 @@ class TorchServe:
             **self.env,
         }
         self.log = open(self.workdir / "logs" / "torchserve.out", "wb")
+        # TorchServe writes new keys as it starts: the last run's must not be handed out meanwhile (the nginx
+        # front's relay answers "no key yet", which clients retry, instead of a key the new server refuses).
+        self.key_file.unlink(missing_ok=True)
         # TorchServe appends to its logs: this start is judged by the lines it writes from here on.
         self._log_offsets = {name: self._log_size(name) for name in ("ts_log.log", "model_log.log")}
         self.process = subprocess.Popen(

@@ -1,1 +1,1 @@
-
+"""The variants' torch networks (imported only when a model is built)."""
