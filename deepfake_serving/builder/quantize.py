@@ -30,7 +30,6 @@ from deepfake_serving.variants import Variant
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CALIBRATION_BATCH = 8
-MODES = REDUCED_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -185,8 +184,8 @@ def reduce_precision(mode: str, graph: Path, target: Path, variant: Variant, cal
 def check_options(quantize: str | None, calibration, holdout, engine: str) -> None:
     if quantize is None:
         return
-    if quantize not in MODES:
-        raise ValueError(f"unknown quantization {quantize!r}; known: {', '.join(MODES)}")
+    if quantize not in REDUCED_PRECISIONS:
+        raise ValueError(f"unknown quantization {quantize!r}; known: {', '.join(REDUCED_PRECISIONS)}")
     if engine == "torch":
         raise QuantizationRefused(f"--quantize {quantize} makes a graph; the torch engine runs the fp32 weights")
     if quantize == "bf16" and engine != "openvino":
