@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from deepfake_serving.bundle.manifest import REDUCED_PRECISIONS as QUANTIZE_MODES
-    from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
+    from deepfake_serving.engines import AUTO_ENGINE, ENGINES
 
     sub.add_parser("variants", help="list the registered variants and their parameters").set_defaults(func=cmd_variants)
 
@@ -352,17 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="TorchServe model name (default: the variant, or {variant}-video)")
     p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
     p.add_argument("--workers", type=int)
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+    p.add_argument("--engine", choices=(AUTO_ENGINE, *ENGINES), default=AUTO_ENGINE,
                    help="what runs the classifier in the worker (the archive carries the ONNX graph and the "
-                        "safetensors weights either way)")
+                        "safetensors weights either way); auto: bf16 on OpenVINO where this CPU has bf16 units "
+                        "and the bf16 graph passes its agreement proof, else fp32 on ONNX Runtime")
     p.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores ÷ workers on the server)")
     p.add_argument("--quantize", choices=QUANTIZE_MODES,
                    help="reduced precision: int8 (ONNX Runtime static quantization, needs --calibration), fp16 (for "
-                        "ONNX Runtime's CUDA provider), bf16 (--engine openvino); needs --holdout, refused when it "
-                        "strays from fp32 beyond the limits of docs/engines.md")
+                        "ONNX Runtime's CUDA provider), bf16 (OpenVINO); refused when it strays from fp32 on the "
+                        "held-out faces beyond the limits of docs/engines.md")
     p.add_argument("--calibration", help="folder of face images to calibrate the int8 graph on")
     p.add_argument("--holdout", help="another folder of face images: the reduced graph must agree with fp32 on "
-                                     "their faces")
+                                     "their faces (default: the built-in sample faces)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-decoded-pixels", type=int,
                    help="video archives: decoded pixels allowed per request (default 3e9; 413 above)")

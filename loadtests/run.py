@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from deepfake_serving.core.naming import video_model
-from deepfake_serving.engines import DEFAULT_ENGINE, ENGINES
+from deepfake_serving.engines import AUTO_ENGINE, ENGINES
 from deepfake_serving.serving.launch.processes import free_ports
 
 HERE = Path(__file__).parent
@@ -31,7 +31,7 @@ TARGETS = {  # target → (Locust user class, backend, protocol)
 
 
 @contextlib.contextmanager
-def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT_ENGINE):
+def demo_server(backend: str, variant: str, workdir: Path, engine: str = AUTO_ENGINE):
     """The variant on random (seeded) weights: an image and a video model, on free loopback ports. Yields
     the addresses by protocol, and the launcher as ``server``."""
     if backend == "torchserve":
@@ -58,12 +58,23 @@ def demo_server(backend: str, variant: str, workdir: Path, engine: str = DEFAULT
             yield {"http": server.http_url, "grpc": server.grpc_target, "server": server}
 
 
+def default_scenario(target: str, engine: str, running_server: bool) -> str:
+    """The target's thresholds for a server in bf16 (what ``auto`` serves on a CPU with bf16 units, as a
+    server on this machine would), else its ``-fp32`` set."""
+    from deepfake_serving.builder.engine_choice import this_cpu
+
+    bf16 = this_cpu().bf16_units and (running_server or engine == AUTO_ENGINE)
+    return target if bf16 else f"{target}-fp32"
+
+
 def run_locust(args, user: str, host: str) -> int:
     reports = Path(args.reports)
     reports.mkdir(parents=True, exist_ok=True)
     prefix = reports / args.target
     base = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py")]
-    common = ["--model", args.variant, "--scenario", args.scenario or args.target]
+    scenario = args.scenario or default_scenario(args.target, args.engine, bool(args.host))
+    print(f"thresholds: scenario {scenario} of {HERE / 'thresholds.yaml'}", file=sys.stderr)
+    common = ["--model", args.variant, "--scenario", scenario]
     distributed, workers = [], []
     if args.workers:
         port = free_ports(1)[0]
@@ -87,11 +98,12 @@ def main() -> int:
     parser.add_argument("--target", choices=sorted(TARGETS), required=True)
     parser.add_argument("--host", help="a running server (default: start one on demo weights)")
     parser.add_argument("--variant", default="b4-mobile")
-    parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="the demo archives' engine")
+    parser.add_argument("--engine", choices=(AUTO_ENGINE, *ENGINES), default=AUTO_ENGINE, help="the demo archives' engine")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--run-time", default="60s")
     parser.add_argument("--workers", type=int, default=0, help="distributed: this many Locust workers")
-    parser.add_argument("--scenario", help="thresholds.yaml scenario (default: the target)")
+    parser.add_argument("--scenario", help="thresholds.yaml scenario (default: the target's, -fp32 where the server "
+                                           "does not run bf16)")
     parser.add_argument("--reports", default=str(HERE / "reports"))
     args = parser.parse_args()
     user, backend, protocol = TARGETS[args.target]

@@ -51,7 +51,7 @@ def test_bundle_gives_the_checkpoints_answers(tmp_path, astronaut_jpeg):
     source = create_model("b4-ff")
     ckpt = tmp_path / "best.pth"
     torch.save({"model_state_dict": source.state_dict(), "epoch": 3}, ckpt)
-    write_bundle(tmp_path / "bundle", "b4-ff", "3.0", checkpoints=[ckpt])
+    write_bundle(tmp_path / "bundle", "b4-ff", "3.0", checkpoints=[ckpt], engine="onnxruntime")  # fp32 fidelity
     pipeline = load_image_pipeline(tmp_path / "bundle")
     assert pipeline.weights_trained and pipeline.version == "3.0"
     answer = pipeline.predict(astronaut_jpeg)
@@ -100,7 +100,7 @@ def test_several_checkpoints_are_averaged_after_the_confident_strategy(tmp_path)
         models.append(create_model("b4-mobile"))
         paths.append(tmp_path / f"fold{seed}.pth")
         torch.save(models[-1].state_dict(), paths[-1])
-    assert main(["archive", "--variant", "b4-mobile", "--media", "video", "--version", "1.0",
+    assert main(["archive", "--variant", "b4-mobile", "--media", "video", "--version", "1.0", "--engine", "onnxruntime",
                  "--checkpoint", str(paths[0]), "--checkpoint", str(paths[1]),
                  "--export-path", str(tmp_path / "store")]) == 0
     mar = tmp_path / "store" / "b4-mobile-video-v1.0.mar"

@@ -3,6 +3,7 @@ directory outside the checkout, archives, serves and predicts to a 200, and its 
 import no torch. Installs by role: a venv with the base alone (no torch at all) predicts against that
 server; one with the base and the Triton extra serves a repository built elsewhere and answers."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import psutil
 import pytest
+from packaging.requirements import Requirement
 
 from deepfake_serving.media import samples
 from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
-from helpers.role_venv import role_venv
+from helpers.role_venv import closure, link_distributions, role_venv
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,3 +141,76 @@ def test_a_torch_free_triton_box_serves_a_repository_built_elsewhere(wheel, tmp_
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=120)
+
+
+# PyTorch's CPU-only wheel, as a deployment takes it from download.pytorch.org/whl/cpu (on disk here).
+CPU_TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+
+
+def lean_worker_venv(directory: Path, wheel: Path) -> Path:
+    """The documented lean worker install: the CPU torch wheel, then the wheel with its [worker] extra."""
+    bin_dir = role_venv(directory, wheel, ("worker",))
+    python = str(bin_dir / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(CPU_TORCH_WHEEL)],
+                   check=True)
+    needs = subprocess.run([python, "-c", "from importlib import metadata; print(*metadata.requires('torch'), sep='\\n')"],
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    torch_site = directory / "torch-requirements"
+    link_distributions(closure([Requirement(line) for line in needs if line and "extra ==" not in line]), torch_site)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "torch-requirements.pth").write_text(f"{torch_site}\n")
+    return bin_dir
+
+
+@pytest.mark.skipif(not CPU_TORCH_WHEEL.is_file(), reason=f"{CPU_TORCH_WHEEL} (PyTorch's CPU wheel) is not here")
+def test_a_lean_worker_with_cpu_torch_serves_a_graph_archive_built_elsewhere(wheel, tmp_path):
+    """TorchServe from a venv holding the CPU torch wheel and the [worker] extra (no torchvision, timm, onnx):
+    its worker runs that torch and answers as the archive does in this process; the torch engine there
+    says what it would need."""
+    from deepfake_serving.bundle import Bundle
+    from deepfake_serving.pipeline import load_image_pipeline
+    from deepfake_serving.serving.launch.archive import build_archive
+
+    lean = lean_worker_venv(tmp_path / "worker", wheel)
+    missing = subprocess.run([str(lean / "python"), "-c", "import importlib.util as u; print([m for m in "
+                              "('torchvision', 'timm', 'onnx', 'model_archiver') if u.find_spec(m)])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert missing == "[]"
+    store = tmp_path / "model_store"
+    archive = build_archive("b4-mobile", "1.0", export_path=store)
+    bundle_dir = tmp_path / "bundle"
+    subprocess.run(["unzip", "-q", str(archive), "-d", str(bundle_dir)], check=True)
+    expected = load_image_pipeline(bundle_dir).predict(samples.astronaut_jpeg())
+    (tmp_path / "face.jpg").write_bytes(samples.astronaut_jpeg())
+    server = subprocess.Popen([str(lean / "deepfake-serving"), "serve", "--model-store", str(store), "--workdir",
+                               str(tmp_path / "work"), "--ports", "free"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+    try:
+        line = ""
+        while "Ctrl-C" not in line and server.poll() is None:
+            line = server.stdout.readline()
+        assert "TorchServe is serving on http://127.0.0.1:" in line, line
+        url = line.split("serving on ")[1].split(" ")[0]
+        answer = run(lean, tmp_path, "--key-file", str(tmp_path / "work" / "key_file.json"), "predict", "face.jpg",
+                     "--url", url, "--save", "answer.json", timeout=300)
+        assert answer.returncode == 0, answer.stdout[-1000:] + answer.stderr[-1000:]
+        served = json.loads((tmp_path / "answer.json").read_text())["body"]
+        assert served["faces"][0]["fake_probability"] == pytest.approx(expected["faces"][0]["fake_probability"],
+                                                                       abs=1e-6)
+        workers = [p for p in psutil.Process(server.pid).children(recursive=True)
+                   if "model_service_worker" in " ".join(p.cmdline())]
+        assert workers and all(Path(p.cmdline()[0]).parent == lean for p in workers)
+        maps = Path(f"/proc/{workers[0].pid}/maps").read_text()
+        assert str(tmp_path / "worker") in maps and "libtorch_cpu.so" in maps and "libtorch_cuda" not in maps
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=120)
+    refused = subprocess.run([str(lean / "python"), "-c", "import sys; from deepfake_serving.bundle import Bundle\n"
+                              "try:\n    Bundle.open(sys.argv[1]).scorer(engine='torch')\n"
+                              "except Exception as e:\n    print(type(e).__name__, e)", str(bundle_dir)],
+                             capture_output=True, text=True)
+    assert "CheckpointError the torch engine builds the variant's network, which needs" in refused.stdout, refused
+    assert "--engine onnxruntime, openvino or auto" in refused.stdout
+    assert Bundle.open(bundle_dir).manifest.engine_decision["requested"] == "auto"

@@ -123,10 +123,11 @@ def test_no_face_video_gets_no_verdict(mobile_video):
     assert result["label"] == "NO_FACE" and result["fake_probability"] is None and result["notes"]
 
 
-@pytest.mark.parametrize("engine, tolerance", [("torch", 1e-5), ("onnxruntime", 1e-3)])
+@pytest.mark.parametrize("engine, tolerance", [("torch", 1e-5), ("onnxruntime", 1e-3), ("auto", 1e-3)])
 def test_video_score_equals_the_dfdc_reference_procedure(tmp_path, engine, tolerance):
     """Same two B7 checkpoints, same frames: our pipeline and the reference give the same score, to 1e-5
-    on the torch engine and to 1e-3 on ONNX Runtime (the checkpoints exported as one graph)."""
+    on the torch engine and to 1e-3 on ONNX Runtime (the checkpoints exported as one graph) and on what an
+    archive serves by default (bf16 on OpenVINO on a CPU with bf16 units)."""
     from deepfake_serving.builder.export import export_onnx
     from deepfake_serving.core.digest import sha256_of
     from deepfake_serving.engines import Device
@@ -145,6 +146,16 @@ def test_video_score_equals_the_dfdc_reference_procedure(tmp_path, engine, toler
     if engine == "onnxruntime":
         graph = export_onnx(variant, models, tmp_path / "classifier.onnx")
         scorer = GraphScorer(OrtGraph(graph.read_bytes(), graph.name, sha256_of(graph), None, Device()), variant, 4)
+    elif engine == "auto":
+        from deepfake_serving.builder.write import write_bundle
+        from deepfake_serving.bundle import Bundle
+
+        checkpoints = [tmp_path / f"{seed}.pth" for seed in (1, 2)]
+        for model, path in zip(models, checkpoints):
+            torch.save(model.state_dict(), path)
+        decision = write_bundle(tmp_path / "bundle", "b7-dfdc", "1", checkpoints=checkpoints).engine_decision
+        assert decision["engine"] == ("openvino" if decision["cpu"]["bf16_units"] else "onnxruntime")
+        scorer = Bundle.open(tmp_path / "bundle").scorer()
     ours = VideoPipeline(variant, scorer).analyze_decoded(video, sampling)
     expected, n_faces = dfdc_reference.predict_on_frames(video.frames, models)
     assert ours["metrics"]["faces_classified"] == n_faces == 12

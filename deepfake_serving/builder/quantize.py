@@ -1,4 +1,5 @@
-"""Reduced precision, allowed only with proof of agreement with fp32 on held-out faces the user supplies.
+"""Reduced precision, allowed only with proof of agreement with fp32 on held-out faces (the user's folder, or
+the built-in sample faces: ``deepfake_serving.media.samples.holdout_images``).
 
 - ``int8``: ONNX Runtime static quantization (QDQ, per-channel) calibrated on the user's face crops.
 - ``fp16``: the graph's weights and arithmetic in float16, its inputs and outputs float32 (for ONNX
@@ -18,15 +19,17 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from deepfake_serving.builder.engine_choice import decide
 from deepfake_serving.bundle.manifest import REDUCED_PRECISIONS
 from deepfake_serving.core.errors import CheckpointError
 from deepfake_serving.engines import graph_runtime
 from deepfake_serving.pipeline.image import ImagePreprocessor, PreparedImage
-from deepfake_serving.variants import Variant
+from deepfake_serving.variants import Variant, get_variant
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CALIBRATION_BATCH = 8
@@ -40,6 +43,9 @@ class Limits:
     mean_abs_delta: float = 0.01
     max_label_flip_ratio: float = 0.01  # at the variant's threshold
     min_rank_correlation: float = 0.98  # Spearman, over all faces and checkpoints
+    # Ranks are judged only where fp32's answers spread wider than this: an untrained network answers
+    # (nearly) the same for every face, and its ranking is rounding noise.
+    min_spread_for_ranks: float = 1e-3
 
 
 LIMITS = Limits()
@@ -61,18 +67,35 @@ def image_files(folder: str | Path, role: str) -> list[Path]:
     return paths
 
 
+def _faces(images, variant: Variant) -> list[np.ndarray]:
+    stage = ImagePreprocessor(variant)
+    crops = []
+    for image in images:
+        (item,) = stage.prepare([image])
+        if isinstance(item, PreparedImage) and item.source == "mtcnn":
+            crops.extend(item.crops)
+    return crops
+
+
 def folder_faces(folder: str | Path, variant: Variant, role: str) -> list[np.ndarray]:
     """Model-ready face crops of every image under ``folder`` (the serving face stage's)."""
     paths = image_files(folder, role)
-    stage = ImagePreprocessor(variant)
-    crops = []
-    for path in paths:
-        (item,) = stage.prepare([path.read_bytes()])
-        if isinstance(item, PreparedImage) and item.source == "mtcnn":
-            crops.extend(item.crops)
+    crops = _faces((path.read_bytes() for path in paths), variant)
     if not crops:
         raise QuantizationRefused(f"{role} folder {folder}: no face found in its {len(paths)} images")
     return crops
+
+
+@lru_cache(maxsize=8)
+def _sample_faces(variant_name: str) -> list[np.ndarray]:
+    from deepfake_serving.media.samples import holdout_images
+
+    return _faces(holdout_images(), get_variant(variant_name))
+
+
+def holdout_faces(folder: str | Path | None, variant: Variant) -> list[np.ndarray]:
+    """The held-out faces of ``folder``, or without one the built-in sample faces (found once per face rule)."""
+    return folder_faces(folder, variant, "held-out") if folder else _sample_faces(variant.name)
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,8 @@ class Agreement:
     max_abs_delta: float
     mean_abs_delta: float
     label_flips: int
-    rank_correlation: float
+    fp32_spread: float  # max - min of fp32's P(fake)
+    rank_correlation: float | None  # None: fp32's answers spread too little to rank (Limits.min_spread_for_ranks)
 
     def breaches(self, limits: Limits) -> list[str]:
         found = []
@@ -91,20 +115,24 @@ class Agreement:
             found.append(f"mean |Δp| {self.mean_abs_delta:.4f} > {limits.mean_abs_delta}")
         if self.label_flips > limits.max_label_flip_ratio * self.faces:
             found.append(f"{self.label_flips} label flips in {self.faces} faces > {limits.max_label_flip_ratio:.0%}")
-        if not self.rank_correlation >= limits.min_rank_correlation:  # NaN fails too
-            found.append(f"rank correlation {self.rank_correlation:.4f} < {limits.min_rank_correlation}")
+        rho = self.rank_correlation
+        if rho is not None and not rho >= limits.min_rank_correlation:  # NaN fails too
+            found.append(f"rank correlation {rho:.4f} < {limits.min_rank_correlation}")
         return found
 
 
-def agreement(fp32: np.ndarray, reduced: np.ndarray, threshold: float) -> Agreement:
+def agreement(fp32: np.ndarray, reduced: np.ndarray, threshold: float, limits: Limits = LIMITS) -> Agreement:
     """fp32 against reduced-precision P(fake), both (faces, checkpoints)."""
     from scipy.stats import spearmanr
 
     delta = np.abs(fp32 - reduced)
-    constant = fp32.size < 2 or np.ptp(fp32) == 0 or np.ptp(reduced) == 0  # no ranking to compare
-    rho = float("nan") if constant else spearmanr(fp32.ravel(), reduced.ravel()).statistic
+    spread = float(np.ptp(fp32)) if fp32.size else 0.0
+    if spread <= limits.min_spread_for_ranks or fp32.size < 2:
+        rho = None
+    else:  # a constant reduced answer has no ranking: NaN, refused
+        rho = float("nan") if np.ptp(reduced) == 0 else float(spearmanr(fp32.ravel(), reduced.ravel()).statistic)
     return Agreement(int(fp32.shape[0]), float(delta.max()), float(delta.mean()),
-                     int(((fp32 > threshold) != (reduced > threshold)).sum()), float(rho))
+                     int(((fp32 > threshold) != (reduced > threshold)).sum()), spread, rho)
 
 
 class _Reader:
@@ -160,11 +188,11 @@ def _scores(path: Path, faces: np.ndarray, precision: str) -> np.ndarray:
 
 
 def reduce_precision(mode: str, graph: Path, target: Path, variant: Variant, calibration: str | Path | None,
-                     holdout: str | Path, limits: Limits | None = None) -> dict:
+                     holdout: str | Path | None, limits: Limits | None = None) -> dict:
     """Write ``target``, the ``mode`` twin of the fp32 ``graph``, and return the manifest's
     ``quantization`` record; raise QuantizationRefused (writing nothing) when the proof fails."""
     pre = variant.preprocessing
-    holdout_faces = pre.tensor(folder_faces(holdout, variant, "held-out"))
+    faces = pre.tensor(holdout_faces(holdout, variant))
     if mode == "int8":
         if calibration is None:
             raise QuantizationRefused("--quantize int8 needs --calibration DIR")
@@ -172,29 +200,28 @@ def reduce_precision(mode: str, graph: Path, target: Path, variant: Variant, cal
     else:
         record = _write_fp16(graph, target) if mode == "fp16" else _write_bf16(graph, target)
     limits = limits or LIMITS
-    measured = agreement(_scores(graph, holdout_faces, "fp32"), _scores(target, holdout_faces, mode),
-                         variant.threshold)
+    measured = agreement(_scores(graph, faces, "fp32"), _scores(target, faces, mode), variant.threshold, limits)
     breaches = measured.breaches(limits)
     if breaches:
         target.unlink(missing_ok=True)
         raise QuantizationRefused(f"{mode} refused: on {measured.faces} held-out faces " + "; ".join(breaches))
-    return {"mode": mode, **record, "agreement": asdict(measured), "limits": asdict(limits)}
+    held_out = str(holdout) if holdout else "built-in sample faces (deepfake_serving.media.samples.holdout_images)"
+    return {"mode": mode, **record, "holdout": held_out, "agreement": asdict(measured), "limits": asdict(limits)}
 
 
 def check_options(quantize: str | None, calibration, holdout, engine: str) -> None:
     if quantize is None:
         return
+    engine = decide(engine, quantize).engine
     if quantize not in REDUCED_PRECISIONS:
         raise ValueError(f"unknown quantization {quantize!r}; known: {', '.join(REDUCED_PRECISIONS)}")
     if engine == "torch":
         raise QuantizationRefused(f"--quantize {quantize} makes a graph; the torch engine runs the fp32 weights")
     if quantize == "bf16" and engine != "openvino":
         raise QuantizationRefused("--quantize bf16 is OpenVINO's inference precision: archive with --engine openvino")
-    if quantize == "int8" and (not calibration or not holdout):
-        raise QuantizationRefused("--quantize int8 needs --calibration DIR (face images to calibrate on) and "
-                                  "--holdout DIR (other face images to prove agreement on)")
-    if not holdout:
-        raise QuantizationRefused(f"--quantize {quantize} needs --holdout DIR (face images to prove agreement on)")
-    image_files(holdout, "held-out")
+    if quantize == "int8" and not calibration:
+        raise QuantizationRefused("--quantize int8 needs --calibration DIR (face images to calibrate on)")
+    if holdout:
+        image_files(holdout, "held-out")
     if calibration:
         image_files(calibration, "calibration")

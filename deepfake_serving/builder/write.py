@@ -10,11 +10,12 @@ from typing import Sequence
 from safetensors.torch import save_file
 
 from deepfake_serving import __version__
+from deepfake_serving.builder.engine_choice import decide
 from deepfake_serving.builder.export import export_onnx, exporter_info
-from deepfake_serving.builder.quantize import check_options, reduce_precision
+from deepfake_serving.builder.quantize import QuantizationRefused, check_options, reduce_precision
 from deepfake_serving.bundle.manifest import GRAPH_NAME, LAYOUT, MANIFEST_NAME, BundleManifest
 from deepfake_serving.core.digest import sha256_of
-from deepfake_serving.engines import DEFAULT_ENGINE, check_engine
+from deepfake_serving.engines import AUTO_ENGINE, check_engine
 from deepfake_serving.variants import get_variant
 from deepfake_serving.variants.factory import create_model
 
@@ -29,7 +30,7 @@ def write_bundle(
     version: str,
     checkpoints: Sequence[str | Path] = (),
     seed: int = 0,
-    engine: str = DEFAULT_ENGINE,
+    engine: str = AUTO_ENGINE,
     quantize: str | None = None,
     calibration: str | Path | None = None,
     holdout: str | Path | None = None,
@@ -37,9 +38,12 @@ def write_bundle(
     """Write weights, graph and manifest. Without checkpoints the weights are random (seeded) and
     flagged untrained. Every checkpoint is loaded into the variant before anything is written.
     ``quantize`` ("int8", "fp16" or "bf16") reduces the graph's precision (int8 calibrated on
-    ``calibration``'s faces), refused unless it agrees with fp32 on ``holdout``'s (deepfake_serving.quantize)."""
-    check_engine(engine)
-    check_options(quantize, calibration, holdout, engine)
+    ``calibration``'s faces), refused unless it agrees with fp32 on ``holdout``'s (the built-in sample faces
+    without one: builder.quantize). ``engine`` "auto" takes bf16 on OpenVINO where this CPU has bf16 units
+    and the proof passes, else fp32 on ONNX Runtime (builder.engine_choice)."""
+    decision = decide(engine, quantize)
+    check_engine(decision.engine)
+    check_options(decision.reduced, calibration, holdout, decision.engine)
     variant = get_variant(variant_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -53,14 +57,18 @@ def write_bundle(
         entries.append({"file": path.name, "sha256": sha256_of(path), "source_checkpoint": source})
     graph = export_onnx(variant, [model for model, _ in models], directory / GRAPH_NAME)
     onnx = {"file": graph.name, "checkpoints": len(models), **exporter_info(), "precision": "fp32"}
-    if quantize:
+    if decision.reduced:
         fp32 = graph.rename(directory / "classifier.fp32.onnx")
         try:
-            assert holdout is not None  # check_options refused a reduced precision without a held-out folder
-            record = reduce_precision(quantize, fp32, graph, variant, calibration, holdout)
-            onnx.update(precision=quantize, quantization=record)
+            record = reduce_precision(decision.reduced, fp32, graph, variant, calibration, holdout)
+            onnx.update(precision=decision.reduced, quantization=record)
+        except QuantizationRefused as refusal:
+            if not decision.fallback:
+                raise
+            fp32.rename(graph)
+            decision = decision.refused(str(refusal))
         finally:
-            fp32.unlink()
+            fp32.unlink(missing_ok=True)
     onnx["sha256"] = sha256_of(graph)
     manifest = BundleManifest(
         variant=variant.name,
@@ -73,9 +81,10 @@ def write_bundle(
         trained=bool(checkpoints),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         package_version=__version__,
-        engine=engine,
+        engine=decision.engine,
         onnx=onnx,
         layout=LAYOUT,
+        engine_decision=decision.record(),
     )
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest

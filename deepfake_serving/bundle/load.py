@@ -82,6 +82,12 @@ class Bundle:
 
     def torch_models(self) -> list:
         """One torch model per checkpoint (imports torch), each weights file checked first."""
-        from deepfake_serving.variants import create_model
+        try:
+            from deepfake_serving.variants import create_model
 
-        return [create_model(self.variant.name, check_file(self.directory, entry)) for entry in self.manifest.weights]
+            return [create_model(self.variant.name, check_file(self.directory, entry))
+                    for entry in self.manifest.weights]
+        except ImportError as err:  # a lean worker: torch from the CPU index, nothing else of [build]
+            raise CheckpointError(f"the torch engine builds the variant's network, which needs {err.name} "
+                                  "(pip install 'deepfake-serving[build]'); this install serves graph engines "
+                                  "only: rebuild the archive with --engine onnxruntime, openvino or auto") from None

@@ -37,6 +37,8 @@ class BundleManifest:
     # {"file", "sha256", "checkpoints", "opset", "exporter"}: the checkpoints as one graph, (faces, checkpoints) out
     onnx: dict | None = None
     layout: int = 1  # absent in bundles built before layouts were recorded
+    # {"requested", "engine", "precision", "reason", "cpu"}: why the archive serves on its engine (builder.engine_choice)
+    engine_decision: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

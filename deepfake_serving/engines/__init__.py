@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from deepfake_serving.variants import Variant
 
 ENGINES = ("onnxruntime", "openvino", "torch")
-DEFAULT_ENGINE = "onnxruntime"  # what serves a bundle unless told otherwise
+DEFAULT_ENGINE = "onnxruntime"  # fp32 everywhere; what serves a bundle whose manifest names no engine
+# What archives take unless told: the fastest engine and precision proven on this CPU (builder.engine_choice).
+AUTO_ENGINE = "auto"
 # Where each engine lives: graph engines give a Graph class (``run(faces)``), the torch engine a scorer.
 ENGINE_MODULES = {
     "onnxruntime": "deepfake_serving.engines.onnx_runtime:OrtGraph",

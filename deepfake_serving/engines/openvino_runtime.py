@@ -26,11 +26,13 @@ class OpenVinoGraph:
             model = core.read_model(graph, b"")
             shape = model.inputs[0].get_partial_shape()
             model.reshape({model.inputs[0]: ov.PartialShape([batch, *shape[1:]])})
-            # f32 unless the archive proved bf16 (CPUs with bf16 units would otherwise get bf16 unasked);
-            # threads pinned to cores would collide with co-located workers' threads.
+            # f32 unless the archive proved bf16 (CPUs with bf16 units would otherwise get bf16 unasked) and
+            # this CPU has bf16 units (an archive built elsewhere runs f32 here); threads pinned to cores would
+            # collide with co-located workers' threads.
+            bf16 = precision == "bf16" and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             self.compiled = core.compile_model(model, "CPU", {
                 "INFERENCE_NUM_THREADS": intra_op_threads(threads), "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
                 "ENABLE_CPU_PINNING": alone_on_machine()})
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             raise CheckpointError(f"{name} is not a usable ONNX graph: {str(exc).strip()[:300]}") from None

@@ -119,3 +119,22 @@ def write_samples(directory) -> dict[str, str]:
     for name, data in files.items():
         (directory / name).write_bytes(data)
     return {name: str(directory / name) for name in files}
+
+
+HOLDOUT_IMAGES = 24
+
+
+def holdout_images(count: int = HOLDOUT_IMAGES, seed: int = 0) -> list[bytes]:
+    """Held-out photographs for the reduced-precision proof when the user gives none (docs/engines.md): the
+    real face of the sample photographs at varied sizes, places, mirror images, exposures, noise and JPEG
+    qualities, one or two faces each — one person, so a proof on these speaks for the arithmetic, not
+    for the user's data."""
+    rng = np.random.default_rng(seed)
+    kinds = [(size, faces) for size in ((640, 480), (800, 600), (480, 640)) for faces in (1, 2)]
+    per_kind = -(-count // len(kinds))
+    frames = [frame for size, faces in kinds for frame in moving_face_frames(per_kind, size, faces=faces)]
+    images = []
+    for frame in frames[:: max(1, len(frames) // count)][:count]:
+        frame = frame * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30) + rng.normal(0, rng.uniform(0, 6), frame.shape)
+        images.append(encode(np.clip(frame, 0, 255).astype(np.uint8), quality=int(rng.integers(60, 96))))
+    return images

@@ -16,7 +16,7 @@ from deepfake_serving.builder.quantize import check_options
 from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.core.naming import archive_file_name, check_name, default_model_name
-from deepfake_serving.engines import DEFAULT_ENGINE
+from deepfake_serving.engines import AUTO_ENGINE
 from deepfake_serving.serving.torchserve_handlers import handler_file
 from deepfake_serving.variants import get_variant
 
@@ -45,7 +45,7 @@ def build_archive(
     model_config: dict | None = None,
     media: str = "image",
     seed: int = 0,
-    engine: str = DEFAULT_ENGINE,
+    engine: str = AUTO_ENGINE,
     **quantization,
 ) -> Path:
     """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
@@ -64,11 +64,12 @@ def build_archive(
     if media == "video" and int(config.get("batchSize", 1)) > 1:
         raise ValueError(f"a video archive takes one clip per request (batch size 1, not {config['batchSize']}): "
                          "a batch would send one request's streamed progress to every request in it")
-    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media, "engine": engine}
+    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media}
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name, as_file(handler) as handler:
         tmp = Path(tmp_name)
         manifest = write_bundle(tmp / "bundle", variant, version, checkpoints=checkpoints, seed=seed, engine=engine,
                                 **quantization)
+        config["handler"]["engine"] = manifest.engine  # as decided (an "auto" engine is decided by the build)
         files = [tmp / "bundle" / name for name in [*manifest.weight_files, GRAPH_NAME]]
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(

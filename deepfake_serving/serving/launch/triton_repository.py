@@ -30,7 +30,7 @@ from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInsta
 from deepfake_serving.bundle import GRAPH_NAME, MANIFEST_NAME
 from deepfake_serving.core.limits import MAX_IMAGE_FACES, MAX_VIDEO_FACES
 from deepfake_serving.core.naming import ANSWERED_BY, TRITON_REPOSITORY, TRITON_ROLES, model_names
-from deepfake_serving.engines import DEFAULT_ENGINE
+from deepfake_serving.engines import AUTO_ENGINE
 from deepfake_serving.variants import Variant, get_variant, list_variants
 
 # Relative to where the command runs, like the model store (the checkout commits its copy: the generated
@@ -148,7 +148,7 @@ def build_classifier_version(
     label: str | None = None,
     seed: int = 0,
     repository: str | Path = REPOSITORY,
-    engine: str = DEFAULT_ENGINE,
+    engine: str = AUTO_ENGINE,
 ) -> Path:
     """Write one classifier version into ``<classifier>/<version>/``: a bundle (the same files as an
     archive's: all checkpoints in one ONNX graph, which the classifier model serves).
