@@ -196,7 +196,7 @@ def test_a_lean_worker_with_cpu_torch_serves_a_graph_archive_built_elsewhere(whe
         answer = run(lean, tmp_path, "--key-file", str(tmp_path / "work" / "key_file.json"), "predict", "face.jpg",
                      "--url", url, "--save", "answer.json", timeout=300)
         assert answer.returncode == 0, answer.stdout[-1000:] + answer.stderr[-1000:]
-        served = json.loads((tmp_path / "answer.json").read_text())["body"]
+        served = json.loads((tmp_path / "answer.json").read_text())
         assert served["faces"][0]["fake_probability"] == pytest.approx(expected["faces"][0]["fake_probability"],
                                                                        abs=1e-6)
         workers = [p for p in psutil.Process(server.pid).children(recursive=True)
