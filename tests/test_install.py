@@ -76,19 +76,25 @@ def test_help_imports_no_torch(installed):
         assert out.stdout.strip().endswith("NO-TORCH"), (args, out.stdout[-300:], out.stderr[-300:])
 
 
+def start_serving(command: list[str], cwd: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``deepfake-serving serve`` started and read up to its 'serving on URL' line: (process, URL)."""
+    server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    line = ""
+    while "Ctrl-C" not in line and server.poll() is None:
+        line = server.stdout.readline()
+    if "TorchServe is serving on http://127.0.0.1:" not in line:
+        server.kill()
+        pytest.fail(f"serve did not start: {line}")
+    return server, line.split("serving on ")[1].split(" ")[0]
+
+
 def test_archive_serve_and_predict_from_an_empty_directory(installed, wheel, tmp_path):
     bin_dir, cwd = installed
     archived = run(bin_dir, cwd, "archive", "--variant", "b4-mobile", "--version", "1.0", timeout=600)
     assert archived.returncode == 0, archived.stderr[-2000:]
     assert (cwd / "model_store" / "b4-mobile-v1.0.mar").is_file()
-    server = subprocess.Popen([str(bin_dir / "deepfake-serving"), "serve", "--ports", "free"], cwd=cwd,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, url = start_serving([str(bin_dir / "deepfake-serving"), "serve", "--ports", "free"], cwd)
     try:
-        line = ""
-        while "Ctrl-C" not in line and server.poll() is None:
-            line = server.stdout.readline()
-        assert "TorchServe is serving on http://127.0.0.1:" in line, line
-        url = line.split("serving on ")[1].split(" ")[0]
         (cwd / "face.jpg").write_bytes(samples.astronaut_jpeg())
         probe = ("import sys\nfrom deepfake_serving.cli import main\nrc = main(sys.argv[1:])\n"
                  "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
@@ -183,16 +189,10 @@ def test_a_lean_worker_with_cpu_torch_serves_a_graph_archive_built_elsewhere(whe
     subprocess.run(["unzip", "-q", str(archive), "-d", str(bundle_dir)], check=True)
     expected = load_image_pipeline(bundle_dir).predict(samples.astronaut_jpeg())
     (tmp_path / "face.jpg").write_bytes(samples.astronaut_jpeg())
-    server = subprocess.Popen([str(lean / "deepfake-serving"), "serve", "--model-store", str(store), "--workdir",
-                               str(tmp_path / "work"), "--ports", "free"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+    server, url = start_serving([str(lean / "deepfake-serving"), "serve", "--model-store", str(store), "--workdir",
+                                 str(tmp_path / "work"), "--ports", "free"], tmp_path,
+                                {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
     try:
-        line = ""
-        while "Ctrl-C" not in line and server.poll() is None:
-            line = server.stdout.readline()
-        assert "TorchServe is serving on http://127.0.0.1:" in line, line
-        url = line.split("serving on ")[1].split(" ")[0]
         answer = run(lean, tmp_path, "--key-file", str(tmp_path / "work" / "key_file.json"), "predict", "face.jpg",
                      "--url", url, "--save", "answer.json", timeout=300)
         assert answer.returncode == 0, answer.stdout[-1000:] + answer.stderr[-1000:]
