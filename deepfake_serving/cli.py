@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import signal
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from deepfake_serving.core.limits import DEFAULT_FRAMES
@@ -81,6 +83,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _in_a_child(build, *args, **kwargs):
+    """Run an archive build in a spawned process and return its result: a process that then serves until
+    Ctrl-C must not hold the build's OpenVINO and torch runtimes (their threads crashed it on SIGINT,
+    leaving the server behind) nor their memory."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(build, *args, **kwargs).result()
+
+
 def _wait_forever(server, message: str | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM (a service manager's stop), then stop the server cleanly. Both
     handlers are set here: a shell starts background jobs with SIGINT ignored, and Python then
@@ -116,7 +126,7 @@ def cmd_demo(args) -> int:
     mar = Path(args.model_store) / archive_file_name(args.variant, "1.0")
     if not mar.exists():
         print(f"building demo archive {mar} (random weights)...", file=sys.stderr)
-        build_archive(args.variant, "1.0", export_path=args.model_store)
+        _in_a_child(build_archive, args.variant, "1.0", export_path=args.model_store)
     server = _start_server(args, [f"{args.variant}={mar.name}"])
     try:
         image = samples.astronaut_jpeg()
@@ -174,7 +184,7 @@ def cmd_triton_serve(args) -> int:
 
     if args.checkpoint or not built_versions(args.variant, args.repository):
         args.version, args.label, args.seed = 1, None, 0
-        cmd_triton_build(args)
+        _in_a_child(cmd_triton_build, args)
     names = model_names(args.variant)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,

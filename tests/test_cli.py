@@ -3,6 +3,7 @@ folders are checked before any build, and keys are found per server without touc
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +110,24 @@ def test_a_401_says_where_the_key_came_from(tmp_path, monkeypatch, capsys):
     assert keys.path is None and "no key file found (looked at --key-file" in keys.describe()
     assert main(["key", "inference", "--url", "http://127.0.0.1:9"]) == 2
     assert "no inference key for http://127.0.0.1:9: no key file found" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_demo_builds_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
+    """`make serve`'s command: it builds the archive, serves, and on Ctrl-C stops TorchServe and exits 0.
+    It crashed (SIGSEGV, TorchServe left running) while the build's OpenVINO runtime lived in it."""
+    import psutil
+
+    demo = subprocess.Popen([sys.executable, "-m", "deepfake_serving.cli", "demo", "--ports", "free",
+                             "--model-store", str(tmp_path / "store"), "--workdir", str(tmp_path / "work")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    while demo.poll() is None and "Ctrl-C stops it" not in (lines[-1] if lines else ""):
+        lines.append(demo.stdout.readline())
+    assert "REST 200, gRPC 200, same answer over both: True" in "".join(lines), "".join(lines)[-2000:]
+    servers = [p for p in psutil.Process(demo.pid).children(recursive=True) if "ts.model_server" in " ".join(p.cmdline())]
+    assert servers
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(timeout=120) == 0, demo.stdout.read()[-2000:]
+    psutil.wait_procs(servers, timeout=30)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers)

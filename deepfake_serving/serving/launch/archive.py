@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def build_archive(
                 "--force",
             ],
             check=True,
+            # the archiver stages files in $TMPDIR/<model name>: in the shared /tmp two builds of one model
+            # collide, and another local user could plant that folder; a private TMPDIR closes both
+            env={**os.environ, "TMPDIR": str(tmp)},
         )
         target = export_path / archive_file_name(model_name, version)
         shutil.move(str(tmp / f"{model_name}.mar"), target)
