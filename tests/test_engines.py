@@ -367,9 +367,13 @@ def test_openvino_runs_a_static_shape_padding_short_calls_and_chunking_long_ones
         np.testing.assert_allclose(openvino.run(faces[:count]), reference.run(faces[:count]), atol=2e-4)
 
 
-def test_a_torchserve_worker_imports_openvino_only_for_the_openvino_engine(tmp_path):
-    """TorchServe's base_handler would import openvino.torch (~210 MB) in every worker."""
+def test_a_torchserve_worker_never_imports_openvino_torch(tmp_path):
+    """TorchServe's base_handler would import openvino.torch (~210 MB, never used here) in every worker.
+    Importing the handler loads no OpenVINO at all; loading MTCNN (on OpenVINO's runtime) still not that."""
     probe = ("import sys\nimport deepfake_serving.serving.torchserve_handlers.deepfake_image_handler\n"
-             "print(sorted(m for m, loaded in sys.modules.items() if m.split('.')[0] == 'openvino' and loaded))\n")
+             "def loaded(): return sorted(m for m, v in sys.modules.items() if m.split('.')[0] == 'openvino' and v)\n"
+             "print(loaded())\n"
+             "from deepfake_serving.faces.mtcnn import OnnxMTCNN\nOnnxMTCNN(threads=1)\n"
+             "print('openvino' in loaded(), 'openvino.torch' in loaded())\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert out.stdout.strip() == "[]", out.stdout[-500:]
+    assert out.stdout.splitlines() == ["[]", "True False"], out.stdout[-500:]

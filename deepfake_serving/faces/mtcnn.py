@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 
 from deepfake_serving.engines.onnx_runtime import ort_session
-from deepfake_serving.engines.openvino_runtime import OpenVinoNet
 
 ASSETS = resources.files("deepfake_serving") / "assets" / "mtcnn"
 NETS = ("pnet", "rnet", "onet")
@@ -186,6 +185,8 @@ class OnnxMTCNN:
         digests = json.loads((ASSETS / "graphs.json").read_text())
         on_cpu = list(self.providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
         self.runtime = "openvino" if on_cpu else "onnxruntime"
+        if on_cpu:  # imported here: a process that never detects faces never maps OpenVINO
+            from deepfake_serving.engines.openvino_runtime import OpenVinoNet
         self.nets = {}
         for net in NETS:
             data, name = (ASSETS / f"{net}.onnx").read_bytes(), f"{net}.onnx"

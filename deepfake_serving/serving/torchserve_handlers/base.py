@@ -13,8 +13,8 @@ from deepfake_serving.engines import Device
 
 # TorchServe's base_handler imports openvino.torch (its torch.compile backend) whenever OpenVINO is installed:
 # ~210 MB in every worker. The openvino engine calls OpenVINO's runtime itself, never torch.compile, so that
-# import is refused here (base_handler catches the ImportError) and a worker imports OpenVINO only when its
-# engine is openvino.
+# import is refused here (base_handler catches the ImportError); a worker loads OpenVINO's runtime only when
+# its model loads.
 sys.modules.setdefault("openvino.torch", None)  # type: ignore[arg-type]  # None: the documented "refuse this import"
 
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
