@@ -317,6 +317,37 @@ def cmd_predict(args) -> int:
     return worst
 
 
+def cmd_explain(args) -> int:
+    """Ask the server for explanations and write each image with its faces' heatmaps blended in."""
+    import cv2
+
+    from deepfake_serving.media.image import decode_image
+    from deepfake_serving.serving.client.clients import make_client
+
+    client = make_client(args.protocol, args.url, key_file=args.key_file)
+    worst = 0
+    for path in args.files:
+        data = Path(path).read_bytes()
+        answer = client.explain(args.model, data, args.version)
+        if not answer.ok:
+            print(json.dumps({"file": path, "status": answer.status, **answer.body}))
+            worst = 1
+            continue
+        from deepfake_serving.evaluation.visualize import render_explanation  # matplotlib: not on a lean worker
+
+        out = Path(args.out_dir or Path(path).parent) / f"{Path(path).stem}_explained.png"
+        overlay = render_explanation(decode_image(data), answer.body)
+        if not cv2.imwrite(str(out), overlay[..., ::-1]):
+            raise CommandError(f"could not write {out}")
+        if args.save:
+            Path(args.save).write_text(json.dumps(answer.body, indent=2))
+        faces = [{"box": f["box"], "fake_probability": f["fake_probability"],
+                  "road_drop": (f.get("explanation") or {}).get("faithfulness", {}).get("fake_probability_drop")}
+                 for f in answer.body["faces"]]
+        print(json.dumps({"file": path, "overlay": str(out), "label": answer.body["label"], "faces": faces}))
+    return worst
+
+
 def cmd_visualize(args) -> int:
     """Render seed 001's overlay video and a score plot from a saved response, without the model."""
     from tqdm import tqdm
@@ -470,6 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="show the server's progress while a video runs")
     p.add_argument("--save", help="write the (last) response to this JSON file")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="ask TorchServe for each face's heatmap and write FILE_explained.png")
+    p.add_argument("files", nargs="+", help="images")
+    p.add_argument("--model", default="b4-mobile")
+    p.add_argument("--version")
+    p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
+    p.add_argument("--url", help="REST base URL or gRPC host:port (defaults: TorchServe's own ports)")
+    p.add_argument("--out-dir", help="where the overlays go (default: beside each image)")
+    p.add_argument("--save", help="write the (last) explanation to this JSON file")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("visualize", help="overlay video and score plot from a saved video response")
     p.add_argument("response")

@@ -26,6 +26,13 @@ def no_face_jpeg() -> bytes:
     return samples.encode(samples.no_face(), quality=95)
 
 
+@pytest.fixture(scope="session")
+def face_folders(tmp_path_factory):
+    from helpers.calibrated import write_face_folders
+
+    return write_face_folders(tmp_path_factory.mktemp("faces"))
+
+
 def pytest_collection_modifyitems(items):
     """A test that uses a ``server`` fixture starts a real server: it is marked ``server`` (``make
     test-fast`` runs the others)."""

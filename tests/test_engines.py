@@ -27,6 +27,7 @@ from deepfake_serving.media import samples
 from deepfake_serving.media.video import Sampling, decode_video
 from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline
 from deepfake_serving.variants import create_model, get_variant
+from helpers.calibrated import calibrated_b4_mobile
 
 THRESHOLDS = (0.7, 0.8, 0.8)
 
@@ -200,23 +201,6 @@ def test_threads_are_cores_divided_by_workers(monkeypatch):
 
 
 # -- reduced precision with proof ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def face_folders(tmp_path_factory):
-    """Calibration and held-out photographs: frames of two different clips, brightness-jittered."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    for name, frames in (("calibration", samples.moving_face_frames(16, (640, 480))),
-                         ("holdout", samples.moving_face_frames(7, (800, 600), faces=2)[1:])):
-        (root / name).mkdir()
-        for i, frame in enumerate(frames):
-            jittered = np.clip(frame * rng.uniform(0.7, 1.2) + rng.uniform(-20, 20), 0, 255).astype(np.uint8)
-            (root / name / f"{i}.jpg").write_bytes(samples.encode(jittered))
-    (root / "no_faces").mkdir()
-    (root / "no_faces" / "cup.jpg").write_bytes(samples.encode(samples.no_face()))
-    (root / "no_faces" / "notes.txt").write_text("not an image")
-    return root
-
-
 def test_int8_needs_a_calibration_folder_and_faces_in_its_folders(face_folders, tmp_path):
     from deepfake_serving.builder.quantize import QuantizationRefused
 
@@ -241,37 +225,6 @@ def test_int8_that_strays_from_fp32_is_refused(face_folders, calibrated_checkpoi
               "--quantize", "int8", "--calibration", str(face_folders / "calibration"),
               "--holdout", str(face_folders / "holdout")])
     assert not list(tmp_path.glob("*.mar"))
-
-
-def calibrated_b4_mobile(folder, seed: int = 0):
-    """A random b4-mobile made well-conditioned on faces: BatchNorm statistics measured on the folder's
-    crops (as training leaves them) and a last layer that spreads their scores (logit std 1)."""
-    from torch import nn
-
-    from deepfake_serving.builder.quantize import folder_faces
-    from deepfake_serving.variants import to_array
-
-    variant = get_variant("b4-mobile")
-    crops = folder_faces(folder, variant, "calibration")
-    x = torch.from_numpy(to_array(crops, variant.preprocessing.mean, variant.preprocessing.std))
-    torch.manual_seed(seed)
-    model = create_model("b4-mobile")
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the batch
-    model.train()
-    net = model.efficientnet
-    with torch.no_grad():
-        model(x)
-        model.eval()
-        features = net.classifier[:7](torch.flatten(net.avgpool(net.features(x)), 1))
-        centred = features - features.mean(0)
-        direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
-        weight = direction / (centred @ direction).std()
-        net.classifier[7].weight.copy_(weight[None])
-        net.classifier[7].bias.copy_(-(features.mean(0) @ weight)[None])
-    return model
 
 
 @pytest.fixture(scope="module")

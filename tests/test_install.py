@@ -199,6 +199,11 @@ def test_a_lean_worker_with_cpu_torch_serves_a_graph_archive_built_elsewhere(whe
         served = json.loads((tmp_path / "answer.json").read_text())
         assert served["faces"][0]["fake_probability"] == pytest.approx(expected["faces"][0]["fake_probability"],
                                                                        abs=1e-6)
+        unexplained = run(lean, tmp_path, "--key-file", str(tmp_path / "work" / "key_file.json"), "explain",
+                          "face.jpg", "--url", url, timeout=300)
+        refusal = json.loads(unexplained.stdout.splitlines()[-1])
+        assert unexplained.returncode == 1 and (refusal["status"], refusal["error"]["code"]) == (409, "not_explainable")
+        assert "pip install 'deepfake-serving[explain]'" in refusal["error"]["message"]
         workers = [p for p in psutil.Process(server.pid).children(recursive=True)
                    if "model_service_worker" in " ".join(p.cmdline())]
         assert workers and all(Path(p.cmdline()[0]).parent == lean for p in workers)

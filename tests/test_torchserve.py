@@ -8,10 +8,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 import pytest
 import requests
 import torch
 
+from deepfake_serving.cli import main
 from deepfake_serving.media import samples
 from deepfake_serving.pipeline.image import ImagePipeline
 from deepfake_serving.serving.client.clients import NO_RETRY, GrpcClient, RestClient, TritonClient
@@ -164,6 +166,40 @@ def test_served_checkpoint_answers_like_the_in_process_pipeline(rest, ff_checkpo
     for got, want in zip(served.body["faces"], expected["faces"]):
         assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-5)
     assert served.body["label"] == expected["label"]
+
+
+def test_explanations_over_rest_and_grpc_answer_the_prediction_with_a_heatmap_per_face(rest, grpc_client, two_faces_jpeg):
+    predicted = rest.predict(MODEL, two_faces_jpeg).body
+    over_rest, over_grpc = rest.explain(MODEL, two_faces_jpeg), grpc_client.explain(MODEL, two_faces_jpeg)
+    assert over_rest.status == over_grpc.status == 200, (over_rest.body, over_grpc.body)
+    for answer in (over_rest.body, over_grpc.body):
+        assert "explanation" in answer, sorted(answer)
+        assert answer["explanation"]["faces_explained"] == 2 and answer["version"] == "1.0"
+        assert [f["box"] for f in answer["faces"]] == [f["box"] for f in predicted["faces"]]
+        assert answer["fake_probability"] == pytest.approx(predicted["fake_probability"], abs=1e-6)
+    assert [f["explanation"] for f in over_rest.body["faces"]] == [f["explanation"] for f in over_grpc.body["faces"]]
+    assert rest.explain(MODEL, two_faces_jpeg, "2.0").body["version"] == "2.0"  # /explanations/{model}/{version}
+    assert "explanation" not in rest.predict(MODEL, two_faces_jpeg).body  # predictions are unchanged
+
+
+def test_explain_cli_writes_an_overlay_of_each_face(server, two_faces_jpeg, no_face_jpeg, tmp_path):
+    import contextlib
+    import io
+
+    import cv2
+
+    (tmp_path / "two.jpg").write_bytes(two_faces_jpeg)
+    (tmp_path / "not_an_image.jpg").write_bytes(media.truncated_jpeg())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["explain", str(tmp_path / "two.jpg"), str(tmp_path / "not_an_image.jpg"), "--model", MODEL,
+                     "--url", server.inference_url, "--out-dir", str(tmp_path)])
+    explained, refused = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert code == 1 and refused["status"] == 400 and refused["error"]["code"] == "corrupt_image"
+    overlay = cv2.imread(explained["overlay"])
+    original = cv2.imdecode(np.frombuffer(two_faces_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == original.shape and len(explained["faces"]) == 2
+    assert np.abs(overlay.astype(int) - original).max() > 50  # heatmaps, boxes and scores drawn
 
 
 def outside_model(directory, marker):

@@ -29,8 +29,11 @@ CATALOGUE: dict[str, ErrorKind] = {
     "internal_error": ErrorKind(500, "request", "a fault of ours while answering this request (it fails alone)"),
     "missing_input": ErrorKind(400, "request", "(Triton) the request lacks the model's IMAGE or VIDEO input"),
     "bad_input_shape": ErrorKind(400, "request", "(Triton) an input that is not one element"),
-    "explain_not_supported": ErrorKind(400, "request", "an `/explanations` request: no explainer is served yet (the "
-                                       "request fails alone; its batch is answered as usual)"),
+    "explain_not_supported": ErrorKind(400, "request", "an `/explanations` request where none is served (videos, the "
+                                       "nginx front; the request fails alone, its batch is answered as usual)"),
+    "not_explainable": ErrorKind(409, "request", "an explanation of an archive this worker cannot explain: no torch "
+                                 "weights in it, or no `explain` extra installed (the message says which and how to "
+                                 "fix it); its predictions are served as usual"),
     # -- images
     "corrupt_image": ErrorKind(400, "image", "an accepted format's signature, but truncated or corrupt data "
                                "(bad chunk checksum, broken header)"),

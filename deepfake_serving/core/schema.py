@@ -7,6 +7,7 @@ in it. ``batch_size`` counts the requests whose faces went through that classifi
 
 from __future__ import annotations
 
+import base64
 from typing import Sequence
 
 from deepfake_serving.core.aggregation import image_score, label_for
@@ -21,6 +22,26 @@ def face_entry(box: Sequence[int], detector_confidence: float | None, fake_proba
         "fake_probability": float(fake_probability),
         "source": source,  # "mtcnn" or "center_crop"
     }
+
+
+def face_heatmap(heatmap_png: bytes, size: int, region: Sequence[int], window: Sequence[int], fake_probability: float,
+                 road_drop: float, road_logit_drop: float, removed: float) -> dict:
+    """One face's explanation: the heatmap (8-bit grey PNG, the model input's size), where it lies on the
+    original image (``window`` of the PNG, x, y, w, h, shows the image rectangle ``region``), and ROAD."""
+    return {
+        "heatmap_png": base64.b64encode(heatmap_png).decode("ascii"),
+        "heatmap_size": [size, size],
+        "region": [int(v) for v in region],
+        "window": [int(v) for v in window],
+        "explained_fake_probability": float(fake_probability),  # the torch weights' own P(fake)
+        "faithfulness": {"metric": "road_most_relevant_first", "removed_fraction": removed,
+                         "fake_probability_drop": float(road_drop), "fake_logit_drop": float(road_logit_drop)},
+    }
+
+
+def explanation_summary(method: str, layer: str, checkpoints: int, explained: int, faces: int) -> dict:
+    return {"method": method, "layer": layer, "checkpoints": checkpoints, "faces_explained": explained,
+            "faces_unexplained": faces - explained}
 
 
 def image_response(

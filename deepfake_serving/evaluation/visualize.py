@@ -1,9 +1,10 @@
 """Seed 001's visualisation, rendered from a saved video response and the clip (no model is run):
 an overlay video with the per-frame suspicion graph (top right) and a suspicion bar (bottom),
-and a PNG plot of the per-frame scores."""
+and a PNG plot of the per-frame scores; and an explained image's heatmaps blended on the photograph."""
 
 from __future__ import annotations
 
+import base64
 import fractions
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,35 @@ import numpy as np  # noqa: E402
 from deepfake_serving.media.video import iter_frames  # noqa: E402
 
 NO_FACE_COLOR = (128, 128, 128)
+
+
+def face_heatmap(explanation: dict) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """(region, heatmap in [0, 1] at the region's size): a face's explanation placed on the original image."""
+    png = np.frombuffer(base64.b64decode(explanation["heatmap_png"]), dtype=np.uint8)
+    heatmap = cv2.imdecode(png, cv2.IMREAD_GRAYSCALE)
+    if heatmap is None:
+        raise ValueError("the explanation's heatmap is not a PNG")
+    x, y, w, h = explanation["window"]
+    x1, y1, x2, y2 = explanation["region"]
+    shown = heatmap[y:y + h, x:x + w].astype(np.float32) / 255.0
+    return (x1, y1, x2, y2), cv2.resize(shown, (max(x2 - x1, 1), max(y2 - y1, 1)), interpolation=cv2.INTER_LINEAR)
+
+
+def render_explanation(image: np.ndarray, response: dict, alpha: float = 0.5) -> np.ndarray:
+    """The RGB photograph with each explained face's heatmap blended in its crop's region (JET colours),
+    its box drawn and its P(fake) written above it."""
+    out = image.copy()
+    for face in response["faces"]:
+        if face.get("explanation"):
+            (x1, y1, x2, y2), heat = face_heatmap(face["explanation"])
+            colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]  # BGR → RGB
+            weight = (alpha * heat)[..., None]
+            out[y1:y2, x1:x2] = (out[y1:y2, x1:x2] * (1 - weight) + colours * weight).astype(np.uint8)
+        bx1, by1, bx2, by2 = face["box"]
+        cv2.rectangle(out, (bx1, by1), (bx2, by2), (255, 255, 255), 2)
+        cv2.putText(out, f"P(fake) {face['fake_probability']:.3f}", (bx1, max(by1 - 8, 16)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
+    return out
 
 
 def frame_scores(response: dict, frame_count: int) -> list[float | None]:

@@ -15,13 +15,34 @@ import cv2
 import numpy as np
 
 
+def crop_region(box: Sequence[int], margin: Fraction, width: int, height: int) -> tuple[int, int, int, int]:
+    """The image rectangle (x1, y1, x2, y2) a face's crop holds: ``box`` widened by ``margin`` of its size on
+    every side, clipped to the image (empty when the box lies outside it)."""
+    xmin, ymin, xmax, ymax = box
+    p_w = (xmax - xmin) * margin.numerator // margin.denominator
+    p_h = (ymax - ymin) * margin.numerator // margin.denominator
+    x1, y1 = min(max(xmin - p_w, 0), width), min(max(ymin - p_h, 0), height)
+    return x1, y1, max(min(xmax + p_w, width), x1), max(min(ymax + p_h, height), y1)
+
+
 def padded_crop(image: np.ndarray, box: Sequence[int], margin: Fraction) -> np.ndarray:
     """Crop ``box`` (integer x1, y1, x2, y2) widened by ``margin`` of its size on every side."""
-    xmin, ymin, xmax, ymax = box
-    w, h = xmax - xmin, ymax - ymin
-    p_w = w * margin.numerator // margin.denominator
-    p_h = h * margin.numerator // margin.denominator
-    return image[max(ymin - p_h, 0): max(ymax + p_h, 0), max(xmin - p_w, 0): max(xmax + p_w, 0)]
+    x1, y1, x2, y2 = crop_region(box, margin, image.shape[1], image.shape[0])
+    return image[y1:y2, x1:x2]
+
+
+def content_window(region_width: int, region_height: int, size: int, mode: str) -> tuple[int, int, int, int]:
+    """Where a crop of ``region_width`` × ``region_height`` lands in the model's ``size`` square (x, y, w, h):
+    all of it when stretched, else centred as ``isotropic_resize`` and ``put_to_center`` place it (the rest
+    is black canvas)."""
+    if mode == "stretch":
+        return 0, 0, size, size
+    w, h = region_width, region_height
+    if max(w, h) != size:
+        scale = size / max(w, h)
+        w, h = (size, max(1, int(h * scale))) if w > h else (max(1, int(w * scale)), size)
+    w, h = min(w, size), min(h, size)
+    return (size - w) // 2, (size - h) // 2, w, h
 
 
 def _interpolation(scale: float) -> int:

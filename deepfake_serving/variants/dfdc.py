@@ -8,6 +8,7 @@ register_variant(Variant(
     description="DFDC winner: tf_efficientnet_b7 (ns) encoder, average pool, Linear(2560, 1) at 380",
     architecture="deepfake_serving.variants.nets.dfdc:DeepFakeClassifier",
     output="logit_fake",
+    cam_layer="encoder.bn2",
     preprocessing=Preprocessing(input_size=380),
     ignored_checkpoint_prefixes=("encoder.classifier.",),
 ))

@@ -8,5 +8,6 @@ register_variant(Variant(
     description="EfficientNet-B4 at 224 + multi-scale, frequency and edge branches, attention, softmax [real, fake]",
     architecture="deepfake_serving.variants.nets.enhanced:EnhancedB4Detector",
     output="logits_real_fake",
+    cam_layer="backbone.bn2",
     preprocessing=Preprocessing(input_size=224),
 ))

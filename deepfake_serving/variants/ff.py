@@ -8,5 +8,6 @@ register_variant(Variant(
     description="EfficientNet-B4 at 224, Dropout→512→ReLU→BN→Dropout→2 logits, centre crop when no face",
     architecture="deepfake_serving.variants.nets.ff:ff_b4",
     output="logits_real_fake",
+    cam_layer="features.8",
     preprocessing=Preprocessing(input_size=224, faces=FaceSettings(no_face_fallback="center_crop")),
 ))

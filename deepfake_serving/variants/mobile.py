@@ -10,5 +10,6 @@ register_variant(Variant(
     description="torchvision EfficientNet-B4 at 224, head 1792→512→128→1, sigmoid",
     architecture="deepfake_serving.variants.nets.mobile:MobileB4Detector",
     output="prob_fake",
+    cam_layer="efficientnet.features.8",
     preprocessing=Preprocessing(input_size=224, faces=FaceSettings(crop_margin=Fraction(1, 10))),
 ))

@@ -77,6 +77,8 @@ class Variant:
     architecture: str  # "module:callable" that builds the torch module (imported by ``build``)
     output: str
     preprocessing: Preprocessing
+    # The last convolutional stage (a submodule's dotted name in the built network): where Grad-CAM looks.
+    cam_layer: str
     threshold: float = 0.5
     # Checkpoint keys that the reference format carries but the model does not use.
     ignored_checkpoint_prefixes: tuple[str, ...] = ()

@@ -71,6 +71,9 @@ class ClientStats:
     gave_up: int = 0  # predictions still failing (retryably) when attempts or the deadline ran out
 
 
+EXPLAIN = "explain"  # the option (a gRPC input) that asks for an explanation
+
+
 class Retrying:
     """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``.
     Whatever a transport raises becomes a ``Prediction`` (503 ``server_unavailable``); a 401 says
@@ -106,6 +109,11 @@ class Retrying:
             self.stats.retried += attempt == 0
         self.stats.gave_up += 1
         return prediction
+
+    def explain(self, model: str, data: bytes, version: str | None = None) -> Prediction:
+        """The prediction with a heatmap per face (docs/explanations.md): TorchServe's explanations API
+        over REST, an ``explain`` input over gRPC (whose service has no explanation call)."""
+        return self.predict(model, data, version, {EXPLAIN: "true"})
 
     def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
         raise NotImplementedError
@@ -170,10 +178,12 @@ class RestClient(Retrying):
         self.keys = ServerKeys.for_url(self.url, key_file)
 
     def _post(self, model: str, data: bytes, version: str | None, options: dict | None, stream: bool):
-        path = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
+        options = dict(options or {})
+        api = "explanations" if options.pop(EXPLAIN, None) else "predictions"
+        path = f"{self.url}/{api}/{model}" + (f"/{version}" if version else "")
         headers = {"Content-Type": "application/octet-stream", **self.keys.headers("inference")}
         # Per-request video options travel as X- headers: TorchServe does not pass query strings on.
-        headers.update({f"X-{k.capitalize()}": str(v) for k, v in (options or {}).items()})
+        headers.update({f"X-{k.capitalize()}": str(v) for k, v in options.items()})
         if stream:
             headers["X-Stream"] = "true"
         return self.session.post(path, data=data, timeout=self.timeout, headers=headers, stream=stream)
@@ -311,6 +321,10 @@ class TritonClient(Retrying):
         target = (url or default).removeprefix("http://")
         options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
         self.client = module.InferenceServerClient(target, **options)
+
+    def explain(self, model: str, data: bytes, version: str | None = None) -> Prediction:
+        return Prediction(400, error_body("explain_not_supported", "the Triton repository serves no explanations "
+                                          "yet; ask TorchServe's /explanations/{model}"))
 
     def _inputs(self, model: str, data: bytes, options: dict | None) -> list:
         """IMAGE, or VIDEO plus SAMPLING/FRAMES/EVERY (RequestError bad_sampling for options that do not parse)."""

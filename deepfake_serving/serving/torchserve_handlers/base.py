@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 BODY_FIELDS = ("data", "body", "file", "image")
+EXPLAIN = "explain"  # TorchServe's header on /explanations requests; a field of a gRPC or multipart request
 
 
 def request_bytes(row: dict) -> bytes:
@@ -32,7 +33,7 @@ def request_bytes(row: dict) -> bytes:
             value = row[key]
             break
     else:
-        value = next(iter(row.values()), b"")
+        value = next((v for k, v in row.items() if k != EXPLAIN), b"")
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str) and not value:
@@ -54,7 +55,8 @@ class DeepfakeHandler(BaseHandler):
         engine = config.get("engine")
         device = Device.from_gpu_id(properties.get("gpu_id"))
         threads = intra_op_threads(int(config.get("threads") or 0) or None)
-        self.pipeline = self.load(properties.get("model_dir"), config, engine=engine, device=device,
+        self.model_dir, self.config, self.threads = properties.get("model_dir"), config, threads
+        self.pipeline = self.load(self.model_dir, config, engine=engine, device=device,
                                   threads=threads, model_name=context.model_name)
         self.context = context
         self.initialized = True
@@ -67,14 +69,24 @@ class DeepfakeHandler(BaseHandler):
 
     def _is_explain(self) -> bool:
         """Never the whole batch's: BaseHandler reads request 0's ``explain`` flag for every request in
-        the batch; ``check_not_explain`` reads each request's own."""
+        the batch; ``wants_explanation`` reads each request's own."""
         return False
 
-    def check_not_explain(self, idx: int) -> None:
-        """An ``/explanations`` request (TorchServe sets its ``explain`` header) is refused alone: the
-        handlers have no explainer yet, and its neighbours in the batch are answered as usual."""
-        if str(self.context.get_request_header(idx, "explain") or "").lower() == "true":
-            raise RequestError("explain_not_supported", f"{self.context.model_name} has no explanations yet; "
+    def wants_explanation(self, idx: int, row: dict) -> bool:
+        """REST ``/explanations/{model}`` (TorchServe sets the request's ``explain`` header), or an
+        ``explain`` input of ``true`` (gRPC Predictions, which has no explanation call; a multipart field)."""
+        def true(flag) -> bool:
+            if isinstance(flag, (bytes, bytearray)):
+                flag = flag.decode("utf-8", "replace")
+            return str(flag or "").strip().lower() == "true"
+
+        return true(self.context.get_request_header(idx, EXPLAIN)) or true(row.get(EXPLAIN))  # the header may say False
+
+    def check_not_explain(self, idx: int, row: dict) -> None:
+        """For archives that answer no explanations: the request is refused alone, its neighbours in the
+        batch answered as usual."""
+        if self.wants_explanation(idx, row):
+            raise RequestError("explain_not_supported", f"{self.context.model_name} answers no explanations; "
                                f"send the request to /predictions/{self.context.model_name}")
 
     def postprocess(self, results):

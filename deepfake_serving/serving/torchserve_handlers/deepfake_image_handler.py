@@ -1,26 +1,58 @@
-"""TorchServe handler for image archives: batch-aware (the faces of every request in a server-side
-batch share one forward pass); a bad request, or a fault of ours while answering it, fails alone."""
+"""TorchServe handler for image archives: batch-aware (the faces of every prediction in a server-side
+batch share one forward pass); explanations (REST ``/explanations``, or an ``explain`` input over gRPC)
+are answered one request at a time beside them; a bad request, or a fault of ours while answering it,
+fails alone."""
 
 from deepfake_serving.core.batching import in_place
-from deepfake_serving.core.errors import internal_error
+from deepfake_serving.core.errors import RequestError, internal_error
 from deepfake_serving.pipeline import load_image_pipeline
 from deepfake_serving.serving.torchserve_handlers.base import DeepfakeHandler, request_bytes
 
 
 class ImageHandler(DeepfakeHandler):
+    explainer = None  # loaded on the first explanation asked for (its torch models), or why it cannot be
+
     def load(self, directory, config, **options):
         return load_image_pipeline(directory, **options)
 
     def preprocess(self, data):
-        payloads: list = []  # each request's input, or its RequestError
+        requests: list = []  # (input or its RequestError, explain?) per request
         for idx, row in enumerate(data):
             try:
-                self.check_not_explain(idx)
-                payloads.append(request_bytes(row))
+                requests.append((request_bytes(row), self.wants_explanation(idx, row)))
             except Exception as err:  # noqa: BLE001 - this request fails alone
-                payloads.append(internal_error(err))
-        return payloads
+                requests.append((internal_error(err), False))
+        return requests
 
-    def inference(self, payloads, *args, **kwargs):
+    def inference(self, requests, *args, **kwargs):
+        answers: list = [None] * len(requests)
+        plain = [i for i, (_, explain) in enumerate(requests) if not explain]
         # predict_batch isolates requests; in_place is the last resort if it raises
-        return [internal_error(a) if isinstance(a, Exception) else a for a in in_place(payloads, self.pipeline.predict_batch)]
+        for i, answer in zip(plain, in_place([requests[i][0] for i in plain], self.pipeline.predict_batch)):
+            answers[i] = answer
+        for i, (payload, explain) in enumerate(requests):
+            if explain:
+                answers[i] = self._explain(payload)
+        return [internal_error(a) if isinstance(a, Exception) else a for a in answers]
+
+    def _explain(self, payload):
+        if isinstance(payload, Exception):
+            return payload
+        if self.explainer is None:
+            self.explainer = self._load_explainer()
+        if isinstance(self.explainer, RequestError):
+            return self.explainer
+        (answer,) = self.explainer.explain_batch([payload])
+        return answer
+
+    def _load_explainer(self):
+        try:
+            from deepfake_serving.explain.image import load_image_explainer
+        except ImportError as err:  # a lean worker: no timm / torchvision / pytorch-grad-cam
+            return RequestError("not_explainable", f"this worker cannot explain {self.context.model_name}: "
+                                f"{err.name} is not installed (pip install 'deepfake-serving[explain]')")
+        try:
+            return load_image_explainer(self.model_dir, self.pipeline, self.config.get("explain_method", "gradcam"),
+                                        self.threads)
+        except Exception as err:  # noqa: BLE001 - every explanation says why; predictions go on
+            return internal_error(err)

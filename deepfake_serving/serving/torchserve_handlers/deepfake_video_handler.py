@@ -27,7 +27,7 @@ class VideoHandler(DeepfakeHandler):
         payloads: list = []  # each request's input, or its RequestError
         for idx, row in enumerate(data):
             try:
-                self.check_not_explain(idx)
+                self.check_not_explain(idx, row)
                 headers = {k.lower(): v for k, v in self.context.get_all_request_header(idx).items()
                            if isinstance(v, str)}
 
