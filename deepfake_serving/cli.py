@@ -59,6 +59,26 @@ def cmd_archive(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    """Package several variants as one ensemble archive (docs/ensembles.md)."""
+    from deepfake_serving.core.fusion import Abstention, Fusion
+    from deepfake_serving.serving.launch.archive import build_ensemble_archive
+
+    members = []
+    for spec in args.member:
+        variant, _, checkpoints = spec.partition("=")
+        members.append((variant, [c for c in checkpoints.split(",") if c]))
+    band = tuple(float(v) for v in args.abstain_band.split(",")) if args.abstain_band else None
+    if band is not None and len(band) != 2:
+        raise CommandError("--abstain-band takes LO,HI")
+    abstention = Abstention(args.abstain_disagreement, band) if (band or args.abstain_disagreement is not None) else None
+    fusion = Fusion("weighted_mean" if args.weights else "mean",
+                    tuple(float(w) for w in args.weights.split(",")) if args.weights else None, abstention)
+    print(build_ensemble_archive(args.name, args.version, members, fusion.check(len(members)),
+                                 export_path=args.export_path, engine=args.engine))
+    return 0
+
+
 def _start_server(args, models: list[str]):
     from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 
@@ -501,6 +521,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="show the server's progress while a video runs")
     p.add_argument("--save", help="write the (last) response to this JSON file")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ensemble", help="package several variants as one archive: one detection, fused scores")
+    p.add_argument("--name", required=True, help="the served model name")
+    p.add_argument("--version", required=True)
+    p.add_argument("--member", action="append", required=True, metavar="VARIANT[=CKPT,...]",
+                   help="a member and its checkpoints (random weights without); repeat, 2 or more; the first "
+                        "member's face settings detect the faces")
+    p.add_argument("--weights", help="comma-separated member weights: the weighted_mean rule (default: the mean)")
+    p.add_argument("--abstain-disagreement", type=float, metavar="STD",
+                   help="answer UNCERTAIN when the members' P(fake) spread (std) exceeds this")
+    p.add_argument("--abstain-band", metavar="LO,HI", help="answer UNCERTAIN when the fused P(fake) lies in (LO, HI)")
+    p.add_argument("--engine", choices=(AUTO_ENGINE, *ENGINES), default=AUTO_ENGINE)
+    p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("explain", help="ask TorchServe for each face's heatmap and write FILE_explained.png")
     p.add_argument("files", nargs="+", help="images")

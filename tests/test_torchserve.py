@@ -26,6 +26,7 @@ from helpers import box_inside, media
 
 pytestmark = pytest.mark.server
 MODEL = "b4-mobile"
+ENSEMBLE = "mobile-ff"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,9 @@ def server(tmp_path_factory, ff_checkpoint):
     ts.start()
     ts.register(v2.name)  # over the management API, next to the serving version
     ts.register(ff.name)
+    assert main(["ensemble", "--name", ENSEMBLE, "--version", "1.0", "--member", "b4-mobile", "--member",
+                 f"b4-ff={ff_checkpoint}", "--engine", "onnxruntime", "--export-path", str(store)]) == 0
+    ts.register(f"{ENSEMBLE}-v1.0.mar")
     yield ts
     ts.stop()
 
@@ -200,6 +204,25 @@ def test_explain_cli_writes_an_overlay_of_each_face(server, two_faces_jpeg, no_f
     original = cv2.imdecode(np.frombuffer(two_faces_jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert overlay.shape == original.shape and len(explained["faces"]) == 2
     assert np.abs(overlay.astype(int) - original).max() > 50  # heatmaps, boxes and scores drawn
+
+
+def test_a_served_ensemble_answers_as_in_process_and_refuses_explanations_alone(server, rest, two_faces_jpeg, tmp_path):
+    """The ensemble archive built by the CLI (b4-mobile and a b4-ff checkpoint, one detection) answers over
+    TorchServe as its unpacked bundle does in this process."""
+    import zipfile
+
+    from deepfake_serving.pipeline.ensemble import load_ensemble_pipeline
+
+    served = rest.predict(ENSEMBLE, two_faces_jpeg)
+    assert served.status == 200 and served.body["ensemble"]["members"] == ["b4-mobile", "b4-ff"]
+    zipfile.ZipFile(server.model_store / f"{ENSEMBLE}-v1.0.mar").extractall(tmp_path)
+    expected = load_ensemble_pipeline(tmp_path, threads=2).predict(two_faces_jpeg)
+    assert served.body["face_count"] == expected["face_count"] == 2
+    for got, want in zip(served.body["faces"], expected["faces"]):
+        assert got["box"] == want["box"] and got["members"] == pytest.approx(want["members"], abs=1e-6)
+        assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-6)
+    refused = rest.explain(ENSEMBLE, two_faces_jpeg)
+    assert (refused.status, refused.body["error"]["code"]) == (400, "explain_not_supported")
 
 
 def outside_model(directory, marker):

@@ -21,7 +21,7 @@ from deepfake_serving.engines import Device, FaceScorer, as_scorer
 from deepfake_serving.faces.crops import center_square, fit_to_input
 from deepfake_serving.faces.detector import FaceDetector, FaceSet, check_detectable, image_detect_scale
 from deepfake_serving.media.image import ImageLimits, decode_image
-from deepfake_serving.variants import Variant
+from deepfake_serving.variants import Preprocessing, Variant
 
 if TYPE_CHECKING:  # a scorer, or torch models for the torch engine; torch is never imported here
     from torch import nn
@@ -40,6 +40,7 @@ class PreparedImage:
     timings_ms: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = field(default=None, repr=False)  # the decoded pixels, until the crops are cut
     detect_scale: float = 1.0
+    more_crops: list[list[np.ndarray]] = field(default_factory=list)  # the same faces cut for ``also_crop_for``
 
     def metadata(self) -> dict:
         """Everything but the crops: what travels beside the face tensor between Triton models."""
@@ -57,8 +58,11 @@ class ImagePreprocessor:
 
     def __init__(self, variant: Variant, limits: ImageLimits = ImageLimits(), max_faces: int = MAX_IMAGE_FACES,
                  threads: int | None = None, device: Device = Device(), video_endpoint: str | None = None,
-                 observers: StageObservers | None = None):
+                 observers: StageObservers | None = None, also_crop_for: Sequence[Preprocessing] = ()):
+        """``also_crop_for``: other variants' preprocessing (an ensemble's members), whose crops of the same
+        detected faces go into ``more_crops``."""
         self.variant = variant
+        self.also_crop_for = list(also_crop_for)
         self.video_endpoint = video_endpoint or video_model(variant.name)
         self.limits = limits
         self.max_faces = max_faces
@@ -122,6 +126,13 @@ class ImagePreprocessor:
             item.confidences.append(None)
             item.crops.append(fit_to_input(crop, pre.input_size, pre.resize))
             item.source = "center_crop"
+            item.more_crops = [[fit_to_input(crop, other.input_size, other.resize)] for other in self.also_crop_for]
+            return
+        for other in self.also_crop_for:
+            others_kept, crops = found.crops(other)
+            if [face.box for face in others_kept] != item.boxes:
+                raise RuntimeError("the ensemble's members kept different faces of one detection")
+            item.more_crops.append(crops)
 
 
 def image_result(item: PreparedImage, scores: Sequence[float] | np.ndarray, *, model: str, version: str, threshold: float,

@@ -9,13 +9,16 @@ import sys
 import tempfile
 from importlib.resources import as_file
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
+from deepfake_serving.builder.ensemble import write_ensemble
 from deepfake_serving.builder.quantize import check_options
 from deepfake_serving.builder.write import write_bundle
+from deepfake_serving.bundle.ensemble import ENSEMBLE_MANIFEST
 from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME
+from deepfake_serving.core.fusion import Fusion
 from deepfake_serving.core.naming import archive_file_name, check_name, default_model_name
 from deepfake_serving.engines import AUTO_ENGINE
 from deepfake_serving.serving.torchserve_handlers import handler_file
@@ -72,24 +75,52 @@ def build_archive(
                                 **quantization)
         config["handler"]["engine"] = manifest.engine  # as decided (an "auto" engine is decided by the build)
         files = [tmp / "bundle" / name for name in [*manifest.weight_files, GRAPH_NAME]]
-        (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        subprocess.run(
-            [
-                sys.executable, "-m", "model_archiver.model_packaging",  # torch-model-archiver's entry point
-                "--model-name", model_name,
-                "--version", version,
-                "--handler", str(handler),
-                "--serialized-file", str(files[0]),
-                "--extra-files", ",".join(str(f) for f in [tmp / "bundle" / MANIFEST_NAME, *files[1:]]),
-                "--config-file", str(tmp / "model-config.yaml"),
-                "--export-path", str(tmp),
-                "--force",
-            ],
-            check=True,
-            # the archiver stages files in $TMPDIR/<model name>: in the shared /tmp two builds of one model
-            # collide, and another local user could plant that folder; a private TMPDIR closes both
-            env={**os.environ, "TMPDIR": str(tmp)},
-        )
-        target = export_path / archive_file_name(model_name, version)
-        shutil.move(str(tmp / f"{model_name}.mar"), target)
+        target = _package(tmp, model_name, version, handler, files[0], [tmp / "bundle" / MANIFEST_NAME, *files[1:]],
+                          config, export_path)
     return target
+
+
+def build_ensemble_archive(name: str, version: str, members: Sequence[tuple[str, Sequence[str]]],
+                           fusion: Fusion = Fusion(), export_path: str | Path = "model_store",
+                           model_config: dict | None = None, seed: int = 0, engine: str = AUTO_ENGINE) -> Path:
+    """Package several variants as one image archive ``{name}-v{version}.mar``: one face detection, each
+    member's classifier in turn, fused by ``fusion`` (builder.ensemble)."""
+    check_name(name, "model name")
+    check_name(version, "version")
+    export_path = Path(export_path)
+    export_path.mkdir(parents=True, exist_ok=True)
+    config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
+    config["handler"] = {**DEFAULT_MODEL_CONFIG["handler"], **config.get("handler", {}), "media": "ensemble"}
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name, as_file(handler_file("ensemble")) as handler:
+        tmp = Path(tmp_name)
+        write_ensemble(tmp / "bundle", name, version, members, fusion, seed=seed, engine=engine)
+        return _package(tmp, name, version, handler, tmp / "bundle" / ENSEMBLE_MANIFEST, [tmp / "bundle"], config,
+                        export_path)
+
+
+def _package(tmp: Path, model_name: str, version: str, handler: Path, serialized: Path, extra_files: list[Path],
+             config: dict, export_path: Path) -> Path:
+    """torch-model-archiver over the staged files (a folder among ``extra_files`` lands with its contents
+    at the archive's root), moved to ``export_path``."""
+    (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run(
+        [
+            sys.executable, "-m", "model_archiver.model_packaging",  # torch-model-archiver's entry point
+            "--model-name", model_name,
+            "--version", version,
+            "--handler", str(handler),
+            "--serialized-file", str(serialized),
+            "--extra-files", ",".join(str(f) for f in extra_files),
+            "--config-file", str(tmp / "model-config.yaml"),
+            "--export-path", str(tmp),
+            "--force",
+        ],
+        check=True,
+        # the archiver stages files in $TMPDIR/<model name>: in the shared /tmp two builds of one model
+        # collide, and another local user could plant that folder; a private TMPDIR closes both
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    target = export_path / archive_file_name(model_name, version)
+    shutil.move(str(tmp / f"{model_name}.mar"), target)
+    return target
+

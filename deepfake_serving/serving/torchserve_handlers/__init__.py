@@ -1,7 +1,7 @@
 """TorchServe handlers: thin adapters from BaseHandler's life cycle to deepfake_serving's pipelines.
 
-An archive carries one of the two handler files (``deepfake_image_handler.py`` or
-``deepfake_video_handler.py``, one class each, as TorchServe's loader wants) and imports the rest from
+An archive carries one of the handler files (``deepfake_image_handler.py``, ``deepfake_video_handler.py``
+or ``deepfake_ensemble_handler.py``, one class each, as TorchServe's loader wants) and imports the rest from
 the installed package. ``base`` imports TorchServe (``ts``): only a TorchServe worker imports it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-MEDIA = ("image", "video")
+MEDIA = ("image", "video", "ensemble")  # an ensemble archive answers images
 
 
 def handler_file(media: str):
