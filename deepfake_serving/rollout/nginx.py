@@ -26,6 +26,10 @@ FRONT_REFUSALS = {
 }
 FRONT_ERRORS = {
     "500": ("server_unavailable", "the front could not read the model server's key"),
+    # TorchServe refused the key the front added: it renewed or restarted between the key relay's answer
+    # and the request (or has written no key yet: the relay then answers 401 itself). The front's client
+    # sent no key, so this is the server's transient state, retried like any other server_unavailable.
+    "401": ("server_unavailable", "the model server's key changed under the front; retry"),
     "413": ("request_too_large", "the body is over the front's 100 MB limit"),
     "494": ("headers_too_large", "the request headers are over the front's limit"),
     "502": ("server_unavailable", "the model server cannot be reached"),
@@ -43,7 +47,10 @@ def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path, re
     here). Only predictions and /ping are forwarded: /explanations is refused in our format."""
     upstream = torchserve_url.removeprefix("http://").rstrip("/")
     key = (f"            auth_request {KEY_PATH};\n            auth_request_set $torchserve_key $upstream_http_x_authorization;\n"
-           '            proxy_set_header Authorization $torchserve_key;\n')
+           '            proxy_set_header Authorization $torchserve_key;\n'
+           # TorchServe's 401 becomes ours; its other answers (our handler's JSON 500s too) pass as they are
+           "            proxy_intercept_errors on;\n"
+           + "".join(f"            error_page {status} = @error_{status};\n" for status in FRONT_ERRORS if status != "500"))
     pages = "".join(f"    error_page {status} = @error_{status};\n" for status in FRONT_ERRORS)
     named = "".join(json_error_location(f"@error_{status}", code, message) for status, (code, message) in FRONT_ERRORS.items())
     refusals = "".join(json_error_location(where, code, message) for where, (code, message) in FRONT_REFUSALS.items())
@@ -120,8 +127,8 @@ class KeyRelay:
                     self.end_headers()
                     return
                 key = keys.key("inference")
-                if key is None:  # TorchServe (re)starting has not written its keys yet: nginx answers 500,
-                    self.send_response(503)  # server_unavailable in our format, which clients retry
+                if key is None:  # TorchServe (re)starting has not written its keys yet: nginx answers 401,
+                    self.send_response(401)  # server_unavailable in our format, which clients retry
                     self.end_headers()
                     return
                 self.send_response(204)
