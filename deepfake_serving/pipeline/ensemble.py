@@ -4,20 +4,18 @@ member's probability, their disagreement and, when the archive opts in, UNCERTAI
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from deepfake_serving.bundle.ensemble import Ensemble
-from deepfake_serving.core.batching import isolated
-from deepfake_serving.core.errors import RequestError, internal_error
+from deepfake_serving.core.errors import RequestError
 from deepfake_serving.core.fusion import Fusion, ensemble_label, member_table
 from deepfake_serving.core.limits import MAX_IMAGE_FACES
-from deepfake_serving.core.observe import ms_since
+from deepfake_serving.core.observe import StageObservers
 from deepfake_serving.engines import Device, FaceScorer
-from deepfake_serving.pipeline.image import ImagePreprocessor, PreparedImage, image_result
+from deepfake_serving.pipeline.image import ImagePreprocessor, PreparedImage, answer_batch, image_result
 from deepfake_serving.variants import Variant
 
 THRESHOLD = 0.5  # the fused probability's; members' own thresholds are theirs
@@ -32,7 +30,9 @@ class EnsemblePipeline:
         self.names = [variant.name for variant, _ in self.members]
         self.model_name, self.version, self.weights_trained = model_name, version, weights_trained
         first = self.members[0][0]
+        self.observers = StageObservers("image", model_name)
         self.preprocessor = ImagePreprocessor(first, max_faces=max_faces, threads=threads, device=device,
+                                              observers=self.observers,
                                               also_crop_for=[v.preprocessing for v, _ in self.members[1:]])
 
     def member_scores(self, items: Sequence[PreparedImage]) -> list[np.ndarray]:
@@ -65,24 +65,7 @@ class EnsemblePipeline:
         return answer
 
     def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:
-        prepared = self.preprocessor.prepare(payloads)
-        valid = [p for p in prepared if isinstance(p, PreparedImage)]
-        start = time.perf_counter()
-        scores = isolated(valid, lambda item: self.member_scores([item])[0], self.member_scores)
-        classify_ms = ms_since(start) / max(len(valid), 1)
-        answers = iter(scores)
-        results: list[dict | RequestError] = []
-        for item in prepared:
-            if isinstance(item, RequestError):
-                results.append(item)
-                continue
-            item_scores = next(answers)
-            if isinstance(item_scores, Exception):
-                results.append(internal_error(item_scores))
-                continue
-            item.timings_ms["classify"] = classify_ms
-            results.append(self.respond(item, item_scores, batch_size=len(valid)))
-        return results
+        return answer_batch(self.preprocessor.prepare(payloads), self.member_scores, self.respond, self.observers)
 
     def predict(self, payload: bytes) -> dict:
         (result,) = self.predict_batch([payload])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, cast
+from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 import numpy as np
 
@@ -147,6 +147,32 @@ def image_result(item: PreparedImage, scores: Sequence[float] | np.ndarray, *, m
                           timings_ms=item.timings_ms, batch_size=batch_size)
 
 
+def answer_batch(prepared: Sequence[PreparedImage | RequestError],
+                 classify_together: Callable[[Sequence[PreparedImage]], Sequence[np.ndarray]],
+                 respond: Callable[..., dict], observers: StageObservers) -> list[dict | RequestError]:
+    """Scores for every prepared image in one call, each answer in its place. Whatever fails fails one
+    request: a call that raises is run again request by request (the image and ensemble pipelines)."""
+    valid = [p for p in prepared if isinstance(p, PreparedImage)]
+    start = time.perf_counter()
+    scores = isolated(valid, lambda item: classify_together([item])[0], classify_together)
+    classify_ms = ms_since(start) / max(len(valid), 1)  # shared, as detection is
+    results: list[dict | RequestError] = []
+    answers = iter(scores)
+    for item in prepared:
+        if isinstance(item, RequestError):
+            results.append(item)
+            continue
+        item_scores = next(answers)
+        if isinstance(item_scores, Exception):
+            observers.emit("classify", classify_ms, faces=len(item.crops), outcome=outcome_of(item_scores))
+            results.append(internal_error(item_scores))
+            continue
+        item.timings_ms["classify"] = classify_ms
+        observers.emit("classify", classify_ms, faces=len(item.crops))
+        results.append(respond(item, item_scores, batch_size=len(valid)))  # requests in the forward pass
+    return results
+
+
 class ImagePipeline:
     def __init__(
         self,
@@ -184,28 +210,8 @@ class ImagePipeline:
 
     # -- whole pipeline -------------------------------------------------------
     def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:
-        """Answer a batch: the faces of every valid request share one forward pass. Whatever fails
-        fails one request: a forward pass that raises is run again request by request."""
-        prepared = self.prepare(payloads)
-        valid = [p for p in prepared if isinstance(p, PreparedImage)]
-        start = time.perf_counter()
-        scores = isolated(valid, lambda item: self.classify(item.crops), self._classify_together)
-        classify_ms = ms_since(start) / max(len(valid), 1)  # shared, as detection is
-        results: list[dict | RequestError] = []
-        answers = iter(scores)
-        for item in prepared:
-            if isinstance(item, RequestError):
-                results.append(item)
-                continue
-            item_scores = next(answers)
-            if isinstance(item_scores, Exception):
-                self.observers.emit("classify", classify_ms, faces=len(item.crops), outcome=outcome_of(item_scores))
-                results.append(internal_error(item_scores))
-                continue
-            item.timings_ms["classify"] = classify_ms
-            self.observers.emit("classify", classify_ms, faces=len(item.crops))
-            results.append(self.respond(item, item_scores, batch_size=len(valid)))  # requests in the forward pass
-        return results
+        """Answer a batch: the faces of every valid request share one forward pass (``answer_batch``)."""
+        return answer_batch(self.prepare(payloads), self._classify_together, self.respond, self.observers)
 
     def _classify_together(self, items: Sequence[PreparedImage]) -> list[np.ndarray]:
         scores = self.classify([crop for item in items for crop in item.crops])
