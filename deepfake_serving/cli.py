@@ -60,22 +60,33 @@ def cmd_archive(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    """Package several variants as one ensemble archive (docs/ensembles.md)."""
+    """Package several variants as one ensemble archive, or refit an archive's fusion (docs/ensembles.md)."""
     from deepfake_serving.core.fusion import Abstention, Fusion
-    from deepfake_serving.serving.launch.archive import build_ensemble_archive
+    from deepfake_serving.serving.launch.archive import build_ensemble_archive, fit_ensemble_archive
 
-    members = []
-    for spec in args.member:
-        variant, _, checkpoints = spec.partition("=")
-        members.append((variant, [c for c in checkpoints.split(",") if c]))
     band = tuple(float(v) for v in args.abstain_band.split(",")) if args.abstain_band else None
     if band is not None and len(band) != 2:
         raise CommandError("--abstain-band takes LO,HI")
     abstention = Abstention(args.abstain_disagreement, band) if (band or args.abstain_disagreement is not None) else None
+    if args.action == "fit":
+        if not (args.archive and args.labelled and args.version):
+            raise CommandError("ensemble fit needs --archive, --labelled and --version")
+        target, fusion = fit_ensemble_archive(args.archive, args.labelled, args.version, rule=args.rule,
+                                              calibration=args.calibration, export_path=args.export_path,
+                                              abstention=abstention)
+        print(json.dumps(fusion.fit, indent=2))
+        print(target)
+        return 0
+    if not (args.name and args.version and args.member and len(args.member) >= 2):
+        raise CommandError("ensemble needs --name, --version and two or more --member")
+    members = []
+    for spec in args.member:
+        variant, _, checkpoints = spec.partition("=")
+        members.append((variant, [c for c in checkpoints.split(",") if c]))
     fusion = Fusion("weighted_mean" if args.weights else "mean",
-                    tuple(float(w) for w in args.weights.split(",")) if args.weights else None, abstention)
+                    tuple(float(w) for w in args.weights.split(",")) if args.weights else None, abstention=abstention)
     print(build_ensemble_archive(args.name, args.version, members, fusion.check(len(members)),
-                                 export_path=args.export_path, engine=args.engine))
+                                 export_path=args.export_path, engine=args.engine, media=args.media))
     return 0
 
 
@@ -522,16 +533,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="write the (last) response to this JSON file")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("ensemble", help="package several variants as one archive: one detection, fused scores")
-    p.add_argument("--name", required=True, help="the served model name")
-    p.add_argument("--version", required=True)
-    p.add_argument("--member", action="append", required=True, metavar="VARIANT[=CKPT,...]",
-                   help="a member and its checkpoints (random weights without); repeat, 2 or more; the first "
-                        "member's face settings detect the faces")
-    p.add_argument("--weights", help="comma-separated member weights: the weighted_mean rule (default: the mean)")
+    p = sub.add_parser("ensemble", help="package several variants as one archive (one detection, fused scores), "
+                                        "or fit an ensemble archive's fusion and calibration on a labelled folder")
+    p.add_argument("action", nargs="?", choices=["build", "fit"], default="build")
+    p.add_argument("--name", help="build: the served model name")
+    p.add_argument("--version", help="the archive's version (fit: the refitted archive's)")
+    p.add_argument("--member", action="append", metavar="VARIANT[=CKPT,...]",
+                   help="build: a member and its checkpoints (random weights without); repeat, 2 or more; the "
+                        "first member's face settings detect the faces")
+    p.add_argument("--media", choices=["image", "video"], default="image", help="build: what the archive answers")
+    p.add_argument("--weights", help="build: comma-separated member weights, the weighted_mean rule (default: the mean)")
+    p.add_argument("--archive", help="fit: the ensemble archive (.mar) whose members score the folder")
+    p.add_argument("--labelled", help="fit: a folder with Real/ and Fake/ images")
+    p.add_argument("--rule", choices=["stacking", "keep"], default="stacking",
+                   help="fit: logistic stacking over the members' logits, or the archive's rule kept")
+    p.add_argument("--calibration", choices=["temperature", "isotonic", "none"], default="temperature",
+                   help="fit: the map from the rule's P(fake) to the answer's")
     p.add_argument("--abstain-disagreement", type=float, metavar="STD",
                    help="answer UNCERTAIN when the members' P(fake) spread (std) exceeds this")
-    p.add_argument("--abstain-band", metavar="LO,HI", help="answer UNCERTAIN when the fused P(fake) lies in (LO, HI)")
+    p.add_argument("--abstain-band", metavar="LO,HI",
+                   help="answer UNCERTAIN when the answer's P(fake) (calibrated when fitted) lies in (LO, HI)")
     p.add_argument("--engine", choices=(AUTO_ENGINE, *ENGINES), default=AUTO_ENGINE)
     p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
     p.set_defaults(func=cmd_ensemble)

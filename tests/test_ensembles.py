@@ -1,5 +1,6 @@
-"""Ensembles across architectures: the fusion rules, the abstention rule on constructed cases, and an
-ensemble bundle whose answer is its members' own answers fused (one detection, each member's crops)."""
+"""Ensembles across architectures: the fusion rules (mean, weighted mean, stacking), calibration and its
+fit, the abstention rule on constructed cases, and ensemble bundles whose image and video answers are
+their members' own answers fused (one detection, each member's crops)."""
 
 import json
 
@@ -9,8 +10,11 @@ import pytest
 from deepfake_serving.builder.ensemble import write_ensemble
 from deepfake_serving.bundle.ensemble import ENSEMBLE_MANIFEST, Ensemble
 from deepfake_serving.core.errors import CheckpointError
-from deepfake_serving.core.fusion import UNCERTAIN, Abstention, Fusion, ensemble_label
-from deepfake_serving.pipeline import load_image_pipeline
+from deepfake_serving.core.fusion import MAX_MEMBERS, UNCERTAIN, Abstention, Calibration, Fusion, ensemble_label, logit, sigmoid
+from deepfake_serving.evaluation.fusion_fit import fit_fusion
+from deepfake_serving.media import samples
+from deepfake_serving.media.video import Sampling
+from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline
 from deepfake_serving.pipeline.ensemble import EnsemblePipeline, load_ensemble_pipeline
 
 MEMBERS = [("b4-mobile", []), ("b4-ff", [])]
@@ -95,3 +99,141 @@ def test_an_ensemble_manifest_cannot_point_outside_its_members(ensemble_bundle, 
     (bundle / ENSEMBLE_MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="at least two members"):
         Ensemble.open(bundle)
+
+
+def test_stacking_is_a_logistic_regression_over_the_members_logits():
+    scores = np.array([[0.2, 0.9, 0.5], [0.7, 0.1, 0.5]])
+    fused, _ = Fusion("stacking", (1.0, 2.0), bias=-0.5).check(2).fuse(scores)
+    np.testing.assert_allclose(fused, sigmoid(logit(scores[0]) + 2 * logit(scores[1]) - 0.5))
+    np.testing.assert_allclose(sigmoid(logit(np.array([1e-9, 0.3, 1.0]))), [1e-6, 0.3, 1 - 1e-6], rtol=1e-9)
+    for bad, members in ((Fusion("stacking", (1.0, 2.0)), 2), (Fusion("mean", bias=0.1), 2),
+                         (Fusion("stacking", (1.0, float("nan")), bias=0.0), 2), (Fusion(), 1), (Fusion(), MAX_MEMBERS + 1)):
+        with pytest.raises(ValueError):
+            bad.check(members)
+
+
+def test_calibrations_map_probabilities_and_refuse_what_cannot_be_a_map():
+    p = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(Calibration("temperature", temperature=2.0).apply(p), sigmoid(logit(p) / 2))
+    iso = Calibration("isotonic", x=(0.2, 0.8), y=(0.1, 0.7))
+    np.testing.assert_allclose(iso.apply(np.array([0.0, 0.5, 1.0])), [0.1, 0.4, 0.7])  # clipped at the ends
+    for bad in ({"method": "temperature", "temperature": 0.0}, {"method": "isotonic", "x": (0.2, 0.1), "y": (0.1, 0.2)},
+                {"method": "isotonic", "x": (0.1, 0.2), "y": (0.3, 1.2)}, {"method": "platt"}):
+        with pytest.raises(ValueError):
+            Calibration(**bad)
+    fusion = Fusion("stacking", (1.0, -1.0), bias=0.2, abstention=Abstention(band=(0.4, 0.6)), calibration=iso,
+                    fit={"images": 3})
+    assert Fusion.from_dict(json.loads(json.dumps(fusion.to_dict())), 2) == fusion
+
+
+def _labelled_scores(n: int = 200, seed: int = 0):
+    """Two members: the first informative and overconfident, the second noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    informative = sigmoid(4.0 * (labels - 0.5) + rng.normal(0, 2.5, n))
+    return np.stack([informative, rng.uniform(0.05, 0.95, n)]), labels
+
+
+@pytest.mark.parametrize("calibration", ["temperature", "isotonic"])
+def test_fitting_weighs_the_informative_member_and_calibrates(calibration):
+    scores, labels = _labelled_scores()
+    fusion = fit_fusion(scores, labels, Fusion(abstention=Abstention(max_disagreement=0.4)), "stacking", calibration)
+    fusion.check(2)
+    assert fusion.rule == "stacking" and abs(fusion.weights[0]) > 3 * abs(fusion.weights[1])
+    assert fusion.abstention == Abstention(max_disagreement=0.4) and fusion.calibration.method == calibration
+    report = fusion.fit
+    print(json.dumps({k: report[k] for k in ("before", "after_in_sample", "after_out_of_fold")}))
+    assert report["images"] == 200 and report["real"] + report["fake"] == 200
+    assert report["after_in_sample"]["log_loss"] < report["before"]["log_loss"]
+    assert report["after_out_of_fold"]["log_loss"] < report["before"]["log_loss"]  # the noise member no longer halves it
+    kept = fit_fusion(scores, labels, Fusion(), "keep", calibration)
+    assert kept.rule == "mean" and kept.fit["after_in_sample"]["ece"] < kept.fit["before"]["ece"]
+
+
+def test_fitting_refuses_too_few_examples_of_a_class():
+    scores, labels = _labelled_scores(40)
+    labels[:] = 0
+    labels[:3] = 1
+    with pytest.raises(ValueError, match="at least 4 scored images of each class"):
+        fit_fusion(scores, labels, Fusion())
+
+
+def test_a_calibrated_ensemble_answers_the_calibrated_probability(ensemble_bundle, two_faces_jpeg):
+    ensemble = Ensemble.open(ensemble_bundle)
+    members = [(b.variant, b.scorer(threads=2)) for b in ensemble.members]
+    plain = EnsemblePipeline(members, Fusion(), model_name="plain").predict(two_faces_jpeg)
+    hot = Calibration("temperature", temperature=0.05)  # sharpens: every face far from 0.5
+    fitted = EnsemblePipeline(members, Fusion(calibration=hot, abstention=Abstention(band=(0.45, 0.55))),
+                              model_name="fitted").predict(two_faces_jpeg)
+    for before, after in zip(plain["faces"], fitted["faces"]):
+        assert after["uncalibrated_fake_probability"] == pytest.approx(before["fake_probability"], abs=1e-9)
+        assert after["fake_probability"] == pytest.approx(float(hot.apply(before["fake_probability"])), abs=1e-9)
+        assert "uncalibrated_fake_probability" not in before
+    assert fitted["fake_probability"] == max(f["fake_probability"] for f in fitted["faces"])
+    assert fitted["label"] == ("FAKE" if fitted["fake_probability"] > 0.5 else "REAL")  # the band is judged calibrated
+    assert fitted["ensemble"]["fusion"]["calibration"]["method"] == "temperature"
+
+
+def test_the_video_ensemble_fuses_each_members_confident_verdict(ensemble_bundle):
+    clip = samples.encode_video(samples.moving_face_frames(24, (480, 360), faces=2, no_face_between=(8, 12)), "mp4")
+    sampling = Sampling("all")
+    answer = load_video_pipeline(ensemble_bundle, threads=2).analyze(clip, sampling)
+    separate = [load_video_pipeline(b.directory, threads=2).analyze(clip, sampling)
+                for b in Ensemble.open(ensemble_bundle).members]
+    names = ["b4-mobile", "b4-ff"]
+    assert answer["model"] == "mobile-ff-video" and answer["ensemble"]["members"] == names
+    verdicts = [s["fake_probability"] for s in separate]
+    assert answer["ensemble"]["member_fake_probabilities"] == pytest.approx(dict(zip(names, verdicts)), abs=1e-6)
+    assert answer["fake_probability"] == pytest.approx(np.mean(verdicts), abs=1e-6)
+    assert answer["ensemble"]["disagreement"] == pytest.approx(np.std(verdicts), abs=1e-6)
+    assert answer["threshold"] == 0.5 and answer["label"] == ("FAKE" if answer["fake_probability"] > 0.5 else "REAL")
+    assert not any(f["faces"] for f in answer["frames"][8:12])
+    for frame, *alone in zip(answer["frames"], *(s["frames"] for s in separate)):
+        assert [f["box"] for f in frame["faces"]] == [f["box"] for f in alone[0]["faces"]] == [f["box"] for f in alone[1]["faces"]]
+        if not frame["faces"]:
+            assert "members" not in frame
+            continue
+        assert frame["members"] == pytest.approx({n: a["score"] for n, a in zip(names, alone)}, abs=1e-6)
+        for i, face in enumerate(frame["faces"]):
+            members = [a["faces"][i]["fake_probability"] for a in alone]
+            assert face["members"] == pytest.approx(dict(zip(names, members)), abs=1e-6)
+            assert face["fake_probability"] == pytest.approx(np.mean(members), abs=1e-6)
+    json.dumps(answer)
+
+
+def test_ensemble_fit_refits_an_archive_into_a_new_version(tmp_path, face_folders, capsys):
+    import zipfile
+
+    from PIL import Image
+
+    from deepfake_serving.cli import main
+
+    labelled = tmp_path / "labelled"
+    for i, path in enumerate(sorted((face_folders / "calibration").glob("*.jpg"), key=lambda p: int(p.stem))):
+        folder = labelled / ("Real" if i % 2 else "Fake")
+        folder.mkdir(parents=True, exist_ok=True)
+        image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+        data = path.read_bytes() if i % 2 else samples.encode(np.clip(
+            image * np.array([1.3, 0.8, 0.7]), 0, 255).astype(np.uint8))  # the fakes: a colour cast
+        (folder / path.name).write_bytes(data)
+    store = tmp_path / "store"
+    assert main(["ensemble", "--name", "fitme", "--version", "1", "--member", "b4-mobile", "--member", "b4-ff",
+                 "--engine", "onnxruntime", "--export-path", str(store)]) == 0
+    assert main(["ensemble", "fit", "--labelled", str(labelled)]) == 2  # a usage error
+    assert "needs --archive, --labelled and --version" in capsys.readouterr().err
+    assert main(["ensemble", "fit", "--archive", str(store / "fitme-v1.mar"), "--labelled", str(labelled),
+                 "--version", "2", "--calibration", "isotonic", "--abstain-band", "0.4,0.6",
+                 "--export-path", str(store)]) == 0
+    printed, target = capsys.readouterr().out.strip().rsplit("\n", 1)
+    report = json.loads(printed)
+    assert target == str(store / "fitme-v2.mar")
+    assert report["images"] == 16 and report["real"] == report["fake"] == 8 and report["rule"] == "stacking"
+    bundle = tmp_path / "v2"
+    with zipfile.ZipFile(store / "fitme-v2.mar") as mar:
+        assert "deepfake_ensemble_handler.py" in mar.namelist()
+        mar.extractall(bundle)
+    refitted = Ensemble.open(bundle)
+    assert refitted.version == "2" and refitted.fusion.rule == "stacking" and refitted.fusion.calibration.method == "isotonic"
+    assert refitted.fusion.abstention == Abstention(band=(0.4, 0.6)) and refitted.fusion.fit["images"] == 16
+    answer = load_ensemble_pipeline(bundle, threads=2).predict((labelled / "Real").iterdir().__next__().read_bytes())
+    assert answer["version"] == "2" and "uncalibrated_fake_probability" in answer["faces"][0]

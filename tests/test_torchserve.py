@@ -52,6 +52,10 @@ def server(tmp_path_factory, ff_checkpoint):
     assert main(["ensemble", "--name", ENSEMBLE, "--version", "1.0", "--member", "b4-mobile", "--member",
                  f"b4-ff={ff_checkpoint}", "--engine", "onnxruntime", "--export-path", str(store)]) == 0
     ts.register(f"{ENSEMBLE}-v1.0.mar")
+    assert main(["ensemble", "--name", f"{ENSEMBLE}-video", "--version", "1.0", "--media", "video", "--member",
+                 "b4-mobile", "--member", f"b4-ff={ff_checkpoint}", "--engine", "onnxruntime",
+                 "--export-path", str(store)]) == 0
+    ts.register(f"{ENSEMBLE}-video-v1.0.mar")
     yield ts
     ts.stop()
 
@@ -344,3 +348,25 @@ def test_a_client_whose_server_is_gone_answers_503_in_our_format(astronaut_jpeg)
                    TritonClient(f"127.0.0.1:{port}", "grpc", retry=NO_RETRY)):
         answer = client.predict(MODEL, astronaut_jpeg)
         assert answer.status in (502, 503) and answer.body["error"]["code"] == "server_unavailable", answer.body
+
+
+def test_a_served_video_ensemble_answers_as_in_process(server, rest, tmp_path):
+    """The same members as a video archive: the video handler over the ensemble bundle, each member's
+    confident verdict fused, per-frame member scores; equal to the unpacked bundle in this process."""
+    import zipfile
+
+    from deepfake_serving.media.video import Sampling
+    from deepfake_serving.pipeline import load_video_pipeline
+
+    clip = samples.encode_video(samples.moving_face_frames(16, (480, 360), faces=2), "mp4")
+    served = rest.predict(f"{ENSEMBLE}-video", clip, options={"frames": "8"})
+    assert served.status == 200, served.body
+    zipfile.ZipFile(server.model_store / f"{ENSEMBLE}-video-v1.0.mar").extractall(tmp_path)
+    expected = load_video_pipeline(tmp_path, threads=2).analyze(clip, Sampling(frames=8))
+    assert served.body["model"] == f"{ENSEMBLE}-video" and served.body["ensemble"]["members"] == ["b4-mobile", "b4-ff"]
+    assert served.body["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-6)
+    assert served.body["ensemble"]["member_fake_probabilities"] == pytest.approx(
+        expected["ensemble"]["member_fake_probabilities"], abs=1e-6)
+    assert len(served.body["frames"]) == len(expected["frames"]) == 8
+    for got, want in zip(served.body["frames"], expected["frames"]):
+        assert got.get("members", {}) == pytest.approx(want.get("members", {}), abs=1e-6)

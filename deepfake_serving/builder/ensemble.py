@@ -3,13 +3,13 @@ graph, engine decision and proof) and the ensemble manifest with its fusion rule
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Sequence
 
 from deepfake_serving import __version__
 from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.bundle.ensemble import ENSEMBLE_MANIFEST, MEMBERS, EnsembleManifest
+from deepfake_serving.bundle.manifest import created_now
 from deepfake_serving.core.fusion import Fusion
 from deepfake_serving.core.naming import check_name
 from deepfake_serving.engines import AUTO_ENGINE
@@ -33,7 +33,7 @@ def write_ensemble(directory: str | Path, name: str, version: str, members: Sequ
         write_bundle(directory / relative, variant, version, checkpoints=checkpoints, seed=seed + i, engine=engine)
         entries.append({"variant": variant, "directory": relative})
     manifest = EnsembleManifest(name=name, version=version, members=entries, fusion=fusion.to_dict(),
-                                created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                created_at=created_now(),
                                 package_version=__version__)
     (directory / ENSEMBLE_MANIFEST).write_text(manifest.to_json())
     return manifest

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +12,7 @@ from deepfake_serving import __version__
 from deepfake_serving.builder.engine_choice import decide
 from deepfake_serving.builder.export import export_onnx, exporter_info
 from deepfake_serving.builder.quantize import QuantizationRefused, check_options, reduce_precision
-from deepfake_serving.bundle.manifest import GRAPH_NAME, LAYOUT, MANIFEST_NAME, BundleManifest
+from deepfake_serving.bundle.manifest import GRAPH_NAME, LAYOUT, MANIFEST_NAME, BundleManifest, created_now
 from deepfake_serving.core.digest import sha256_of
 from deepfake_serving.engines import AUTO_ENGINE, check_engine
 from deepfake_serving.variants import get_variant
@@ -79,7 +78,7 @@ def write_bundle(
         threshold=variant.threshold,
         weights=entries,
         trained=bool(checkpoints),
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=created_now(),
         package_version=__version__,
         engine=decision.engine,
         onnx=onnx,

@@ -4,6 +4,7 @@ it as they are)."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,11 @@ GRAPH_NAME = "classifier.onnx"
 # A graph's precision other than fp32, each allowed only with proof (deepfake_serving.builder.quantize).
 REDUCED_PRECISIONS = ("int8", "fp16", "bf16")
 
+
+
+def created_now() -> str:
+    """A manifest's ``created_at``: now, UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 @dataclass(frozen=True)
 class BundleManifest:

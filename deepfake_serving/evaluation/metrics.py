@@ -121,3 +121,12 @@ def confusion_png(evaluation: Evaluation, path: str | Path, title: str) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return Path(path)
+
+
+def expected_calibration_error(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                               bins: int = 10) -> float:
+    """ECE: over ``bins`` equal-width bins of P(fake), the share-weighted gap |fraction fake - mean P|."""
+    y, p = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    return float(sum(abs(y[which == b].mean() - p[which == b].mean()) * np.mean(which == b)
+                     for b in range(bins) if np.any(which == b)))

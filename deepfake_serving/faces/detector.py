@@ -35,17 +35,25 @@ class FaceSet:
     def crops(self, pre: Preprocessing, limit: int | None = None) -> tuple[list[DetectedFace], list[np.ndarray]]:
         """(faces kept, model-ready crops of the first ``limit`` of them) for a variant's margin, input
         size and resize rule; a face whose padded crop is empty (a box outside the image) is not kept."""
+        kept, (crops,) = self.member_crops([pre], limit)
+        return kept, crops
+
+    def member_crops(self, pres: Sequence[Preprocessing], limit: int | None = None
+                     ) -> tuple[list[DetectedFace], list[list[np.ndarray]]]:
+        """``crops`` for several variants at once (an ensemble's members): the faces every one of them can
+        cut, and each one's crops of the first ``limit`` of those, in the same order."""
         if self.image is None:
             raise ValueError("the decoded pixels were released: crops are cut before release()")
         kept: list[DetectedFace] = []
-        crops: list[np.ndarray] = []
+        crops: list[list[np.ndarray]] = [[] for _ in pres]
         for face in self.faces:
-            crop = padded_crop(self.image, face.box, pre.faces.crop_margin)
-            if crop.size == 0:
+            padded = [padded_crop(self.image, face.box, pre.faces.crop_margin) for pre in pres]
+            if any(crop.size == 0 for crop in padded):
                 continue
             kept.append(face)
-            if limit is None or len(crops) < limit:
-                crops.append(fit_to_input(crop, pre.input_size, pre.resize))
+            if limit is None or len(crops[0]) < limit:
+                for pool, pre, crop in zip(crops, pres, padded):
+                    pool.append(fit_to_input(crop, pre.input_size, pre.resize))
         return kept, crops
 
     def release(self) -> None:

@@ -117,7 +117,7 @@ class ImagePreprocessor:
 
     def _crop(self, item: PreparedImage, found: FaceSet) -> None:
         pre = self.variant.preprocessing
-        kept, item.crops = found.crops(pre)
+        kept, (item.crops, *item.more_crops) = found.member_crops([pre, *self.also_crop_for])
         item.boxes = [face.box for face in kept]
         item.confidences = [face.confidence for face in kept]
         if not item.crops and pre.faces.no_face_fallback == "center_crop" and found.image is not None:
@@ -127,12 +127,6 @@ class ImagePreprocessor:
             item.crops.append(fit_to_input(crop, pre.input_size, pre.resize))
             item.source = "center_crop"
             item.more_crops = [[fit_to_input(crop, other.input_size, other.resize)] for other in self.also_crop_for]
-            return
-        for other in self.also_crop_for:
-            others_kept, crops = found.crops(other)
-            if [face.box for face in others_kept] != item.boxes:
-                raise RuntimeError("the ensemble's members kept different faces of one detection")
-            item.more_crops.append(crops)
 
 
 def image_result(item: PreparedImage, scores: Sequence[float] | np.ndarray, *, model: str, version: str, threshold: float,

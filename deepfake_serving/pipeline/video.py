@@ -44,6 +44,8 @@ class VideoPipeline:
     ):
         self.variant = variant
         self.classifier = as_scorer(variant, models)
+        self.members = [(variant, self.classifier)]  # an ensemble's pipeline has more (pipeline.ensemble)
+        self.threshold = variant.threshold
         # One frame per MTCNN call, as the DFDC reference: a frame's boxes never depend on other frames,
         # and only one decoded frame is held at a time.
         self.face_detector = FaceDetector(variant.preprocessing.faces, threads, device)
@@ -80,7 +82,8 @@ class VideoPipeline:
         scale = pre.faces.frame_detect_scale
         analysed: list[SampledFrame] = []  # their images are dropped once cropped
         frame_faces: list[list] = []
-        crops: list[np.ndarray] = []  # the face pool, in frame order
+        pools: list[list[np.ndarray]] = [[] for _ in self.members]  # each member's crops of the face pool, in frame order
+        cut_for = [member.preprocessing for member, _ in self.members]
         owners: list[tuple[int, int]] = []  # (frame, face) each pooled face came from
         timings = {"decode": ms_since(start), "detect": 0.0, "crop": 0.0}  # decode: opening the container too
         stage, t = "decode", time.perf_counter()
@@ -94,9 +97,10 @@ class VideoPipeline:
                 timings["detect"] += ms_since(t)
                 self._check_budget(counted_from, frame.index)
                 stage, t = "crop", time.perf_counter()
-                kept, pooled = found.crops(pre, limit=self.max_faces - len(crops))
-                owners.extend((len(analysed), j) for j in range(len(pooled)))
-                crops.extend(pooled)
+                kept, pooled = found.member_crops(cut_for, limit=self.max_faces - len(owners))
+                owners.extend((len(analysed), j) for j in range(len(pooled[0])))
+                for pool, crops in zip(pools, pooled):
+                    pool.extend(crops)
                 found.release()
                 analysed.append(SampledFrame(frame.index, frame.timestamp, EMPTY))
                 frame_faces.append(kept)
@@ -110,7 +114,7 @@ class VideoPipeline:
                 emit({"event": "progress", "phase": "detect", "frames_done": len(analysed),
                       "frames_total": info.planned, "faces_so_far": sum(len(f) for f in frame_faces)})
             stage, t = "classify", time.perf_counter()
-            per_model = self.classifier.scores(crops)  # (models, faces)
+            per_member = [scorer.scores(pool) for (_, scorer), pool in zip(self.members, pools)]  # (models, faces) each
             timings["classify"] = ms_since(t)
         except Exception as exc:
             self.observers.emit(stage, ms_since(t), frames=len(analysed), outcome=outcome_of(exc))
@@ -119,9 +123,9 @@ class VideoPipeline:
             faces = sum(len(f) for f in frame_faces)
             for name in ("decode", "detect", "crop"):
                 self.observers.emit(name, timings[name], frames=len(analysed), faces=faces)
-            self.observers.emit("classify", timings["classify"], frames=len(analysed), faces=len(crops))
-        emit({"event": "progress", "phase": "classify", "faces_classified": len(crops)})
-        return self._response(info, analysed, sampling, frame_faces, owners, per_model, timings)
+            self.observers.emit("classify", timings["classify"], frames=len(analysed), faces=len(owners))
+        emit({"event": "progress", "phase": "classify", "faces_classified": len(owners)})
+        return self._response(info, analysed, sampling, frame_faces, owners, per_member, timings)
 
     def _check_budget(self, counted_from: int, frame_index: int) -> None:
         candidates = self.face_detector.mtcnn.candidates - counted_from
@@ -130,8 +134,15 @@ class VideoPipeline:
                                f"MTCNN's refinement nets by frame {frame_index}; the request's budget is "
                                f"{self.limits.max_detector_candidates}")
 
-    def _response(self, info, analysed, sampling, frame_faces, owners, per_model, timings) -> dict:
-        face_scores = per_model.mean(axis=0) if per_model.size else np.zeros(0)
+    def _response(self, info, analysed, sampling, frame_faces, owners, per_member, timings) -> dict:
+        """Each face's P(fake) is the mean over the checkpoints; the video's, the confident strategy per
+        checkpoint, then their mean (the DFDC reference)."""
+        (per_model,) = per_member
+        score = float(np.mean([confident_strategy(s) for s in per_model])) if per_model.shape[1] else None
+        return self._answer(info, analysed, sampling, frame_faces, owners, face_means(per_model), score,
+                            len(per_model), timings)
+
+    def _answer(self, info, analysed, sampling, frame_faces, owners, face_scores, score, checkpoints, timings) -> dict:
         by_frame: dict[tuple[int, int], float] = {owner: float(s) for owner, s in zip(owners, face_scores)}
         frames = []
         for i, (frame, faces) in enumerate(zip(analysed, frame_faces)):
@@ -140,11 +151,7 @@ class VideoPipeline:
             scores = [e["fake_probability"] for e in entries]
             frames.append({"index": frame.index, "timestamp": round(frame.timestamp, 4), "score": max(scores) if scores else None,
                            "faces": entries, "faces_detected": len(faces)})
-        if per_model.shape[1]:
-            score = float(np.mean([confident_strategy(model_scores) for model_scores in per_model]))
-        else:
-            score = None
-        threshold = self.variant.threshold
+        threshold = self.threshold
         frame_scores = [f["score"] for f in frames if f["score"] is not None]
         total_faces = sum(len(f) for f in frame_faces)
         notes = list(info.notes)
@@ -157,7 +164,7 @@ class VideoPipeline:
         return video_response(
             model=self.model_name, version=answered_by.get("version", self.version),
             weights_trained=answered_by.get("trained", self.weights_trained), threshold=threshold, score=score,
-            checkpoints=len(per_model), frame_count=info.frame_count, fps=info.fps, duration_s=info.duration_s,
+            checkpoints=checkpoints, frame_count=info.frame_count, fps=info.fps, duration_s=info.duration_s,
             video={"width": info.width, "height": info.height, "rotation": info.rotation},
             sampling={"strategy": sampling.strategy, "frames": sampling.frames, "every": sampling.every},
             frames=frames, timings_ms=timings, notes=notes,
@@ -167,3 +174,8 @@ class VideoPipeline:
                 "average_face_score": float(np.mean(face_scores)) if len(face_scores) else None,
                 "suspicious_frames_count": sum(1 for s in frame_scores if s > threshold),
             })
+
+
+def face_means(per_model: np.ndarray) -> np.ndarray:
+    """P(fake) per face: the mean over a (checkpoints, faces) array's checkpoints."""
+    return per_model.mean(axis=0) if per_model.size else np.zeros(per_model.shape[-1] if per_model.ndim else 0)

@@ -7,18 +7,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
+from dataclasses import replace
 from importlib.resources import as_file
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from deepfake_serving import __version__
 from deepfake_serving.builder.ensemble import write_ensemble
 from deepfake_serving.builder.quantize import check_options
 from deepfake_serving.builder.write import write_bundle
-from deepfake_serving.bundle.ensemble import ENSEMBLE_MANIFEST
-from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME
-from deepfake_serving.core.fusion import Fusion
+from deepfake_serving.bundle.ensemble import ENSEMBLE_MANIFEST, MEMBERS, EnsembleManifest
+from deepfake_serving.bundle.manifest import GRAPH_NAME, MANIFEST_NAME, created_now
+from deepfake_serving.core.fusion import Abstention, Fusion
 from deepfake_serving.core.naming import archive_file_name, check_name, default_model_name
 from deepfake_serving.engines import AUTO_ENGINE
 from deepfake_serving.serving.torchserve_handlers import handler_file
@@ -82,19 +85,29 @@ def build_archive(
 
 def build_ensemble_archive(name: str, version: str, members: Sequence[tuple[str, Sequence[str]]],
                            fusion: Fusion = Fusion(), export_path: str | Path = "model_store",
-                           model_config: dict | None = None, seed: int = 0, engine: str = AUTO_ENGINE) -> Path:
-    """Package several variants as one image archive ``{name}-v{version}.mar``: one face detection, each
-    member's classifier in turn, fused by ``fusion`` (builder.ensemble)."""
+                           model_config: dict | None = None, seed: int = 0, engine: str = AUTO_ENGINE,
+                           media: str = "image") -> Path:
+    """Package several variants as one archive ``{name}-v{version}.mar`` (images: the ensemble handler;
+    videos: the video handler over the ensemble bundle): one face detection, each member's classifier in
+    turn, fused by ``fusion`` (builder.ensemble)."""
     check_name(name, "model name")
     check_name(version, "version")
-    export_path = Path(export_path)
-    export_path.mkdir(parents=True, exist_ok=True)
-    config = {**DEFAULT_MODEL_CONFIG, **(model_config or {})}
-    config["handler"] = {**DEFAULT_MODEL_CONFIG["handler"], **config.get("handler", {}), "media": "ensemble"}
-    with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name, as_file(handler_file("ensemble")) as handler:
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name:
         tmp = Path(tmp_name)
         write_ensemble(tmp / "bundle", name, version, members, fusion, seed=seed, engine=engine)
-        return _package(tmp, name, version, handler, tmp / "bundle" / ENSEMBLE_MANIFEST, [tmp / "bundle"], config,
+        return package_ensemble(tmp / "bundle", name, version, media, model_config, Path(export_path))
+
+
+def package_ensemble(bundle: Path, name: str, version: str, media: str, model_config: dict | None,
+                     export_path: Path) -> Path:
+    """An ensemble bundle (written, or refitted by ``ensemble fit``) as an archive for ``media``."""
+    base = VIDEO_MODEL_CONFIG if media == "video" else DEFAULT_MODEL_CONFIG
+    config = {**base, **(model_config or {})}
+    config["handler"] = {**base["handler"], **config.get("handler", {}), "media": media}
+    export_path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name, \
+            as_file(handler_file("video" if media == "video" else "ensemble")) as handler:
+        return _package(Path(tmp_name), name, version, handler, bundle / ENSEMBLE_MANIFEST, [bundle], config,
                         export_path)
 
 
@@ -124,3 +137,52 @@ def _package(tmp: Path, model_name: str, version: str, handler: Path, serialized
     shutil.move(str(tmp / f"{model_name}.mar"), target)
     return target
 
+
+
+def fit_ensemble_archive(archive: str | Path, labelled: str | Path, version: str, rule: str = "stacking",
+                         calibration: str = "temperature", export_path: str | Path = "model_store",
+                         abstention: Abstention | None = None, threads: int | None = None) -> tuple[Path, Fusion]:
+    """``ensemble fit``: the archive's members score the labelled folder in this process, the fusion is
+    fitted (evaluation.fusion_fit), and the same members are packaged as ``version`` with it."""
+    from deepfake_serving.evaluation.fusion_fit import fit_fusion, labelled_member_scores
+    from deepfake_serving.pipeline.ensemble import EnsemblePipeline, load_ensemble_pipeline
+
+    check_name(version, "version")
+    with tempfile.TemporaryDirectory(prefix="fit-") as tmp_name:
+        bundle = Path(tmp_name) / "bundle"
+        config = _extract_ensemble(Path(archive), bundle)
+        manifest = EnsembleManifest.read(bundle)
+        pipeline = load_ensemble_pipeline(bundle, "image", threads=threads)
+        assert isinstance(pipeline, EnsemblePipeline)
+        scores, labels, skipped = labelled_member_scores(pipeline, labelled)
+        base = pipeline.fusion if abstention is None else replace(pipeline.fusion, abstention=abstention)
+        fusion = fit_fusion(scores, labels, base, rule, calibration, skipped).check(len(pipeline.members))
+        refitted = replace(manifest, version=version, fusion=fusion.to_dict(), created_at=created_now(),
+                           package_version=__version__)
+        (bundle / ENSEMBLE_MANIFEST).write_text(refitted.to_json())
+        media = config.get("handler", {}).get("media", "image")
+        target = package_ensemble(bundle, manifest.name, version, "video" if media == "video" else "image",
+                                  config, Path(export_path))
+    return target, fusion
+
+
+def _extract_ensemble(archive: Path, bundle: Path) -> dict:
+    """An ensemble archive's bundle (its manifest and members/, nothing else) into ``bundle``, and its
+    model-config.yaml. Entry names that would leave the folder are refused."""
+    try:
+        with zipfile.ZipFile(archive) as mar:
+            names = mar.namelist()
+            if ENSEMBLE_MANIFEST not in names:
+                raise ValueError(f"{archive} is not an ensemble archive (no {ENSEMBLE_MANIFEST})")
+            root = bundle.resolve()
+            for name in names:
+                if name != ENSEMBLE_MANIFEST and not name.startswith(f"{MEMBERS}/"):
+                    continue
+                target = (bundle / name).resolve()
+                if root not in target.parents:
+                    raise ValueError(f"{archive}: entry {name!r} is outside the archive")
+                mar.extract(name, bundle)
+            config = yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in names else {}
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{archive}: not a readable archive ({exc})") from None
+    return config if isinstance(config, dict) else {}
