@@ -349,9 +349,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    """Ask the server for explanations and write each image with its faces' heatmaps blended in."""
+    """Ask the server for explanations: each image is written with its faces' heatmaps blended in; a
+    video's answer (heatmaps of its deciding faces) is saved as JSON for ``visualize``."""
     import cv2
 
+    from deepfake_serving.core.formats import video_container
+    from deepfake_serving.core.naming import video_model
     from deepfake_serving.media.image import decode_image
     from deepfake_serving.serving.client.clients import make_client
 
@@ -359,23 +362,30 @@ def cmd_explain(args) -> int:
     worst = 0
     for path in args.files:
         data = Path(path).read_bytes()
-        answer = client.explain(args.model, data, args.version)
+        video = bool(video_container(data))
+        answer = client.explain(video_model(args.model) if video else args.model, data, args.version)
         if not answer.ok:
             print(json.dumps({"file": path, "status": answer.status, **answer.body}))
             worst = 1
             continue
-        from deepfake_serving.evaluation.visualize import render_explanation  # matplotlib: not on a lean worker
+        out = Path(args.out_dir or Path(path).parent) / f"{Path(path).stem}_explained.{'json' if video else 'png'}"
+        if video:
+            out.write_text(json.dumps(answer.body, indent=2))
+            faces = [face for frame in answer.body["frames"] for face in frame["faces"] if face.get("explanation")]
+        else:
+            from deepfake_serving.evaluation.visualize import render_explanation  # matplotlib: not on a lean worker
 
-        out = Path(args.out_dir or Path(path).parent) / f"{Path(path).stem}_explained.png"
-        overlay = render_explanation(decode_image(data), answer.body)
-        if not cv2.imwrite(str(out), overlay[..., ::-1]):
-            raise CommandError(f"could not write {out}")
+            overlay = render_explanation(decode_image(data), answer.body)
+            if not cv2.imwrite(str(out), overlay[..., ::-1]):
+                raise CommandError(f"could not write {out}")
+            faces = answer.body["faces"]
         if args.save:
             Path(args.save).write_text(json.dumps(answer.body, indent=2))
-        faces = [{"box": f["box"], "fake_probability": f["fake_probability"],
+        shown = [{"box": f["box"], "fake_probability": f["fake_probability"],
                   "road_drop": (f.get("explanation") or {}).get("faithfulness", {}).get("fake_probability_drop")}
-                 for f in answer.body["faces"]]
-        print(json.dumps({"file": path, "overlay": str(out), "label": answer.body["label"], "faces": faces}))
+                 for f in faces]
+        print(json.dumps({"file": path, ("answer" if video else "overlay"): str(out), "label": answer.body["label"],
+                          "faces": shown}))
     return worst
 
 
@@ -557,8 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("explain", help="ask TorchServe for each face's heatmap and write FILE_explained.png")
-    p.add_argument("files", nargs="+", help="images")
+    p = sub.add_parser("explain", help="ask TorchServe for each face's heatmap: FILE_explained.png for an image, "
+                                       "FILE_explained.json for a video (draw it with visualize)")
+    p.add_argument("files", nargs="+", help="images or videos (a video goes to MODEL-video)")
     p.add_argument("--model", default="b4-mobile")
     p.add_argument("--version")
     p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")

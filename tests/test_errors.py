@@ -18,7 +18,7 @@ SENT_ELSEWHERE = {
     "unauthorized": "test_torchserve.py::test_inference_without_the_key_is_unauthorized_in_our_format",
     "stream_interrupted": "test_video_serving.py::test_a_stream_whose_worker_dies_ends_with_an_error_event",
     "detection_budget_exceeded": "test_hostile_media.py::test_the_detection_budget_refuses_a_clip_of_tiled_faces",
-    "explain_not_supported": "test_video_serving.py::test_an_explanation_batched_with_predictions_is_answered_alone",
+    "explain_not_supported": "test_torchserve.py::test_a_served_ensemble_answers_as_in_process_and_refuses_explanations_alone",
     "not_explainable": "test_explanations.py::test_an_archive_without_torch_weights_is_not_explainable",
 }
 # Defensive: Triton checks a request's inputs against config.pbtxt before our model sees it.

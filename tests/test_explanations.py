@@ -16,11 +16,13 @@ from deepfake_serving.builder.quantize import folder_faces
 from deepfake_serving.builder.write import write_bundle
 from deepfake_serving.bundle.manifest import MANIFEST_NAME
 from deepfake_serving.core.errors import RequestError
-from deepfake_serving.evaluation.visualize import face_heatmap, render_explanation
+from deepfake_serving.evaluation.visualize import face_heatmap, render_explanation, render_overlay
 from deepfake_serving.explain.gradcam import FaceExplainer, FakeEvidence
 from deepfake_serving.explain.image import load_image_explainer
+from deepfake_serving.explain.video import MAX_EXPLAINED_VIDEO_FACES, decisive_faces, load_video_explainer
 from deepfake_serving.media import samples
-from deepfake_serving.pipeline import load_image_pipeline
+from deepfake_serving.media.video import Sampling, decode_video
+from deepfake_serving.pipeline import load_image_pipeline, load_video_pipeline
 from deepfake_serving.variants import get_variant
 from helpers.calibrated import artifact_detector, calibrated_b4_mobile, content_box, with_artifact
 
@@ -186,3 +188,48 @@ def test_an_archive_without_torch_weights_is_not_explainable(explainable_bundle,
     with pytest.raises(RequestError, match="carries no torch weights") as refused:
         load_image_explainer(bundle, pipeline)
     assert (refused.value.code, refused.value.status) == ("not_explainable", 409)
+
+
+@pytest.mark.parametrize("scores, frames, expected, branch", [
+    # 12 of 14 confident fakes decide: the highest first, one per frame before a second from any frame
+    ([0.9] * 6 + [0.95] * 6 + [0.1, 0.5], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6], [6, 8, 10, 0, 2, 4, 7, 9], "confident_fakes"),
+    ([0.1, 0.05, 0.15] * 4, [0] * 6 + [1] * 6, [1, 7, 4, 10, 0, 3, 6, 9], "confident_reals"),  # the lowest first
+    ([0.3, 0.7, 0.5], [0, 1, 1], [1, 0, 2], "mean"),  # every face decides: the most suspicious first
+])
+def test_the_deciding_faces_are_the_confident_strategys_and_capped(scores, frames, expected, branch):
+    chosen, found = decisive_faces(np.array(scores), frames)
+    assert (chosen, found) == (expected, branch) and len(chosen) <= MAX_EXPLAINED_VIDEO_FACES
+
+
+def test_an_explained_video_answers_the_prediction_with_heatmaps_of_its_deciding_faces(explainable_bundle, tmp_path):
+    clip = samples.encode_video(samples.moving_face_frames(24, (480, 360), faces=2), "mp4")
+    sampling = Sampling(frames=12)
+    pipeline = load_video_pipeline(explainable_bundle, threads=2)
+    predicted = pipeline.analyze(clip, sampling)
+    events = []
+    explained = load_video_explainer(explainable_bundle, pipeline, threads=2).analyze(clip, sampling, events.append)
+    assert explained["fake_probability"] == predicted["fake_probability"] and explained["label"] == predicted["label"]
+    summary = explained["explanation"]
+    faces = [face for frame in explained["frames"] for face in frame["faces"]]
+    shown = [face for face in faces if "explanation" in face]
+    assert summary["faces_explained"] == len(shown) == min(len(faces), MAX_EXPLAINED_VIDEO_FACES)
+    assert summary["faces_unexplained"] == len(faces) - len(shown) and summary["selection"] == "mean"
+    # the most suspicious faces, one per frame first: 8 frames of 12
+    assert len(summary["frames_explained"]) == 8
+    assert min(f["fake_probability"] for f in shown) >= sorted(
+        [max(f["fake_probability"] for f in frame["faces"]) for frame in explained["frames"] if frame["faces"]])[-8]
+    assert [e["faces_done"] for e in events if e.get("phase") == "explain"] == list(range(1, len(shown) + 1))
+    assert explained["timings_ms"]["explain"] > 0 and explained["timings_ms"]["total"] >= explained["timings_ms"]["explain"]
+    for face in shown:
+        x1, y1, x2, y2 = face["explanation"]["region"]
+        bx1, by1, bx2, by2 = face["box"]
+        assert x1 <= bx1 < bx2 <= x2 <= 480 and y1 <= by1 < by2 <= y2 <= 360
+        assert face["explanation"]["explained_fake_probability"] == pytest.approx(face["fake_probability"], abs=1e-4)
+    json.dumps(explained)
+    plain, drawn = render_overlay(predicted, clip, tmp_path / "plain.mp4"), render_overlay(explained, clip, tmp_path / "drawn.mp4")
+    first = summary["frames_explained"][0]
+    a = decode_video(plain.read_bytes(), Sampling("all")).frames[first]
+    b = decode_video(drawn.read_bytes(), Sampling("all")).frames[first]
+    frame = next(f for f in explained["frames"] if f["index"] == first)
+    x1, y1, x2, y2 = next(face for face in frame["faces"] if "explanation" in face)["box"]
+    assert np.abs(a[y1:y2, x1:x2].astype(int) - b[y1:y2, x1:x2]).mean() > 5  # the heatmap drawn on the frame

@@ -19,15 +19,22 @@ def confident_strategy(predictions: Sequence[float], threshold: float = CONFIDEN
     Otherwise the plain mean.
     """
     pred = np.asarray(predictions, dtype=np.float64)
+    return float(np.mean(pred[confident_contributors(pred, threshold)[0]]))
+
+
+def confident_contributors(predictions: Sequence[float] | np.ndarray, threshold: float = CONFIDENT_FAKE) -> tuple[np.ndarray, str]:
+    """(indices of the scores ``confident_strategy`` averages, which branch: "confident_fakes",
+    "confident_reals" or "mean")."""
+    pred = np.asarray(predictions, dtype=np.float64)
     n = len(pred)
     if n == 0:
         raise ValueError("confident_strategy needs at least one score")
     fakes = np.count_nonzero(pred > threshold)
     if fakes > n // 2.5 and fakes > MIN_CONFIDENT_FAKES:
-        return float(np.mean(pred[pred > threshold]))
+        return np.flatnonzero(pred > threshold), "confident_fakes"
     if np.count_nonzero(pred < CONFIDENT_REAL) > 0.9 * n:
-        return float(np.mean(pred[pred < CONFIDENT_REAL]))
-    return float(np.mean(pred))
+        return np.flatnonzero(pred < CONFIDENT_REAL), "confident_reals"
+    return np.arange(n), "mean"
 
 
 def image_score(face_scores: Sequence[float]) -> float:

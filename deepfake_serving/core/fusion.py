@@ -59,7 +59,7 @@ class Calibration:
     def apply(self, p: np.ndarray) -> np.ndarray:
         if self.method == "temperature":
             return sigmoid(logit(p) / float(self.temperature))  # type: ignore[arg-type]  # checked in __post_init__
-        return np.interp(np.asarray(p, dtype=np.float64), self.x, self.y)  # clipped at the end knots
+        return np.interp(np.asarray(p, dtype=np.float64), self.x or (), self.y or ())  # clipped at the end knots
 
 
 @dataclass(frozen=True)

@@ -71,11 +71,11 @@ def image_response(
         "image": {"width": width, "height": height},
         "weights_trained": weights_trained,
         "batch_size": batch_size,
-        "timings_ms": _timings(timings_ms),
+        "timings_ms": timings(timings_ms),
     }
 
 
-def _timings(timings_ms: dict[str, float]) -> dict[str, float]:
+def timings(timings_ms: dict[str, float]) -> dict[str, float]:
     """Rounded, with ``total`` the sum of the steps (decode, detect, crop, classify)."""
     steps = {k: v for k, v in timings_ms.items() if k != "total"}
     return {**{k: round(v, 3) for k, v in steps.items()}, "total": round(sum(steps.values()), 3)}
@@ -118,6 +118,6 @@ def video_response(
         "frames": frames,
         "metrics": metrics,
         "weights_trained": weights_trained,
-        "timings_ms": _timings(timings_ms),
+        "timings_ms": timings(timings_ms),
         "notes": notes,
     }

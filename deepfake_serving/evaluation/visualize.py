@@ -96,8 +96,12 @@ def _graph(fig, ax, scores: list[float | None], upto: int) -> np.ndarray:
 
 def render_overlay(response: dict, clip: bytes, out_video: str | Path,
                    progress: Callable[[int], None] | None = None) -> Path:
+    """The clip with the suspicion graph and bar; where the answer explains a frame's faces (an
+    ``/explanations`` answer), their heatmaps are blended on that frame and held until the next analysed one."""
     frame_count = response["frame_count"]
     scores = frame_scores(response, frame_count)
+    analysed = {f["index"]: f for f in response["frames"]}
+    explained = None
     plt.style.use("dark_background")
     fig, ax = plt.subplots(figsize=(6, 2.5))
     out_video = Path(out_video)
@@ -112,7 +116,9 @@ def render_overlay(response: dict, clip: bytes, out_video: str | Path,
             graph = _graph(fig, ax, scores, min(i, len(scores) - 1))
             gh = int(h * 0.3)
             gw = min(w - 20, int(gh * graph.shape[1] / graph.shape[0]))
-            frame = frame.copy()
+            if i in analysed:
+                explained = analysed[i] if any(face.get("explanation") for face in analysed[i]["faces"]) else None
+            frame = render_explanation(frame, explained) if explained else frame.copy()
             frame[10:10 + gh, w - gw - 10:w - 10] = cv2.resize(graph, (gw, gh), interpolation=cv2.INTER_AREA)
             color = NO_FACE_COLOR if score is None else (int(255 * score), int(255 * (1 - score)), 0)  # RGB
             cv2.rectangle(frame, (0, h - 40), (w, h), color, -1)

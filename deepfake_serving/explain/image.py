@@ -17,9 +17,10 @@ from deepfake_serving.core.observe import ms_since
 from deepfake_serving.core.schema import explanation_summary, face_heatmap
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import set_torch_threads
-from deepfake_serving.explain.gradcam import ROAD_REMOVED, FaceExplainer
+from deepfake_serving.explain.gradcam import ROAD_REMOVED, FaceExplainer, FaceExplanation
 from deepfake_serving.faces.crops import content_window, crop_region
-from deepfake_serving.pipeline.image import ImagePipeline, PreparedImage
+from deepfake_serving.pipeline.image import ImagePipeline
+from deepfake_serving.variants import Preprocessing
 
 # Faces explained per image, the detector's most confident first: each costs about three forward passes
 # (Grad-CAM's, ROAD's imputation and its pass), so a crowd photograph's cost stays bounded. The rest are
@@ -37,12 +38,18 @@ def heatmap_png(heatmap: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-def face_geometry(item: PreparedImage, box: Sequence[int], source: str, pipeline: ImagePipeline):
+def face_geometry(box: Sequence[int], source: str, pre: Preprocessing, width: int, height: int):
     """(region, window): the image rectangle a face's crop holds and where it lies in the model's input."""
-    pre = pipeline.variant.preprocessing
-    region = tuple(box) if source == "center_crop" else crop_region(box, pre.faces.crop_margin, item.width, item.height)
+    region = tuple(box) if source == "center_crop" else crop_region(box, pre.faces.crop_margin, width, height)
     x1, y1, x2, y2 = region
     return region, content_window(x2 - x1, y2 - y1, pre.input_size, pre.resize)
+
+
+def explained_face(explanation: FaceExplanation, geometry, input_size: int) -> dict:
+    """A face entry's ``explanation`` (core.schema.face_heatmap) from its heatmap and geometry."""
+    region, window = geometry
+    return face_heatmap(heatmap_png(explanation.heatmap), input_size, region, window, explanation.fake_probability,
+                        explanation.road_drop, explanation.road_logit_drop, ROAD_REMOVED)
 
 
 class ImageExplainer:
@@ -62,31 +69,35 @@ class ImageExplainer:
         item.timings_ms["classify"] = ms_since(start)
         start = time.perf_counter()
         shown = min(len(item.crops), MAX_EXPLAINED_FACES)
-        geometry = [face_geometry(item, box, item.source, self.pipeline) for box in item.boxes[:shown]]
+        pre = self.pipeline.variant.preprocessing
+        geometry = [face_geometry(box, item.source, pre, item.width, item.height) for box in item.boxes[:shown]]
         explained = self.explainer.explain(item.crops[:shown], [window for _, window in geometry])
         item.timings_ms["explain"] = ms_since(start)
         answer = self.pipeline.respond(item, scores)
-        size = self.pipeline.variant.preprocessing.input_size
-        for face, (region, window), explanation in zip(answer["faces"], geometry, explained):
-            face["explanation"] = face_heatmap(heatmap_png(explanation.heatmap), size, region, window,
-                                               explanation.fake_probability, explanation.road_drop,
-                                               explanation.road_logit_drop, ROAD_REMOVED)
+        for face, where, explanation in zip(answer["faces"], geometry, explained):
+            face["explanation"] = explained_face(explanation, where, pre.input_size)
         answer["explanation"] = explanation_summary(self.explainer.method, self.pipeline.variant.cam_layer,
                                                     self.checkpoints, shown, len(item.crops))
         return answer
 
 
-def load_image_explainer(directory: str | Path, pipeline: ImagePipeline, method: str = "gradcam",
-                         threads: int | None = None) -> ImageExplainer:
-    """An explainer beside a served pipeline: the bundle's torch weights (each checked), whatever engine
-    serves its predictions. Raises ``not_explainable`` when the bundle or this install cannot."""
+def load_face_explainer(directory: str | Path, model_name: str, method: str = "gradcam",
+                        threads: int | None = None) -> tuple[FaceExplainer, int]:
+    """(an explainer, its checkpoints) from a bundle's torch weights (each checked), whatever engine serves
+    its predictions. Raises ``not_explainable`` when the bundle or this install cannot."""
     bundle = Bundle.open(directory)
     if not bundle.manifest.weights:
-        raise RequestError("not_explainable", f"{pipeline.model_name} v{bundle.version} carries no torch weights "
+        raise RequestError("not_explainable", f"{model_name} v{bundle.version} carries no torch weights "
                            f"(explanations need them): {BUILD_HINT}")
     try:
         models = bundle.torch_models()
     except CheckpointError as err:
-        raise RequestError("not_explainable", f"{pipeline.model_name}: {err}") from None
+        raise RequestError("not_explainable", f"{model_name}: {err}") from None
     set_torch_threads(intra_op_threads(threads))
-    return ImageExplainer(pipeline, FaceExplainer(bundle.variant, models, method), len(models))
+    return FaceExplainer(bundle.variant, models, method), len(models)
+
+
+def load_image_explainer(directory: str | Path, pipeline: ImagePipeline, method: str = "gradcam",
+                         threads: int | None = None) -> ImageExplainer:
+    """An explainer beside a served image pipeline (``load_face_explainer``)."""
+    return ImageExplainer(pipeline, *load_face_explainer(directory, pipeline.model_name, method, threads))

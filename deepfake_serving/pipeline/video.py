@@ -5,6 +5,7 @@ mean across models. Backend-agnostic; progress goes to an optional callback, sta
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -26,6 +27,19 @@ if TYPE_CHECKING:  # a scorer, or torch models for the torch engine; torch is ne
 
 Progress = Callable[[dict], None]
 EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+@dataclass
+class FacePool:
+    """What an explanation of a video's answer needs after classification: the first member's crops in
+    the answer's face order, the (frame, face) each came from, and each analysed frame's (height, width)."""
+
+    crops: list[np.ndarray]
+    owners: list[tuple[int, int]]
+    frame_sizes: list[tuple[int, int]]
+
+
+Explain = Callable[[dict, FacePool], None]  # adds explanations to the answer (explain.video)
 
 
 class VideoPipeline:
@@ -57,7 +71,7 @@ class VideoPipeline:
         self.observers = StageObservers("video", self.model_name)
 
     def analyze(self, source: "bytes | str | Path | VideoSource", sampling: Sampling = Sampling(),
-                progress: Progress | None = None, progress_every: int = 8) -> dict:
+                progress: Progress | None = None, progress_every: int = 8, explain: Explain | None = None) -> dict:
         """Analyse a video (its bytes, or a file read as it decodes) as it decodes: each sampled frame is
         detected and cropped, then dropped, so memory holds one frame and the face pool. Raises RequestError."""
         start = time.perf_counter()
@@ -67,7 +81,7 @@ class VideoPipeline:
             self.observers.emit("decode", ms_since(start), outcome=outcome_of(exc))
             raise
         with video:
-            return self._analyze(video.info, video.frames(), sampling, progress, progress_every, start)
+            return self._analyze(video.info, video.frames(), sampling, progress, progress_every, start, explain)
 
     def analyze_decoded(self, video: DecodedVideo, sampling: Sampling = Sampling(), progress: Progress | None = None,
                         progress_every: int = 8) -> dict:
@@ -75,13 +89,14 @@ class VideoPipeline:
         return self._analyze(video.info, iter(video.sampled), sampling, progress, progress_every, time.perf_counter())
 
     def _analyze(self, info: VideoInfo, frames: Iterator[SampledFrame], sampling: Sampling,
-                 progress: Progress | None, progress_every: int, start: float) -> dict:
+                 progress: Progress | None, progress_every: int, start: float, explain: Explain | None = None) -> dict:
         emit = progress or (lambda event: None)
         emit({"event": "decoded", "frames_total": info.planned, "frame_count": info.frame_count})
         pre = self.variant.preprocessing
         scale = pre.faces.frame_detect_scale
         analysed: list[SampledFrame] = []  # their images are dropped once cropped
         frame_faces: list[list] = []
+        frame_sizes: list[tuple[int, int]] = []
         pools: list[list[np.ndarray]] = [[] for _ in self.members]  # each member's crops of the face pool, in frame order
         cut_for = [member.preprocessing for member, _ in self.members]
         owners: list[tuple[int, int]] = []  # (frame, face) each pooled face came from
@@ -103,6 +118,7 @@ class VideoPipeline:
                     pool.extend(crops)
                 found.release()
                 analysed.append(SampledFrame(frame.index, frame.timestamp, EMPTY))
+                frame_sizes.append((frame.image.shape[0], frame.image.shape[1]))
                 frame_faces.append(kept)
                 timings["crop"] += ms_since(t)
                 if len(analysed) % progress_every == 0:
@@ -125,7 +141,10 @@ class VideoPipeline:
                 self.observers.emit(name, timings[name], frames=len(analysed), faces=faces)
             self.observers.emit("classify", timings["classify"], frames=len(analysed), faces=len(owners))
         emit({"event": "progress", "phase": "classify", "faces_classified": len(owners)})
-        return self._response(info, analysed, sampling, frame_faces, owners, per_member, timings)
+        answer = self._response(info, analysed, sampling, frame_faces, owners, per_member, timings)
+        if explain is not None:
+            explain(answer, FacePool(pools[0], owners, frame_sizes))
+        return answer
 
     def _check_budget(self, counted_from: int, frame_index: int) -> None:
         candidates = self.face_detector.mtcnn.candidates - counted_from

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from deepfake_serving.core.errors import RequestError
+from deepfake_serving.core.errors import RequestError, internal_error
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import Device
 
@@ -81,6 +81,28 @@ class DeepfakeHandler(BaseHandler):
             return str(flag or "").strip().lower() == "true"
 
         return true(self.context.get_request_header(idx, EXPLAIN)) or true(row.get(EXPLAIN))  # the header may say False
+
+    explainer = None  # loaded on the first explanation asked for (its torch models), or why it cannot be
+
+    def explainer_loader(self):
+        """The explain package's loader for this handler's pipeline (imported here: a lean worker has none)."""
+        raise ImportError("this archive answers no explanations", name="an explainer")
+
+    def load_explainer(self):
+        """The explainer, loaded once; or the RequestError every explanation then answers."""
+        if self.explainer is None:
+            try:
+                loader = self.explainer_loader()
+            except ImportError as err:  # a lean worker: no timm / torchvision / pytorch-grad-cam
+                self.explainer = RequestError("not_explainable", f"this worker cannot explain {self.context.model_name}: "
+                                              f"{err.name} is not installed (pip install 'deepfake-serving[explain]')")
+            else:
+                try:
+                    self.explainer = loader(self.model_dir, self.pipeline, self.config.get("explain_method", "gradcam"),
+                                            self.threads)
+                except Exception as err:  # noqa: BLE001 - every explanation says why; predictions go on
+                    self.explainer = internal_error(err)
+        return self.explainer
 
     def check_not_explain(self, idx: int, row: dict) -> None:
         """For archives that answer no explanations: the request is refused alone, its neighbours in the

@@ -10,8 +10,6 @@ from deepfake_serving.serving.torchserve_handlers.base import DeepfakeHandler, r
 
 
 class ImageHandler(DeepfakeHandler):
-    explainer = None  # loaded on the first explanation asked for (its torch models), or why it cannot be
-
     def load(self, directory, config, **options):
         return load_image_pipeline(directory, **options)
 
@@ -35,24 +33,16 @@ class ImageHandler(DeepfakeHandler):
                 answers[i] = self._explain(payload)
         return [internal_error(a) if isinstance(a, Exception) else a for a in answers]
 
+    def explainer_loader(self):
+        from deepfake_serving.explain.image import load_image_explainer
+
+        return load_image_explainer
+
     def _explain(self, payload):
         if isinstance(payload, Exception):
             return payload
-        if self.explainer is None:
-            self.explainer = self._load_explainer()
-        if isinstance(self.explainer, RequestError):
-            return self.explainer
-        (answer,) = self.explainer.explain_batch([payload])
+        explainer = self.load_explainer()
+        if isinstance(explainer, RequestError):
+            return explainer
+        (answer,) = explainer.explain_batch([payload])
         return answer
-
-    def _load_explainer(self):
-        try:
-            from deepfake_serving.explain.image import load_image_explainer
-        except ImportError as err:  # a lean worker: no timm / torchvision / pytorch-grad-cam
-            return RequestError("not_explainable", f"this worker cannot explain {self.context.model_name}: "
-                                f"{err.name} is not installed (pip install 'deepfake-serving[explain]')")
-        try:
-            return load_image_explainer(self.model_dir, self.pipeline, self.config.get("explain_method", "gradcam"),
-                                        self.threads)
-        except Exception as err:  # noqa: BLE001 - every explanation says why; predictions go on
-            return internal_error(err)
