@@ -12,7 +12,6 @@ from typing import Sequence
 import numpy as np
 
 from deepfake_serving.bundle.ensemble import Ensemble
-from deepfake_serving.core.aggregation import confident_strategy
 from deepfake_serving.core.errors import RequestError
 from deepfake_serving.core.fusion import Fusion, ensemble_label, member_table
 from deepfake_serving.core.limits import MAX_IMAGE_FACES
@@ -20,7 +19,7 @@ from deepfake_serving.core.naming import video_model
 from deepfake_serving.core.observe import StageObservers
 from deepfake_serving.engines import Device, FaceScorer
 from deepfake_serving.pipeline.image import ImagePreprocessor, PreparedImage, answer_batch, image_result
-from deepfake_serving.pipeline.video import VideoPipeline, face_means
+from deepfake_serving.pipeline.video import VideoPipeline, face_means, video_verdict
 from deepfake_serving.variants import Variant
 
 THRESHOLD = 0.5  # the fused probability's; members' own thresholds are theirs
@@ -120,8 +119,8 @@ class EnsembleVideoPipeline(VideoPipeline):
     def _response(self, info, analysed, sampling, frame_faces, owners, per_member, timings) -> dict:
         faces = FusedFaces(self.fusion, self.names, np.stack([face_means(m) for m in per_member]))
         have_faces = bool(len(owners))
-        verdicts = FusedFaces(self.fusion, self.names, np.array(
-            [[np.mean([confident_strategy(s) for s in m])] for m in per_member]) if have_faces else np.zeros((len(per_member), 0)))
+        verdicts = FusedFaces(self.fusion, self.names, np.array([[video_verdict(m)] for m in per_member])
+                              if have_faces else np.zeros((len(per_member), 0)))
         score = float(verdicts.answer[0]) if have_faces else None
         answer = self._answer(info, analysed, sampling, frame_faces, owners, faces.answer, score,
                               sum(len(m) for m in per_member), timings)

@@ -157,8 +157,7 @@ class VideoPipeline:
         """Each face's P(fake) is the mean over the checkpoints; the video's, the confident strategy per
         checkpoint, then their mean (the DFDC reference)."""
         (per_model,) = per_member
-        score = float(np.mean([confident_strategy(s) for s in per_model])) if per_model.shape[1] else None
-        return self._answer(info, analysed, sampling, frame_faces, owners, face_means(per_model), score,
+        return self._answer(info, analysed, sampling, frame_faces, owners, face_means(per_model), video_verdict(per_model),
                             len(per_model), timings)
 
     def _answer(self, info, analysed, sampling, frame_faces, owners, face_scores, score, checkpoints, timings) -> dict:
@@ -198,3 +197,8 @@ class VideoPipeline:
 def face_means(per_model: np.ndarray) -> np.ndarray:
     """P(fake) per face: the mean over a (checkpoints, faces) array's checkpoints."""
     return per_model.mean(axis=0) if per_model.size else np.zeros(per_model.shape[-1] if per_model.ndim else 0)
+
+
+def video_verdict(per_model: np.ndarray) -> float | None:
+    """A video's P(fake) from (checkpoints, faces): the confident strategy per checkpoint, then their mean."""
+    return float(np.mean([confident_strategy(s) for s in per_model])) if per_model.shape[1] else None
