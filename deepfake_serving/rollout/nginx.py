@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from deepfake_serving.core.errors import ERROR_HEADER, error_body
 from deepfake_serving.rollout.routing import Split
 from deepfake_serving.serving.client.auth import ServerKeys
 from deepfake_serving.serving.launch.nginx import check_config, json_error_location, require_nginx, start_nginx, stop_nginx, temp_paths
@@ -26,10 +27,8 @@ FRONT_REFUSALS = {
 }
 FRONT_ERRORS = {
     "500": ("server_unavailable", "the front could not read the model server's key"),
-    # TorchServe refused the key the front added: it renewed or restarted between the key relay's answer
-    # and the request (or has written no key yet: the relay then answers 401 itself). The front's client
-    # sent no key, so this is the server's transient state, retried like any other server_unavailable.
-    "401": ("server_unavailable", "the model server's key changed under the front; retry"),
+    # The key relay has no key: TorchServe (re)starting has not written its key file yet.
+    "401": ("server_unavailable", "the model server has no key for the front yet; retry"),
     "413": ("request_too_large", "the body is over the front's 100 MB limit"),
     "494": ("headers_too_large", "the request headers are over the front's limit"),
     "502": ("server_unavailable", "the model server cannot be reached"),
@@ -38,6 +37,16 @@ FRONT_ERRORS = {
 
 
 KEY_PATH = "/_torchserve_key"  # nginx's internal subrequest to the key relay
+
+# TorchServe answers a key it does not know (renewed or restarted between the key relay's answer and the
+# request) with its own 400 (InvalidKeyException): the front's client sent no key, so that is the server's
+# transient state, retried like any server_unavailable. Our handler's 400s carry ERROR_HEADER and pass on.
+ERROR_VARIABLE = "$upstream_http_" + ERROR_HEADER.lower().replace("-", "_")
+STALE_KEY = json.dumps(error_body("server_unavailable", "the model server refused the front's key (renewed or "
+                                  "restarted under the request); retry")).replace('"', '\\"')
+UPSTREAM_400 = (f"        location @upstream_400 {{\n            default_type application/json;\n"
+                f'            if ({ERROR_VARIABLE} = "") {{\n                return 503 "{STALE_KEY}";\n            }}\n'
+                f"            return 400 {ERROR_VARIABLE};\n        }}\n")
 
 
 def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path, relay_port: int, relay_secret: str) -> str:
@@ -50,7 +59,8 @@ def render(split: Split, listen_port: int, torchserve_url: str, prefix: Path, re
            '            proxy_set_header Authorization $torchserve_key;\n'
            # TorchServe's 401 becomes ours; its other answers (our handler's JSON 500s too) pass as they are
            "            proxy_intercept_errors on;\n"
-           + "".join(f"            error_page {status} = @error_{status};\n" for status in FRONT_ERRORS if status != "500"))
+           + "".join(f"            error_page {status} = @error_{status};\n" for status in FRONT_ERRORS if status != "500")
+           + "            error_page 400 = @upstream_400;\n")
     pages = "".join(f"    error_page {status} = @error_{status};\n" for status in FRONT_ERRORS)
     named = "".join(json_error_location(f"@error_{status}", code, message) for status, (code, message) in FRONT_ERRORS.items())
     refusals = "".join(json_error_location(where, code, message) for where, (code, message) in FRONT_REFUSALS.items())
@@ -104,7 +114,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
 {key}        }}
-{refusals}{named}    }}
+{refusals}{named}{UPSTREAM_400}    }}
 }}
 """
 

@@ -157,13 +157,31 @@ def fit_ensemble_archive(archive: str | Path, labelled: str | Path, version: str
         scores, labels, skipped = labelled_member_scores(pipeline, labelled)
         base = pipeline.fusion if abstention is None else replace(pipeline.fusion, abstention=abstention)
         fusion = fit_fusion(scores, labels, base, rule, calibration, skipped).check(len(pipeline.members))
-        refitted = replace(manifest, version=version, fusion=fusion.to_dict(), created_at=created_now(),
-                           package_version=__version__)
-        (bundle / ENSEMBLE_MANIFEST).write_text(refitted.to_json())
         media = config.get("handler", {}).get("media", "image")
-        target = package_ensemble(bundle, manifest.name, version, "video" if media == "video" else "image",
-                                  config, Path(export_path))
+        target = _repackage(bundle, replace(manifest, version=version, fusion=fusion.to_dict()),
+                            "video" if media == "video" else "image", config, Path(export_path))
     return target, fusion
+
+
+def repackage_ensemble(archive: str | Path, name: str, version: str, media: str,
+                       export_path: str | Path = "model_store") -> Path:
+    """``ensemble build --archive``: an ensemble archive's members and fusion (fitted or not) as another
+    archive, for example the video archive of a fitted image ensemble; no member is rebuilt."""
+    check_name(name, "model name")
+    check_name(version, "version")
+    with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name:
+        bundle = Path(tmp_name) / "bundle"
+        config = _extract_ensemble(Path(archive), bundle)
+        same_media = config.get("handler", {}).get("media", "image") == media  # a video archive batches 1
+        return _repackage(bundle, replace(EnsembleManifest.read(bundle), name=name, version=version), media,
+                          config if same_media else None, Path(export_path))
+
+
+def _repackage(bundle: Path, manifest: EnsembleManifest, media: str, config: dict | None, export_path: Path) -> Path:
+    """An extracted ensemble bundle under ``manifest`` (stamped now, by this package) as an archive."""
+    stamped = replace(manifest, created_at=created_now(), package_version=__version__)
+    (bundle / ENSEMBLE_MANIFEST).write_text(stamped.to_json())
+    return package_ensemble(bundle, stamped.name, stamped.version, media, config, export_path)
 
 
 def _extract_ensemble(archive: Path, bundle: Path) -> dict:

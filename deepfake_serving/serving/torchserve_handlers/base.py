@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from deepfake_serving.core.errors import RequestError, internal_error
+from deepfake_serving.core.errors import ERROR_HEADER, RequestError, internal_error
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import Device
 
@@ -117,6 +117,7 @@ class DeepfakeHandler(BaseHandler):
             self.context.set_response_content_type(idx, JSON)
             if isinstance(result, RequestError):
                 self.context.set_response_status(result.status, result.code, idx=idx)
+                self.context.set_response_header(idx, ERROR_HEADER, result.to_header())
                 out.append(json.dumps(result.to_dict()))
             else:
                 out.append(json.dumps(result) + self.line_end)
