@@ -27,7 +27,7 @@ from deepfake_serving.rollout.nginx import Nginx
 from deepfake_serving.rollout.routing import RoutedClient, Split, bucket
 from deepfake_serving.rollout.targets import TorchServeTarget
 from deepfake_serving.serving.client.clients import Prediction, RestClient, RetryPolicy
-from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.archive import build_archive, build_ensemble_archive
 from deepfake_serving.serving.launch.nginx import nginx_binary
 from deepfake_serving.serving.launch.processes import free_ports
 from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
@@ -139,7 +139,8 @@ def store(tmp_path_factory):
     """1.0 serves; 2.0 re-packages 1.0's weights (a release that must pass every gate); 3.0 is
     misconfigured as a video model (answers every image with 415); 4.0 is a B7 under the same
     name (real, and ~10× slower); 5.0's weights fail their checksum (cannot load); 6.0 is 2.0
-    again, for the command-line rollout; 7.0 too, for the rollouts that are stopped or killed."""
+    again, for the command-line rollout; 7.0 too, for the rollouts that are stopped or killed;
+    8.0 is an ensemble archive under the same name (two members with 1.0's weights)."""
     store = tmp_path_factory.mktemp("store")
     weights = checkpoint(store / "weights.pt", 1)
     # Two versions share the 2 cores during a rollout: one torch thread per worker, or they oversubscribe.
@@ -153,6 +154,8 @@ def store(tmp_path_factory):
     broken = build_archive(MODEL, "5.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "6.0", checkpoints=[weights], export_path=store, **one)
     build_archive(MODEL, "7.0", checkpoints=[weights], export_path=store, **one)
+    build_ensemble_archive(MODEL, "8.0", [(MODEL, [str(weights)]), (MODEL, [str(weights)])], export_path=store,
+                           model_config=one["model_config"], engine="torch")
     import zipfile
     with zipfile.ZipFile(broken) as z:
         members = {n: z.read(n) for n in z.namelist()}
@@ -474,7 +477,10 @@ def test_the_command_line_rolls_out_behind_nginx(server, target, tmp_path):
                               "--metrics-url", f"{server.metrics_url}/metrics", "--weight", "25", "--watch", "6",
                               "--check-every", "2", "--state-dir", str(state), "--nginx-prefix", str(prefix)],
                              capture_output=True, text=True, timeout=300)
-        time.sleep(1)
+        promoted_at = len(seen) + 1  # the request in flight may have been routed before the promotion
+        deadline = time.monotonic() + 60
+        while len(seen) < promoted_at + len(keys) and time.monotonic() < deadline and traffic.is_alive():
+            time.sleep(0.2)
     finally:
         stop.set()
         if traffic.is_alive():
@@ -490,8 +496,20 @@ def test_the_command_line_rolls_out_behind_nginx(server, target, tmp_path):
     # the canary keys reach the candidate first (while it is watched), the others after the promotion
     assert first_answer_from_the_candidate({"client-0", "client-5"}) < first_answer_from_the_candidate({"client-3"})
     assert {header for key, _, header, _ in seen if key == "client-3"} == {serving, "6.0"}
-    assert {header for _, _, header, _ in seen[-8:]} == {"6.0"}
+    after = seen[promoted_at:]
+    assert len(after) >= len(keys) and {header for _, _, header, _ in after} == {"6.0"}, after
     assert front.returncode == 0 and not (prefix / "nginx.pid").exists()  # Ctrl-C stops nginx too
+
+
+def test_an_ensemble_candidate_is_gated_and_promoted_like_a_single_model(server, target, labelled, tmp_path):
+    """An ensemble archive named as the serving model is one more version to TorchServe: registered,
+    warmed, shadowed, gated on its fused fake_probability, watched on the canary and promoted."""
+    job = rollout(target, tmp_path, labelled_folder=labelled)
+    assert job.run(Path(server.model_store) / f"{MODEL}-v8.0.mar") == "8.0"
+    answer = RestClient(target.client.url).predict(MODEL, samples.astronaut_jpeg()).body
+    assert answer["version"] == "8.0" and answer["ensemble"]["members"] == [MODEL, MODEL]
+    steps = [(e["step"], e["outcome"]) for e in AuditLog(tmp_path / "audit.jsonl").entries() if e["outcome"] != "slow"]
+    assert ("gate", "ok") in steps and steps[-1] == ("promote", "ok")
 
 
 def test_kserve_inference_service_for_the_canary():
