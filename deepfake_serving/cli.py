@@ -214,8 +214,9 @@ def cmd_triton_build(args) -> int:
 
 
 def cmd_triton_serve(args) -> int:
-    """Build classifier version 1 when it is missing (or from --checkpoint), then serve the variant."""
-    from deepfake_serving.core.naming import model_names
+    """Build classifier version 1 when it is missing (or from --checkpoint), then serve the variant (images,
+    videos, explanations) and any installed ensembles."""
+    from deepfake_serving.core.naming import model_names, triton_model_name
     from deepfake_serving.serving.launch.triton import Triton, TritonPorts
     from deepfake_serving.serving.launch.triton_repository import built_versions
 
@@ -223,12 +224,29 @@ def cmd_triton_serve(args) -> int:
         args.version, args.label, args.seed = 1, None, 0
         _in_a_child(cmd_triton_build, args)
     names = model_names(args.variant)
+    ensembles = [triton_model_name(name) for name in args.ensemble or ()]
+    for name in ensembles:
+        if not (Path(args.repository) / name / "config.pbtxt").exists():
+            raise CommandError(f"no ensemble {name} in {args.repository}: install it with `triton ensemble`")
+    models = [names["ensemble"], names["video"], names["explain"], *ensembles, *(f"{e}_video" for e in ensembles)]
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    server = Triton(args.workdir, [names["ensemble"], names["video"]], repository=args.repository,
+    server = Triton(args.workdir, models, repository=args.repository,
                     threads=args.threads, ports=_ports(TritonPorts, args)).start()
-    return _wait_forever(server, f"Triton is serving {names['ensemble']} (images) and {names['video']} (videos) on "
+    return _wait_forever(server, f"Triton is serving {', '.join(models)} on "
                                  f"{server.http_url} (HTTP) and {server.grpc_target} (gRPC), metrics on "
                                  f"{server.metrics_url}. Ctrl-C stops it.")
+
+
+def cmd_triton_ensemble(args) -> int:
+    """Install an ensemble archive (``deepfake-serving ensemble``) into the repository as version N."""
+    from deepfake_serving.serving.launch.triton_ensemble import install_ensemble
+
+    try:
+        names = install_ensemble(args.archive, args.version, args.repository)
+    except (ValueError, OSError) as err:
+        raise CommandError(str(err)) from None
+    print(json.dumps(names))
+    return 0
 
 
 def cmd_rollout(args) -> int:
@@ -483,9 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--label", help="the version responses report, as an archive's --version (default N.0)")
     build.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     serve = triton.choices["serve"]
+    serve.add_argument("--ensemble", action="append", help="also serve this installed ensemble (repeatable)")
     serve.add_argument("--workdir", default=DEFAULT_TRITON_WORKDIR)
     serve.add_argument("--threads", type=int, help="intra-op threads per model instance (default: cores ÷ instances)")
     _bind_options(serve, "http,grpc,metrics (8000,8001,8002)")
+
+    p = triton.add_parser("ensemble", help="install an ensemble archive as Triton models: one detection, each "
+                                           "member its own classifier model, a fusion step")
+    p.add_argument("--archive", required=True, help="an ensemble .mar (deepfake-serving ensemble)")
+    p.add_argument("--version", type=int, required=True, help="Triton version directory (1, 2, ...)")
+    p.add_argument("--repository", default=TRITON_REPOSITORY)
+    p.set_defaults(func=cmd_triton_ensemble)
 
     p = sub.add_parser("rollout", help="A/B rollout of a candidate archive: shadow, gate, canary, promote/rollback")
     p.add_argument("candidate", nargs="?", help="TorchServe: the candidate .mar in the model store; Triton: a built "

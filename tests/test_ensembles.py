@@ -237,3 +237,44 @@ def test_ensemble_fit_refits_an_archive_into_a_new_version(tmp_path, face_folder
     assert refitted.fusion.abstention == Abstention(band=(0.4, 0.6)) and refitted.fusion.fit["images"] == 16
     answer = load_ensemble_pipeline(bundle, threads=2).predict((labelled / "Real").iterdir().__next__().read_bytes())
     assert answer["version"] == "2" and "uncalibrated_fake_probability" in answer["faces"][0]
+
+
+def test_an_ensemble_installs_as_triton_models_and_keeps_its_members(ensemble_bundle, tmp_path):
+    """install_ensemble: the configs parse, each member's version holds its own bundle, the fusion's and the
+    video model's hold the ensemble manifest; a second version installs beside the first; another set of
+    members under the same name, or a variant's name, is refused."""
+    import shutil
+
+    from google.protobuf import text_format
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+    from deepfake_serving.serving.launch.triton_ensemble import install_ensemble
+
+    repository = tmp_path / "repository"
+    names = install_ensemble(ensemble_bundle, 1, repository)
+    assert names["members"] == ["mobile_ff_member0", "mobile_ff_member1"]
+    ensemble = text_format.Parse((repository / "mobile_ff" / "config.pbtxt").read_text(), ModelConfig())
+    assert [step.model_name for step in ensemble.ensemble_scheduling.step] == [
+        "mobile_ff_preprocess", "mobile_ff_member0", "mobile_ff_member1", "mobile_ff_fusion"]
+    for i, member in enumerate(Ensemble.open(ensemble_bundle).members):
+        config = text_format.Parse((repository / names["members"][i] / "config.pbtxt").read_text(), ModelConfig())
+        size = member.variant.preprocessing.input_size
+        assert list(config.input[0].dims) == [3, size, size] and config.HasField("dynamic_batching")
+        installed = repository / names["members"][i] / "1"
+        assert (installed / "model.py").exists() and (installed / "deepfake_manifest.json").read_text() == \
+            (member.directory / "deepfake_manifest.json").read_text()
+    for role in ("fusion", "video"):
+        assert (repository / names[role] / "1" / ENSEMBLE_MANIFEST).exists()
+    install_ensemble(ensemble_bundle, 2, repository)
+    assert (repository / "mobile_ff_member1" / "2" / "model.py").exists() and (repository / "mobile_ff_member1" / "1").exists()
+
+    swapped = shutil.copytree(ensemble_bundle, tmp_path / "swapped")
+    manifest = json.loads((swapped / ENSEMBLE_MANIFEST).read_text())
+    manifest["members"].reverse()
+    (swapped / ENSEMBLE_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="with other members"):
+        install_ensemble(swapped, 3, repository)
+    manifest["name"] = "b4-mobile"
+    (swapped / ENSEMBLE_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="a variant's models have that name"):
+        install_ensemble(swapped, 1, repository)

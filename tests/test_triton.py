@@ -24,16 +24,18 @@ from deepfake_serving.engines.torch_engine import TorchScorer
 from deepfake_serving.media import samples
 from deepfake_serving.pipeline.image import ImagePreprocessor
 from deepfake_serving.serving.client.clients import RestClient, TritonClient
-from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.archive import build_archive, build_ensemble_archive, repackage_ensemble
 from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
-from deepfake_serving.serving.launch.triton import RESTRICTED_APIS, Triton, TritonPorts
+from deepfake_serving.serving.launch.triton import RESTRICTED_APIS, Triton, TritonPorts, live_stubs
+from deepfake_serving.serving.launch.triton_ensemble import ensemble_names, install_ensemble
 from deepfake_serving.serving.launch.triton_repository import build_classifier_version, render_configs, write_configs
 from deepfake_serving.variants import create_model, get_variant, list_variants, to_array
 from helpers import media
 
 pytestmark = pytest.mark.server
 VARIANT = "b4-mobile"
-ENSEMBLE, CLASSIFIER, VIDEO = "b4_mobile", "b4_mobile_classifier", "b4_mobile_video"
+ENSEMBLE, CLASSIFIER, VIDEO, EXPLAIN = "b4_mobile", "b4_mobile_classifier", "b4_mobile_video", "b4_mobile_explain"
+MIXED = "mobile-ff"  # a cross-architecture ensemble: TorchServe's archive and Triton's models from one bundle
 REPOSITORY = Path(__file__).parents[1] / "model_repository"  # the checkout's committed copy
 IMAGES = {"astronaut": samples.astronaut_jpeg, "two faces": lambda: samples.encode(samples.two_faces(), quality=95),
           "no face": lambda: samples.encode(samples.no_face(), quality=95)}
@@ -77,33 +79,50 @@ def clip():
 
 
 @pytest.fixture(scope="module")
-def torchserve_answers(tmp_path_factory, checkpoints, clip):
-    """What TorchServe answers with version 2's checkpoint (started, asked, stopped: one server at a time)."""
+def mixed_archives(tmp_path_factory, checkpoints):
+    """The cross-architecture ensemble: b4-mobile (version 2's checkpoint) and b4-ff, as image and video archives."""
     store = tmp_path_factory.mktemp("store")
+    image = build_ensemble_archive(MIXED, "1", [(VARIANT, [str(checkpoints[1])]), ("b4-ff", [])], export_path=store,
+                                   engine="onnxruntime")
+    return image, repackage_ensemble(image, f"{MIXED}-video", "1", "video", store)
+
+
+@pytest.fixture(scope="module")
+def torchserve_answers(tmp_path_factory, checkpoints, clip, mixed_archives):
+    """What TorchServe answers with version 2's checkpoint, and its ensemble archives (started, asked,
+    stopped: one server at a time)."""
+    store = mixed_archives[0].parent
     image = build_archive(VARIANT, "2.0", checkpoints=[checkpoints[1]], export_path=store)
     video = build_archive(VARIANT, "2.0", checkpoints=[checkpoints[1]], export_path=store, media="video")
     ts = TorchServe(store, tmp_path_factory.mktemp("ts"), ports=Ports.free(),
-                    models=[f"{VARIANT}={image.name}", f"{VARIANT}-video={video.name}"])
+                    models=[f"{VARIANT}={image.name}", f"{VARIANT}-video={video.name}",
+                            *(f"{mar.name.split('-v1')[0]}={mar.name}" for mar in mixed_archives)])
     with ts:
         client = RestClient(ts.inference_url)
         answers = {name: client.predict(VARIANT, make()) for name, make in IMAGES.items()}
         answers["clip"] = client.predict(f"{VARIANT}-video", clip)
+        answers["explain astronaut"] = client.explain(VARIANT, samples.astronaut_jpeg())
+        answers["explain clip"] = client.explain(f"{VARIANT}-video", clip)
+        answers.update({f"{MIXED} {name}": client.predict(MIXED, IMAGES[name]()) for name in ("two faces", "no face")})
+        answers[f"{MIXED} clip"] = client.predict(f"{MIXED}-video", clip)
     return answers
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, checkpoints):
+def repository(tmp_path_factory, checkpoints, mixed_archives):
     root = tmp_path_factory.mktemp("model_repository")
     write_configs(root, [VARIANT])
     build_classifier_version(VARIANT, 1, [checkpoints[0]], label="1.0", repository=root)
     build_classifier_version(VARIANT, 2, [checkpoints[1]], label="2.0", repository=root)
+    install_ensemble(mixed_archives[0], 1, root)
     return root
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, repository, torchserve_answers):
-    triton = Triton(tmp_path_factory.mktemp("triton"), [ENSEMBLE, VIDEO], repository=repository,
-                    ports=TritonPorts.free())
+    mixed = ensemble_names(MIXED, 2)
+    triton = Triton(tmp_path_factory.mktemp("triton"), [ENSEMBLE, VIDEO, EXPLAIN, mixed["ensemble"], mixed["video"]],
+                    repository=repository, ports=TritonPorts.free())
     with triton:
         yield triton
 
@@ -167,6 +186,114 @@ def test_videos_get_torchserves_answer(client, torchserve_answers, clip):
         else:
             assert frame["score"] == pytest.approx(expected["score"], abs=1e-4)
     assert body["metrics"]["faces_classified"] == reference["metrics"]["faces_classified"] > 40
+
+
+def decoded_heatmap(face: dict) -> np.ndarray:
+    import base64
+
+    import cv2
+
+    png = np.frombuffer(base64.b64decode(face["explanation"]["heatmap_png"]), np.uint8)
+    return cv2.imdecode(png, cv2.IMREAD_GRAYSCALE).astype(int)
+
+
+def assert_same_explanations(faces: list, reference: list):
+    """The same faces explained, with the same heatmaps (±2 of 255), regions and torch P(fake); ROAD's
+    figures differ by its random imputation noise, so only their presence is compared."""
+    assert [("explanation" in f) for f in faces] == [("explanation" in f) for f in reference]
+    for face, expected in zip(faces, reference):
+        if "explanation" not in expected:
+            continue
+        ours, theirs = face["explanation"], expected["explanation"]
+        assert (ours["region"], ours["window"]) == (theirs["region"], theirs["window"])
+        assert ours["explained_fake_probability"] == pytest.approx(theirs["explained_fake_probability"], abs=1e-4)
+        assert np.abs(decoded_heatmap(face) - decoded_heatmap(expected)).max() <= 2
+        assert set(ours["faithfulness"]) == set(theirs["faithfulness"])
+
+
+def test_explanations_get_torchserves_answer(client, torchserve_answers):
+    """The explain model beside the ensemble: the prediction of the classifier version that serves (2) and
+    heatmaps from that version's torch weights, as TorchServe's /explanations answers them."""
+    reference = torchserve_answers["explain astronaut"]
+    assert reference.status == 200, reference.body
+    answer = client.explain(VARIANT, samples.astronaut_jpeg())
+    assert answer.status == 200, answer.body
+    assert shape(answer.body) == shape(reference.body)
+    assert_same_image_answer(answer.body, reference.body)
+    assert answer.body["explanation"] == reference.body["explanation"]
+    assert_same_explanations(answer.body["faces"], reference.body["faces"])
+
+
+def test_video_explanations_get_torchserves_answer(client, torchserve_answers, clip):
+    reference = torchserve_answers["explain clip"].body
+    answer = client.explain(f"{VARIANT}-video", clip)
+    assert answer.status == 200, answer.body
+    body = answer.body
+    assert (body["version"], body["model"], body["label"]) == ("2.0", reference["model"], reference["label"])
+    assert body["explanation"] == reference["explanation"] and body["explanation"]["faces_explained"] > 0
+    for frame, expected in zip(body["frames"], reference["frames"]):
+        assert_same_explanations(frame["faces"], expected["faces"])
+
+
+def test_explanations_refuse_bad_input_and_versions(client, server):
+    stubs = server.stub_pids()
+    answer = client.explain(VARIANT, media.truncated_jpeg())
+    assert (answer.status, answer.body["error"]["code"]) == (400, "corrupt_image")
+    answer = client.explain(VARIANT, samples.astronaut_jpeg(), version="1")
+    assert (answer.status, answer.body["error"]["code"]) == (400, "explain_not_supported")
+    assert server.stub_pids() == stubs
+
+
+def assert_same_fusion(ours: dict, reference: dict):
+    assert (ours["label"], ours["version"], ours["model"]) == (reference["label"], "1", reference["model"])
+    assert ours["ensemble"]["members"] == reference["ensemble"]["members"] == [VARIANT, "b4-ff"]
+    for key in ("member_fake_probabilities", "disagreement"):
+        assert ours["ensemble"][key] == pytest.approx(reference["ensemble"][key], abs=1e-4)
+    if reference["fake_probability"] is not None:
+        assert ours["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["two faces", "no face"])
+def test_the_cross_architecture_ensemble_gets_torchserves_answer(client, torchserve_answers, name):
+    """One detection in the ensemble's preprocess, each member its own classifier model, the fusion step:
+    the answer of TorchServe's ensemble worker, within 1e-4, face by face and member by member."""
+    reference = torchserve_answers[f"{MIXED} {name}"].body
+    answer = client.predict(MIXED, IMAGES[name]())
+    assert answer.status == 200, answer.body
+    assert shape(answer.body) == shape(reference)
+    assert_same_fusion(answer.body, reference)
+    for face, expected in zip(answer.body["faces"], reference["faces"]):
+        assert face["members"] == pytest.approx(expected["members"], abs=1e-4)
+        assert face["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-4)
+        assert face["box"] == expected["box"]
+
+
+def test_the_video_ensemble_gets_torchserves_answer(client, torchserve_answers, clip):
+    reference = torchserve_answers[f"{MIXED} clip"].body
+    answer = client.predict(f"{MIXED}-video", clip)
+    assert answer.status == 200, answer.body
+    assert shape(answer.body) == shape(reference)
+    assert_same_fusion(answer.body, reference)
+    for frame, expected in zip(answer.body["frames"], reference["frames"]):
+        assert frame.get("members", {}) == pytest.approx(expected.get("members", {}), abs=1e-4)
+
+
+def test_ensemble_members_are_classifier_models_with_their_own_batching(server, repository):
+    """Each member serves from its own model (its own instances and dynamic batching), fed by the
+    ensemble's one detection: concurrent requests reach both members."""
+    names = ensemble_names(MIXED, 2)
+    for member in names["members"]:
+        config = text_format.Parse((repository / member / "config.pbtxt").read_text(), ModelConfig())
+        assert config.HasField("dynamic_batching") and config.instance_group[0].count >= 1
+    before = [server.statistics(m)["model_stats"][0]["inference_count"] for m in names["members"]]
+    detections = server.statistics(names["preprocess"])["model_stats"][0]["inference_count"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: TritonClient(server.http_url).predict(MIXED, samples.astronaut_jpeg()),
+                                range(4)))
+    assert all(a.status == 200 for a in answers)
+    after = [server.statistics(m)["model_stats"][0]["inference_count"] for m in names["members"]]
+    assert all(b - a == 4 for a, b in zip(before, after))
+    assert server.statistics(names["preprocess"])["model_stats"][0]["inference_count"] - detections == 4
 
 
 def test_video_sampling_options(client, clip):
@@ -257,7 +384,9 @@ def test_no_model_process_imports_torch(server, client, clip):
     images and a video: none has libtorch mapped, i.e. none imported torch; a graph runtime is there
     (OpenVINO for MTCNN on the CPU and for the auto engine's bf16 classifier, else ONNX Runtime)."""
     assert client.predict(VARIANT, samples.astronaut_jpeg()).ok and client.predict(VIDEO, clip).ok
-    maps = [Path(f"/proc/{pid}/maps").read_text() for pid in server.stub_pids()]
+    # The explain model imports torch for its first explanation (Grad-CAM needs the weights in torch).
+    maps = [Path(f"/proc/{pid}/maps").read_text() for pid, path in live_stubs(server.process.pid).items()
+            if EXPLAIN not in str(path)]
     assert len(maps) >= 6
     assert not [m for m in maps if "libtorch" in m]
     runtimes = ("onnxruntime_pybind11_state", "libopenvino.so")

@@ -109,6 +109,13 @@ def internal_error(exc: BaseException) -> RequestError:
     return RequestError("internal_error", f"{type(exc).__name__}: {exc}")
 
 
+def not_installed(model: str, err: ImportError) -> RequestError:
+    """Why a server without the ``explain`` extra (a lean TorchServe worker, a Triton with the ``triton``
+    extra alone) answers no explanation of ``model``."""
+    return RequestError("not_explainable", f"this server cannot explain {model}: {err.name} is not installed "
+                        "(pip install 'deepfake-serving[explain]')")
+
+
 def error_body(code: str, message: str) -> dict:
     return RequestError(code, message).to_dict()
 

@@ -1,6 +1,6 @@
 """Model names, in one place. TorchServe serves a variant's images as ``b4-mobile`` and its videos
 as ``b4-mobile-video`` (archives ``b4-mobile-v2.0.mar``); Triton's repository spells them
-``b4_mobile`` (the image ensemble) and ``b4_mobile_video``, with one model per step
+``b4_mobile`` (the image ensemble), ``b4_mobile_video`` and ``b4_mobile_explain``, with one model per step
 (``b4_mobile_preprocess``, ``_classifier``, ``_postprocess``) and, during a rollout, the ensemble
 pinned to classifier version N, ``b4_mobile_vN``."""
 
@@ -23,7 +23,7 @@ def check_name(value: str, what: str = "name") -> str:
 # Where built archives and the Triton repository live, relative to where a command runs.
 MODEL_STORE = "model_store"
 TRITON_REPOSITORY = "model_repository"
-TRITON_ROLES = ("preprocess", "classifier", "postprocess", "video")
+TRITON_ROLES = ("preprocess", "classifier", "postprocess", "video", "explain")
 # The classifier's second output: which version answered, whether it was trained, the batch size and this
 # request's share of the call's time (JSON), read by postprocess and the video model.
 ANSWERED_BY = "ANSWERED_BY"
@@ -52,6 +52,12 @@ def model_names(variant) -> dict[str, str]:
     """Triton model names for one variant (a name or a Variant), by role (``ensemble`` is the image entry)."""
     base = triton_model_name(variant if isinstance(variant, str) else variant.name)
     return {"ensemble": base, **{role: f"{base}_{role}" for role in TRITON_ROLES}}
+
+
+def explain_model(model: str) -> str:
+    """The Triton explain model that explains an image or video model's media (b4_mobile, b4-mobile-video →
+    b4_mobile_explain)."""
+    return f"{triton_model_name(model).removesuffix('_video')}_explain"
 
 
 def pinned_ensemble(model: str, version: str | int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -45,6 +45,11 @@ def face_geometry(box: Sequence[int], source: str, pre: Preprocessing, width: in
     return region, content_window(x2 - x1, y2 - y1, pre.input_size, pre.resize)
 
 
+# What an explainer asks for each request: the face explainer of the weights that answered, and their
+# checkpoints (fixed in a TorchServe worker; on Triton, the classifier version that answered).
+ExplainerSource = Callable[[], tuple[FaceExplainer, int]]
+
+
 def explained_face(explanation: FaceExplanation, geometry, input_size: int) -> dict:
     """A face entry's ``explanation`` (core.schema.face_heatmap) from its heatmap and geometry."""
     region, window = geometry
@@ -53,8 +58,8 @@ def explained_face(explanation: FaceExplanation, geometry, input_size: int) -> d
 
 
 class ImageExplainer:
-    def __init__(self, pipeline: ImagePipeline, explainer: FaceExplainer, checkpoints: int):
-        self.pipeline, self.explainer, self.checkpoints = pipeline, explainer, checkpoints
+    def __init__(self, pipeline: ImagePipeline, explainers: ExplainerSource):
+        self.pipeline, self.explainers = pipeline, explainers
 
     def explain_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:
         """One request at a time (a heatmap depends only on its own image), each failing alone."""
@@ -67,17 +72,18 @@ class ImageExplainer:
         start = time.perf_counter()
         scores = self.pipeline.classify(item.crops)
         item.timings_ms["classify"] = ms_since(start)
+        explainer, checkpoints = self.explainers()
         start = time.perf_counter()
         shown = min(len(item.crops), MAX_EXPLAINED_FACES)
         pre = self.pipeline.variant.preprocessing
         geometry = [face_geometry(box, item.source, pre, item.width, item.height) for box in item.boxes[:shown]]
-        explained = self.explainer.explain(item.crops[:shown], [window for _, window in geometry])
+        explained = explainer.explain(item.crops[:shown], [window for _, window in geometry])
         item.timings_ms["explain"] = ms_since(start)
         answer = self.pipeline.respond(item, scores)
         for face, where, explanation in zip(answer["faces"], geometry, explained):
             face["explanation"] = explained_face(explanation, where, pre.input_size)
-        answer["explanation"] = explanation_summary(self.explainer.method, self.pipeline.variant.cam_layer,
-                                                    self.checkpoints, shown, len(item.crops))
+        answer["explanation"] = explanation_summary(explainer.method, self.pipeline.variant.cam_layer,
+                                                    checkpoints, shown, len(item.crops))
         return answer
 
 
@@ -100,4 +106,5 @@ def load_face_explainer(directory: str | Path, model_name: str, method: str = "g
 def load_image_explainer(directory: str | Path, pipeline: ImagePipeline, method: str = "gradcam",
                          threads: int | None = None) -> ImageExplainer:
     """An explainer beside a served image pipeline (``load_face_explainer``)."""
-    return ImageExplainer(pipeline, *load_face_explainer(directory, pipeline.model_name, method, threads))
+    loaded = load_face_explainer(directory, pipeline.model_name, method, threads)
+    return ImageExplainer(pipeline, lambda: loaded)

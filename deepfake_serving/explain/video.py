@@ -17,8 +17,7 @@ import numpy as np
 from deepfake_serving.core.aggregation import confident_contributors
 from deepfake_serving.core.observe import ms_since
 from deepfake_serving.core.schema import explanation_summary, timings
-from deepfake_serving.explain.gradcam import FaceExplainer
-from deepfake_serving.explain.image import explained_face, face_geometry, load_face_explainer
+from deepfake_serving.explain.image import ExplainerSource, explained_face, face_geometry, load_face_explainer
 from deepfake_serving.media.video import Sampling, VideoSource
 from deepfake_serving.pipeline.video import FacePool, VideoPipeline
 
@@ -42,8 +41,8 @@ def decisive_faces(scores: np.ndarray, frames: list[int], cap: int = MAX_EXPLAIN
 
 
 class VideoExplainer:
-    def __init__(self, pipeline: VideoPipeline, explainer: FaceExplainer, checkpoints: int):
-        self.pipeline, self.explainer, self.checkpoints = pipeline, explainer, checkpoints
+    def __init__(self, pipeline: VideoPipeline, explainers: ExplainerSource):
+        self.pipeline, self.explainers = pipeline, explainers
 
     def analyze(self, source: "bytes | str | Path | VideoSource", sampling: Sampling = Sampling(),
                 progress: Callable[[dict], None] | None = None) -> dict:
@@ -53,6 +52,7 @@ class VideoExplainer:
         return self.pipeline.analyze(source, sampling, progress=progress, explain=explain)
 
     def _explain(self, answer: dict, pool: FacePool, emit: Callable[[dict], None]) -> None:
+        explainer, checkpoints = self.explainers()
         start = time.perf_counter()
         entries = [face for frame in answer["frames"] for face in frame["faces"]]  # the pool's order
         chosen, branch = decisive_faces(np.array([e["fake_probability"] for e in entries]),
@@ -61,11 +61,11 @@ class VideoExplainer:
         for done, i in enumerate(chosen, 1):
             height, width = pool.frame_sizes[pool.owners[i][0]]
             where = face_geometry(entries[i]["box"], "mtcnn", pre, width, height)
-            (explanation,) = self.explainer.explain([pool.crops[i]], [where[1]])
+            (explanation,) = explainer.explain([pool.crops[i]], [where[1]])
             entries[i]["explanation"] = explained_face(explanation, where, pre.input_size)
             emit({"event": "progress", "phase": "explain", "faces_done": done, "faces_total": len(chosen)})
         answer["explanation"] = {
-            **explanation_summary(self.explainer.method, self.pipeline.variant.cam_layer, self.checkpoints,
+            **explanation_summary(explainer.method, self.pipeline.variant.cam_layer, checkpoints,
                                   len(chosen), len(entries)),
             "selection": branch,  # the confident strategy's branch the explained faces come from
             "frames_explained": sorted({answer["frames"][pool.owners[i][0]]["index"] for i in chosen}),
@@ -76,4 +76,5 @@ class VideoExplainer:
 def load_video_explainer(directory: str | Path, pipeline: VideoPipeline, method: str = "gradcam",
                          threads: int | None = None) -> VideoExplainer:
     """An explainer beside a served video pipeline (explain.image.load_face_explainer)."""
-    return VideoExplainer(pipeline, *load_face_explainer(directory, pipeline.model_name, method, threads))
+    loaded = load_face_explainer(directory, pipeline.model_name, method, threads)
+    return VideoExplainer(pipeline, lambda: loaded)

@@ -58,6 +58,25 @@ class FusedFaces:
             answer["uncalibrated_fake_probability"] = None if deciding is None else float(self.fused[deciding])
 
 
+class EnsembleAnswers:
+    """An image's answer from its prepared faces and their (members, faces) P(fake): the fused answer per
+    face, the most suspicious face deciding (the in-process pipeline's, and Triton's fusion step's)."""
+
+    def __init__(self, fusion: Fusion, names: Sequence[str], *, model_name: str, version: str = "0",
+                 weights_trained: bool = False):
+        self.fusion = fusion.check(len(names))
+        self.names, self.model_name, self.version, self.weights_trained = list(names), model_name, version, weights_trained
+
+    def respond(self, item: PreparedImage, scores: np.ndarray, batch_size: int = 1) -> dict:
+        fused = FusedFaces(self.fusion, self.names, scores)
+        answer = image_result(item, fused.answer, model=self.model_name, version=self.version, threshold=THRESHOLD,
+                              weights_trained=self.weights_trained, batch_size=batch_size)
+        fused.annotate(answer["faces"])
+        deciding = int(np.argmax(fused.answer)) if len(fused.answer) else None  # the most suspicious face decides
+        fused.decide(answer, deciding, f"max_face of the {self.fusion.rule} over members")
+        return answer
+
+
 class EnsemblePipeline:
     """Images: one detection per image, each member's classifier once over the batch's faces."""
 
@@ -65,8 +84,9 @@ class EnsemblePipeline:
                  weights_trained: bool = False, threads: int | None = None, device: Device = Device(),
                  max_faces: int = MAX_IMAGE_FACES):
         self.members = list(members)
-        self.fusion = fusion.check(len(self.members))
-        self.names = [variant.name for variant, _ in self.members]
+        self.answers = EnsembleAnswers(fusion, [variant.name for variant, _ in self.members], model_name=model_name,
+                                       version=version, weights_trained=weights_trained)
+        self.fusion, self.names, self.respond = self.answers.fusion, self.answers.names, self.answers.respond
         self.model_name, self.version, self.weights_trained = model_name, version, weights_trained
         first = self.members[0][0]
         self.observers = StageObservers("image", model_name)
@@ -83,15 +103,6 @@ class EnsemblePipeline:
         scores = np.stack(per_member)
         bounds = np.cumsum([0] + [len(item.crops) for item in items])
         return [scores[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def respond(self, item: PreparedImage, scores: np.ndarray, batch_size: int = 1) -> dict:
-        fused = FusedFaces(self.fusion, self.names, scores)
-        answer = image_result(item, fused.answer, model=self.model_name, version=self.version, threshold=THRESHOLD,
-                              weights_trained=self.weights_trained, batch_size=batch_size)
-        fused.annotate(answer["faces"])
-        deciding = int(np.argmax(fused.answer)) if len(fused.answer) else None  # the most suspicious face decides
-        fused.decide(answer, deciding, f"max_face of the {self.fusion.rule} over members")
-        return answer
 
     def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:
         return answer_batch(self.preprocessor.prepare(payloads), self.member_scores, self.respond, self.observers)

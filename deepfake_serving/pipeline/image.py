@@ -198,9 +198,11 @@ class ImagePipeline:
         return self.classifier.scores(crops).mean(axis=0)
 
     def respond(self, item: PreparedImage, scores: Sequence[float] | np.ndarray, batch_size: int = 1) -> dict:
-        return image_result(item, scores, model=self.model_name, version=self.version,
-                            threshold=self.variant.threshold, weights_trained=self.weights_trained,
-                            batch_size=batch_size)
+        # A remote classifier (a Triton classifier model over BLS) says which version answered.
+        answered_by = getattr(self.classifier, "answered_by", None) or {}
+        return image_result(item, scores, model=self.model_name, version=answered_by.get("version", self.version),
+                            threshold=self.variant.threshold,
+                            weights_trained=answered_by.get("trained", self.weights_trained), batch_size=batch_size)
 
     # -- whole pipeline -------------------------------------------------------
     def predict_batch(self, payloads: Sequence[bytes]) -> list[dict | RequestError]:

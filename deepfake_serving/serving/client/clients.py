@@ -14,7 +14,7 @@ import grpc
 import requests
 
 from deepfake_serving.core.errors import CATALOGUE, RequestError, error_body
-from deepfake_serving.core.naming import triton_model_name
+from deepfake_serving.core.naming import explain_model, triton_model_name
 from deepfake_serving.serving.client.auth import ServerKeys
 from deepfake_serving.serving.client.grpc_stubs import inference_pb2, inference_pb2_grpc
 
@@ -302,7 +302,8 @@ def _http_status(code: grpc.StatusCode) -> int:
 
 class TritonClient(Retrying):
     """Triton over HTTP (``protocol="http"``) or gRPC. Images go to the variant's ensemble, videos
-    (``*-video``) to its BLS model with SAMPLING/FRAMES/EVERY inputs. Triton answers a client error
+    (``*-video``) to its BLS model with SAMPLING/FRAMES/EVERY inputs, explanations of either to the
+    variant's explain model. Triton answers a client error
     with 400 (HTTP) or INVALID_ARGUMENT; our models put the error's own code and status in the
     message, so ``Prediction.status`` is the same as TorchServe's (415, 413, 422, ...)."""
 
@@ -321,10 +322,6 @@ class TritonClient(Retrying):
         target = (url or default).removeprefix("http://")
         options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
         self.client = module.InferenceServerClient(target, **options)
-
-    def explain(self, model: str, data: bytes, version: str | None = None) -> Prediction:
-        return Prediction(400, error_body("explain_not_supported", "the Triton repository serves no explanations "
-                                          "yet; ask TorchServe's /explanations/{model}"))
 
     def _inputs(self, model: str, data: bytes, options: dict | None) -> list:
         """IMAGE, or VIDEO plus SAMPLING/FRAMES/EVERY (RequestError bad_sampling for options that do not parse)."""
@@ -345,14 +342,19 @@ class TritonClient(Retrying):
                 tensor("FRAMES", sampling.frames, "INT32"), tensor("EVERY", sampling.every, "INT32")]
 
     def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
-        name = triton_model_name(model)
+        name = target = triton_model_name(model)
         try:
+            if (options or {}).get(EXPLAIN):  # the variant's explain model, with the image or the clip
+                if version:
+                    raise RequestError("explain_not_supported", "Triton's explain model explains the classifier "
+                                       "version that serves; it takes no version")
+                target = explain_model(name)
             inputs = self._inputs(name, data, options)
         except RequestError as err:
             return Prediction(err.status, err.to_dict())
         extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
-            result = self.client.infer(name, inputs, model_version=version or "", **extra)
+            result = self.client.infer(target, inputs, model_version=version or "", **extra)
         except self.module.InferenceServerException as err:
             return self._failure(err)
         return Prediction(200, json.loads(result.as_numpy("RESPONSE").reshape(-1)[0]))

@@ -150,7 +150,7 @@ def fit_ensemble_archive(archive: str | Path, labelled: str | Path, version: str
     check_name(version, "version")
     with tempfile.TemporaryDirectory(prefix="fit-") as tmp_name:
         bundle = Path(tmp_name) / "bundle"
-        config = _extract_ensemble(Path(archive), bundle)
+        config = extract_ensemble(Path(archive), bundle)
         manifest = EnsembleManifest.read(bundle)
         pipeline = load_ensemble_pipeline(bundle, "image", threads=threads)
         assert isinstance(pipeline, EnsemblePipeline)
@@ -171,7 +171,7 @@ def repackage_ensemble(archive: str | Path, name: str, version: str, media: str,
     check_name(version, "version")
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp_name:
         bundle = Path(tmp_name) / "bundle"
-        config = _extract_ensemble(Path(archive), bundle)
+        config = extract_ensemble(Path(archive), bundle)
         same_media = config.get("handler", {}).get("media", "image") == media  # a video archive batches 1
         return _repackage(bundle, replace(EnsembleManifest.read(bundle), name=name, version=version), media,
                           config if same_media else None, Path(export_path))
@@ -184,7 +184,7 @@ def _repackage(bundle: Path, manifest: EnsembleManifest, media: str, config: dic
     return package_ensemble(bundle, stamped.name, stamped.version, media, config, export_path)
 
 
-def _extract_ensemble(archive: Path, bundle: Path) -> dict:
+def extract_ensemble(archive: Path, bundle: Path) -> dict:
     """An ensemble archive's bundle (its manifest and members/, nothing else) into ``bundle``, and its
     model-config.yaml. Entry names that would leave the folder are refused."""
     try:

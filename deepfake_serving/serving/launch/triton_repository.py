@@ -7,6 +7,8 @@ Per variant ``v`` (``b4-mobile`` → ``b4_mobile``):
 - ``v_classifier``  python + ONNX Runtime, dynamic batching over faces, two versions side by side
 - ``v_postprocess`` python: per-face P(fake) → verdict
 - ``v_video``       python + BLS: a clip → the classifier → confident strategy
+- ``v_explain``     python + BLS: an image or a clip → the prediction plus Grad-CAM heatmaps (torch, loaded on
+                    the first explanation, from the weights of the classifier version that answered)
 
 Everything here is generated from the variant registry, so input sizes and
 parameters live in one place; the configs are ``model_config_pb2.ModelConfig`` messages written by
@@ -44,11 +46,11 @@ CLASSIFIER_VERSIONS_SERVED = 2  # version_policy: the two newest versions load s
 DEFAULT_INSTANCES = {"preprocess": 2}
 
 
-def _tensor(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> dict:
+def tensor_spec(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> dict:
     return {"name": name, "data_type": dtype, "dims": list(dims), **({"optional": True} if optional else {})}
 
 
-def _python_model(name: str, inputs: list[dict], outputs: list[dict], *, max_batch: int = 0, instances: int = 1,
+def python_model(name: str, inputs: list[dict], outputs: list[dict], *, max_batch: int = 0, instances: int = 1,
                   **params) -> ModelConfig:
     config = ModelConfig(name=name, backend="python", max_batch_size=max_batch,
                          instance_group=[ModelInstanceGroup(count=instances, kind=ModelInstanceGroup.KIND_AUTO)])
@@ -65,12 +67,27 @@ def _add_io(config: ModelConfig, inputs: list[dict], outputs: list[dict]) -> Non
         config.output.add(**{**tensor, "data_type": DataType.Value(tensor["data_type"])})
 
 
-def _ensemble(name: str, steps: Sequence[tuple[str, dict, dict]]) -> ModelConfig:
+def ensemble_config(name: str, steps: Sequence[tuple[str, dict, dict]]) -> ModelConfig:
     config = ModelConfig(name=name, platform="ensemble", max_batch_size=0)
-    _add_io(config, [_tensor("IMAGE", "TYPE_STRING", [1])], [_tensor("RESPONSE", "TYPE_STRING", [1])])
+    _add_io(config, [tensor_spec("IMAGE", "TYPE_STRING", [1])], [tensor_spec("RESPONSE", "TYPE_STRING", [1])])
     for model, inputs, outputs in steps:
         config.ensemble_scheduling.step.add(model_name=model, model_version=-1, input_map=inputs, output_map=outputs)
     return config
+
+
+def classifier_config(name: str, variant: Variant, instances: int = 1) -> ModelConfig:
+    """A classifier model (triton_models.classifier): a variant's faces → P(fake) per checkpoint and
+    ANSWERED_BY, dynamic batching over faces; its versions are bundles."""
+    size = variant.preprocessing.input_size
+    config = python_model(name, [tensor_spec("FACES", "TYPE_FP32", [3, size, size])],
+                           [tensor_spec("FAKE_PROBABILITY", "TYPE_FP32", [-1]), tensor_spec(ANSWERED_BY, "TYPE_STRING", [1])],
+                           max_batch=CLASSIFIER_MAX_BATCH, variant=variant.name, instances=instances)
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    return config
+
+
+VIDEO_INPUTS = [tensor_spec("VIDEO", "TYPE_STRING", [1]), tensor_spec("SAMPLING", "TYPE_STRING", [1], optional=True),
+                tensor_spec("FRAMES", "TYPE_INT32", [1], optional=True), tensor_spec("EVERY", "TYPE_INT32", [1], optional=True)]
 
 
 def render_configs(variant: Variant, instances: dict[str, int] | None = None) -> dict[str, str]:
@@ -83,31 +100,32 @@ def render_configs(variant: Variant, instances: dict[str, int] | None = None) ->
     names = model_names(variant)
     size = variant.preprocessing.input_size
     face = [3, size, size]
-    classifier = _python_model(
-        names["classifier"], [_tensor("FACES", "TYPE_FP32", face)],
-        [_tensor("FAKE_PROBABILITY", "TYPE_FP32", [-1]), _tensor(ANSWERED_BY, "TYPE_STRING", [1])],
-        max_batch=CLASSIFIER_MAX_BATCH, variant=variant.name, instances=counts["classifier"])
+    classifier = classifier_config(names["classifier"], variant, counts["classifier"])
     classifier.version_policy.latest.num_versions = CLASSIFIER_VERSIONS_SERVED
-    classifier.dynamic_batching.max_queue_delay_microseconds = 2000
     configs = {
-        "preprocess": _python_model(
-            names["preprocess"], [_tensor("IMAGE", "TYPE_STRING", [1])],
-            [_tensor("FACES", "TYPE_FP32", [-1, *face]), _tensor("METADATA", "TYPE_STRING", [1])],
+        "preprocess": python_model(
+            names["preprocess"], [tensor_spec("IMAGE", "TYPE_STRING", [1])],
+            [tensor_spec("FACES", "TYPE_FP32", [-1, *face]), tensor_spec("METADATA", "TYPE_STRING", [1])],
             variant=variant.name, max_faces=CLASSIFIER_MAX_BATCH, instances=counts["preprocess"]),
         "classifier": classifier,
-        "postprocess": _python_model(
+        "postprocess": python_model(
             names["postprocess"],
-            [_tensor("METADATA", "TYPE_STRING", [1]), _tensor("FAKE_PROBABILITY", "TYPE_FP32", [-1, -1]),
-             _tensor(ANSWERED_BY, "TYPE_STRING", [-1, 1])],
-            [_tensor("RESPONSE", "TYPE_STRING", [1])], variant=variant.name, instances=counts["postprocess"]),
-        "video": _python_model(
+            [tensor_spec("METADATA", "TYPE_STRING", [1]), tensor_spec("FAKE_PROBABILITY", "TYPE_FP32", [-1, -1]),
+             tensor_spec(ANSWERED_BY, "TYPE_STRING", [-1, 1])],
+            [tensor_spec("RESPONSE", "TYPE_STRING", [1])], variant=variant.name, instances=counts["postprocess"]),
+        "video": python_model(
             names["video"],
-            [_tensor("VIDEO", "TYPE_STRING", [1]), _tensor("SAMPLING", "TYPE_STRING", [1], optional=True),
-             _tensor("FRAMES", "TYPE_INT32", [1], optional=True), _tensor("EVERY", "TYPE_INT32", [1], optional=True)],
-            [_tensor("RESPONSE", "TYPE_STRING", [1])],
+            VIDEO_INPUTS,
+            [tensor_spec("RESPONSE", "TYPE_STRING", [1])],
             variant=variant.name, classifier=names["classifier"], classifier_batch=16, max_faces=MAX_VIDEO_FACES,
             instances=counts["video"]),
-        "ensemble": _ensemble(names["ensemble"], [
+        "explain": python_model(
+            names["explain"],
+            [tensor_spec("IMAGE", "TYPE_STRING", [1], optional=True), {**VIDEO_INPUTS[0], "optional": True}, *VIDEO_INPUTS[1:]],
+            [tensor_spec("RESPONSE", "TYPE_STRING", [1])],
+            variant=variant.name, classifier=names["classifier"], classifier_batch=16, max_faces=CLASSIFIER_MAX_BATCH,
+            max_video_faces=MAX_VIDEO_FACES, method="gradcam", instances=counts["explain"]),
+        "ensemble": ensemble_config(names["ensemble"], [
             (names["preprocess"], {"IMAGE": "IMAGE"}, {"FACES": "faces", "METADATA": "metadata"}),
             (names["classifier"], {"FACES": "faces"}, {"FAKE_PROBABILITY": "probabilities", ANSWERED_BY: "answered_by"}),
             (names["postprocess"], {"METADATA": "metadata", "FAKE_PROBABILITY": "probabilities",
@@ -116,15 +134,16 @@ def render_configs(variant: Variant, instances: dict[str, int] | None = None) ->
     }
     files = {f"{names[role]}/config.pbtxt": text_format.MessageToString(config) for role, config in configs.items()}
     files[f"{names['ensemble']}/1/.gitkeep"] = ""  # Triton wants a version directory even for an ensemble
-    for role in ("preprocess", "postprocess", "video"):
-        files[f"{names[role]}/1/model.py"] = _model_py(role)
-    files[f"{names['classifier']}/model.py"] = _model_py("classifier")  # copied into each built version
+    for role in ("preprocess", "postprocess", "video", "explain"):
+        files[f"{names[role]}/1/model.py"] = model_py(role)
+    files[f"{names['classifier']}/model.py"] = model_py("classifier")  # copied into each built version
     return files
 
 
-def _model_py(role: str) -> str:
+def model_py(module: str, name: str = "TritonPythonModel") -> str:
+    alias = "" if name == "TritonPythonModel" else " as TritonPythonModel"
     return (f'"""Generated by deepfake_serving.serving.launch.triton_repository: the code is in the installed package."""\n\n'
-            f"from deepfake_serving.serving.triton_models.{role} import TritonPythonModel  # noqa: F401\n")
+            f"from deepfake_serving.serving.triton_models.{module} import {name}{alias}  # noqa: F401\n")
 
 
 def write_configs(repository: str | Path = REPOSITORY, variants: Sequence[str] | None = None,

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from deepfake_serving.core.errors import ERROR_HEADER, RequestError, internal_error
+from deepfake_serving.core.errors import ERROR_HEADER, RequestError, internal_error, not_installed
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import Device
 
@@ -94,8 +94,7 @@ class DeepfakeHandler(BaseHandler):
             try:
                 loader = self.explainer_loader()
             except ImportError as err:  # a lean worker: no timm / torchvision / pytorch-grad-cam
-                self.explainer = RequestError("not_explainable", f"this worker cannot explain {self.context.model_name}: "
-                                              f"{err.name} is not installed (pip install 'deepfake-serving[explain]')")
+                self.explainer = not_installed(self.context.model_name, err)
             else:
                 try:
                     self.explainer = loader(self.model_dir, self.pipeline, self.config.get("explain_method", "gradcam"),

@@ -61,3 +61,14 @@ def error_response(err: Exception) -> "pb_utils.InferenceResponse":
 
 def json_tensor(name: str, value) -> "pb_utils.Tensor":
     return pb_utils.Tensor(name, np.array([json.dumps(value).encode()], dtype=np.object_))
+
+
+def answer_each(requests, answer) -> list:
+    """One RESPONSE (JSON) per request from ``answer(request)``; a request that fails is answered its error alone."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer(request))]))
+        except Exception as err:  # noqa: BLE001 - answered per request
+            responses.append(error_response(err))
+    return responses

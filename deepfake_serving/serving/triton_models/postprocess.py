@@ -8,7 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from deepfake_serving.core.naming import ANSWERED_BY
 from deepfake_serving.pipeline.image import PreparedImage, image_result
-from deepfake_serving.serving.triton_models import error_response, input_bytes, json_tensor, parameters
+from deepfake_serving.serving.triton_models import answer_each, input_bytes, parameters
 from deepfake_serving.variants import get_variant
 
 
@@ -17,18 +17,14 @@ class TritonPythonModel:
         self.variant = get_variant(parameters(args)["variant"])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                item = PreparedImage.from_metadata(json.loads(input_bytes(request, "METADATA")))
-                per_checkpoint = pb_utils.get_input_tensor_by_name(request, "FAKE_PROBABILITY").as_numpy()
-                answered_by = json.loads(pb_utils.get_input_tensor_by_name(request, ANSWERED_BY).as_numpy().flat[0])
-                scores = per_checkpoint[:len(item.boxes)].mean(axis=1)  # drops the no-face placeholder
-                item.timings_ms["classify"] = answered_by["classify_ms"]
-                answer = image_result(item, scores, model=self.variant.name, version=answered_by["version"],
-                                      threshold=self.variant.threshold, weights_trained=answered_by["trained"],
-                                      batch_size=answered_by["batch_size"])
-                responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer)]))
-            except Exception as err:  # noqa: BLE001 - answered per request
-                responses.append(error_response(err))
-        return responses
+        return answer_each(requests, self._answer)
+
+    def _answer(self, request) -> dict:
+        item = PreparedImage.from_metadata(json.loads(input_bytes(request, "METADATA")))
+        per_checkpoint = pb_utils.get_input_tensor_by_name(request, "FAKE_PROBABILITY").as_numpy()
+        answered_by = json.loads(pb_utils.get_input_tensor_by_name(request, ANSWERED_BY).as_numpy().flat[0])
+        scores = per_checkpoint[:len(item.boxes)].mean(axis=1)  # drops the no-face placeholder
+        item.timings_ms["classify"] = answered_by["classify_ms"]
+        return image_result(item, scores, model=self.variant.name, version=answered_by["version"],
+                            threshold=self.variant.threshold, weights_trained=answered_by["trained"],
+                            batch_size=answered_by["batch_size"])

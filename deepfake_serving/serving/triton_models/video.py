@@ -15,14 +15,7 @@ from deepfake_serving.core.limits import MAX_VIDEO_FACES
 from deepfake_serving.core.naming import ANSWERED_BY
 from deepfake_serving.media.video import Sampling
 from deepfake_serving.pipeline.video import VideoPipeline
-from deepfake_serving.serving.triton_models import (
-    error_response,
-    input_bytes,
-    instance_device,
-    json_tensor,
-    optional_scalar,
-    parameters,
-)
+from deepfake_serving.serving.triton_models import answer_each, input_bytes, instance_device, optional_scalar, parameters
 from deepfake_serving.serving.triton_models.preprocess import face_tensor
 from deepfake_serving.variants import get_variant
 
@@ -58,13 +51,10 @@ class TritonPythonModel:
                                       device=instance_device(args))
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                sampling = Sampling.from_options({name: optional_scalar(request, name.upper(), None)
-                                                  for name in Sampling.OPTIONS})
-                answer = self.pipeline.analyze(input_bytes(request, "VIDEO"), sampling)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer)]))
-            except Exception as err:  # noqa: BLE001 - answered per request
-                responses.append(error_response(err))
-        return responses
+        return answer_each(requests, lambda request: analyze_request(self.pipeline, request))
+
+
+def analyze_request(pipeline: VideoPipeline, request) -> dict:
+    """A VIDEO input analysed with the request's SAMPLING/FRAMES/EVERY (the video and ensemble video models)."""
+    sampling = Sampling.from_options({name: optional_scalar(request, name.upper(), None) for name in Sampling.OPTIONS})
+    return pipeline.analyze(input_bytes(request, "VIDEO"), sampling)
