@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import requests
 import torch
 
@@ -51,12 +52,17 @@ import json
 
 
 def start(data, context):
-    """The DAG has one start node: it hands each request's image to both members."""
+    """The DAG has one start node: it hands each request's image to both members. TorchServe calls each
+    function once with no data when its worker starts."""
+    if not data:
+        return None
     return [row.get("data") or row.get("body") for row in data]
 
 
 def fuse(data, context):
     """The mean of the members' P(fake) per face (in each member's own face order) and the largest of them."""
+    if not data:
+        return None
     answers = []
     for row in data:
         members = [json.loads(row[name]) for name in ("m0", "m1")]
@@ -103,8 +109,34 @@ def start_servers(store: Path, wf_store: Path, ensemble: Path, work: Path) -> tu
     flow.start()
     response = requests.post(f"{flow.management_url}/workflows", params={"url": f"{WORKFLOW}.war"}, timeout=600,
                              headers=flow.keys.headers("management"))
-    response.raise_for_status()
+    if not response.ok:
+        fused.stop()
+        flow.stop()
+        log = [line for line in (flow.workdir / "logs" / "model_log.log").read_text(errors="replace").splitlines()
+               if "__start" in line or "__fuse" in line][-25:]
+        raise RuntimeError(f"registering the workflow: {response.status_code} {response.text}\n" + "\n".join(log))
     return fused, flow
+
+
+def tree(server: TorchServe) -> list[psutil.Process]:
+    root = psutil.Process(server.process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(server: TorchServe) -> float:
+    """CPU time (user + system) of the server's whole process tree: Java and every worker."""
+    total = 0.0
+    for process in tree(server):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def rss_mb(server: TorchServe) -> float:
+    return sum(p.memory_info().rss for p in tree(server)) / 2**20
 
 
 def workflow_predict(flow: TorchServe, image: bytes) -> dict:
@@ -152,17 +184,26 @@ def main() -> None:
                       f"(workflow / ensemble {results[name]['ratio']:.2f}×); fused P(fake) per face differs by at "
                       f"most {gap if gap is None else f'{gap:.1e}'} over {len(ours)} face(s)")
             throughput: dict[str, list[float]] = {side: [] for side in sides}
+            work: dict[str, list[float]] = {side: [] for side in sides}
+            servers = {"ensemble": fused, "workflow": flow}
             image = images["one face"]
             for _ in range(2):
                 for side, call in sides.items():
-                    start = time.perf_counter()
+                    spent, start = cpu_seconds(servers[side]), time.perf_counter()
                     with ThreadPoolExecutor(max_workers=args.clients) as pool:
                         list(pool.map(lambda _: call(image), range(args.requests)))
                     throughput[side].append(args.requests / (time.perf_counter() - start))
+                    work[side].append((cpu_seconds(servers[side]) - spent) / args.requests * 1000)
             rates = {side: max(r) for side, r in throughput.items()}
-            results["throughput_req_s"] = rates
+            cpu_ms = {side: min(w) for side, w in work.items()}
+            memory = {side: rss_mb(server) for side, server in servers.items()}
+            results.update(throughput_req_s=rates, cpu_ms_per_request=cpu_ms, server_rss_mb=memory,
+                           workers={side: len(tree(server)) - 2 for side, server in servers.items()})
             print(f"one face, {args.clients} clients: ensemble {rates['ensemble']:.2f} req/s, workflow "
-                  f"{rates['workflow']:.2f} req/s (ensemble / workflow {rates['ensemble'] / rates['workflow']:.2f}×)")
+                  f"{rates['workflow']:.2f} req/s (ensemble / workflow {rates['ensemble'] / rates['workflow']:.2f}×); "
+                  f"CPU per request: ensemble {cpu_ms['ensemble']:.0f} ms, workflow {cpu_ms['workflow']:.0f} ms; "
+                  f"server RSS (Java and workers): ensemble {memory['ensemble']:.0f} MB, workflow "
+                  f"{memory['workflow']:.0f} MB")
         finally:
             fused.stop()
             flow.stop()
