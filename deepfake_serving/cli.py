@@ -382,7 +382,7 @@ def cmd_explain(args) -> int:
     from deepfake_serving.media.image import decode_image
     from deepfake_serving.serving.client.clients import make_client
 
-    client = make_client(args.protocol, args.url, key_file=args.key_file)
+    client = make_client(args.protocol, args.url, key_file=args.key_file, backend=args.backend)
     worst = 0
     for path in args.files:
         data = Path(path).read_bytes()
@@ -600,9 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-path", default=DEFAULT_MODEL_STORE)
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("explain", help="ask TorchServe for each face's heatmap: FILE_explained.png for an image, "
+    p = sub.add_parser("explain", help="ask the server for each face's heatmap: FILE_explained.png for an image, "
                                        "FILE_explained.json for a video (draw it with visualize)")
     p.add_argument("files", nargs="+", help="images or videos (a video goes to MODEL-video)")
+    p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve",
+                   help="triton: the variant's explain model")
     p.add_argument("--model", default="b4-mobile")
     p.add_argument("--version")
     p.add_argument("--protocol", choices=["rest", "grpc"], default="rest")

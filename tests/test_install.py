@@ -144,6 +144,11 @@ def test_a_torch_free_triton_box_serves_a_repository_built_elsewhere(wheel, tmp_
         assert answer.returncode == 0, answer.stdout[-1000:] + answer.stderr[-1000:]
         saved = (tmp_path / "answer.json").read_text()
         assert '"status": 200' in saved and '"face_count": 1' in saved
+        # the explain model loads without torch and says what to install
+        explained = run(triton, tmp_path, "explain", "face.jpg", "--backend", "triton", "--url", url, timeout=300)
+        refused = json.loads(explained.stdout.strip().splitlines()[-1])
+        assert explained.returncode == 1 and (refused["status"], refused["error"]["code"]) == (409, "not_explainable")
+        assert "deepfake-serving[explain]" in refused["error"]["message"]
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=120)

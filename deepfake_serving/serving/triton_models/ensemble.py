@@ -19,7 +19,6 @@ import triton_python_backend_utils as pb_utils
 
 from deepfake_serving.bundle import BundleManifest
 from deepfake_serving.bundle.ensemble import EnsembleManifest
-from deepfake_serving.core.batching import in_place
 from deepfake_serving.core.fusion import Fusion
 from deepfake_serving.core.limits import MAX_IMAGE_FACES, MAX_VIDEO_FACES
 from deepfake_serving.core.naming import ANSWERED_BY, video_model
@@ -27,12 +26,11 @@ from deepfake_serving.pipeline.ensemble import EnsembleAnswers, EnsembleVideoPip
 from deepfake_serving.pipeline.image import ImagePreprocessor, PreparedImage
 from deepfake_serving.serving.triton_models import (
     answer_each,
-    error_response,
     input_bytes,
     instance_device,
-    json_tensor,
     parameters,
 )
+from deepfake_serving.serving.triton_models.preprocess import TritonPythonModel as PreprocessModel
 from deepfake_serving.serving.triton_models.preprocess import face_tensor
 from deepfake_serving.serving.triton_models.video import TritonClassifier, analyze_request
 from deepfake_serving.variants import get_variant
@@ -53,7 +51,9 @@ def opened_manifest(args) -> tuple[EnsembleManifest, Fusion, bool]:
     return manifest, Fusion.from_dict(manifest.fusion, len(manifest.members)), trained
 
 
-class EnsemblePreprocess:
+class EnsemblePreprocess(PreprocessModel):
+    """The variant's preprocess model, detecting with the first member's settings and cutting every member's crops."""
+
     def initialize(self, args):
         params = parameters(args)
         self.variants = member_variants(params)
@@ -61,19 +61,9 @@ class EnsemblePreprocess:
                                               device=instance_device(args), video_endpoint=params.get("video"),
                                               also_crop_for=[v.preprocessing for v in self.variants[1:]])
 
-    def execute(self, requests):
-        payloads: list[bytes | Exception] = []
-        for request in requests:
-            try:
-                payloads.append(input_bytes(request, "IMAGE"))
-            except Exception as err:  # noqa: BLE001 - answered per request
-                payloads.append(err)
-        prepared = in_place(payloads, self.preprocessor.prepare)  # one MTCNN call per image, for every member
-        return [error_response(item) if isinstance(item, Exception) else pb_utils.InferenceResponse(output_tensors=[
-            *(pb_utils.Tensor(f"FACES_{i}", face_tensor(crops, variant))
-              for i, (variant, crops) in enumerate(zip(self.variants, [item.crops, *item.more_crops]))),
-            json_tensor("METADATA", item.metadata()),
-        ]) for item in prepared]
+    def face_outputs(self, item) -> list:
+        return [pb_utils.Tensor(f"FACES_{i}", face_tensor(crops, variant))
+                for i, (variant, crops) in enumerate(zip(self.variants, [item.crops, *item.more_crops]))]
 
 
 class EnsembleFusion:

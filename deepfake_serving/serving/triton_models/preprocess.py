@@ -31,6 +31,9 @@ class TritonPythonModel:
                                               device=instance_device(args),
                                               video_endpoint=model_names(self.variant)["video"])
 
+    def face_outputs(self, item) -> list:
+        return [pb_utils.Tensor("FACES", face_tensor(item.crops, self.variant))]
+
     def execute(self, requests):
         payloads: list[bytes | Exception] = []
         for request in requests:
@@ -39,7 +42,5 @@ class TritonPythonModel:
             except Exception as err:  # noqa: BLE001 - answered per request
                 payloads.append(err)
         prepared = in_place(payloads, self.preprocessor.prepare)  # one MTCNN call per image
-        return [error_response(item) if isinstance(item, Exception) else pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("FACES", face_tensor(item.crops, self.variant)),
-            json_tensor("METADATA", item.metadata()),
-        ]) for item in prepared]
+        return [error_response(item) if isinstance(item, Exception) else pb_utils.InferenceResponse(
+            output_tensors=[*self.face_outputs(item), json_tensor("METADATA", item.metadata())]) for item in prepared]
