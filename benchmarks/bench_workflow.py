@@ -105,16 +105,19 @@ def start_servers(store: Path, wf_store: Path, ensemble: Path, work: Path) -> tu
     config.write_text(CONFIG.read_text() + f"\nworkflow_store={wf_store}\n")
     fused = TorchServe(store, work / "ensemble", models=[f"mobile-ff={ensemble.name}"], ports=Ports.free(), workers=1)
     flow = TorchServe(store, work / "workflow", ports=Ports.free(), config=config, workers=len(MEMBERS))
-    fused.start()
-    flow.start()
-    response = requests.post(f"{flow.management_url}/workflows", params={"url": f"{WORKFLOW}.war"}, timeout=600,
-                             headers=flow.keys.headers("management"))
-    if not response.ok:
+    try:
+        fused.start()
+        flow.start()
+        response = requests.post(f"{flow.management_url}/workflows", params={"url": f"{WORKFLOW}.war"}, timeout=600,
+                                 headers=flow.keys.headers("management"))
+        if not response.ok:
+            log = [line for line in (flow.workdir / "logs" / "model_log.log").read_text(errors="replace").splitlines()
+                   if "__start" in line or "__fuse" in line][-25:]
+            raise RuntimeError(f"registering the workflow: {response.status_code} {response.text}\n" + "\n".join(log))
+    except BaseException:
         fused.stop()
         flow.stop()
-        log = [line for line in (flow.workdir / "logs" / "model_log.log").read_text(errors="replace").splitlines()
-               if "__start" in line or "__fuse" in line][-25:]
-        raise RuntimeError(f"registering the workflow: {response.status_code} {response.text}\n" + "\n".join(log))
+        raise
     return fused, flow
 
 
