@@ -7,20 +7,28 @@ STAMP := $(VENV)/.installed-stamp
 # Served workers take theirs from the threads rule (deepfake_serving/core/threads.py), whatever this says.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install serve test test-fast lint bench archives grpc-stubs triton triton-configs loadtest docs clean
+.PHONY: install serve jobs test test-fast lint bench archives grpc-stubs triton triton-configs loadtest docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[serve,triton,rollout,samples,load,dev]'
+	$(PY) -m pip install --quiet -e '.[serve,triton,rollout,jobs,samples,load,dev]'
 	# nginx for the rollout's split_clients (Debian's package, unpacked into the venv when not installed)
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (cd $(VENV) && apt-get download nginx >/dev/null \
 		&& dpkg -x nginx_*.deb nginx && rm -f nginx_*.deb) || echo "nginx unavailable: its tests will skip"
+	# Redis for the job queue (Debian's redis-server: its binary is in redis-tools, with the two libraries it links)
+	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || (cd $(VENV) \
+		&& apt-get download redis-server redis-tools libjemalloc2 liblzf1 >/dev/null \
+		&& for deb in redis-server_*.deb redis-tools_*.deb libjemalloc2_*.deb liblzf1_*.deb; do dpkg -x $$deb redis; done \
+		&& rm -f redis-server_*.deb redis-tools_*.deb libjemalloc2_*.deb liblzf1_*.deb)
 	touch $(STAMP)
 
 install: $(STAMP)
 
 serve: install  ## build the demo archive, start TorchServe on loopback, print a real prediction
 	$(VENV)/bin/deepfake-serving demo
+
+jobs: install  ## beside `make serve`'s TorchServe: Redis, the job API on 127.0.0.1:8090 and one Celery worker
+	$(VENV)/bin/deepfake-serving jobs
 
 lint: install  ## ruff, the import contract (import-linter) and the type check (mypy), all configured in pyproject.toml
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from deepfake_serving.core.limits import DEFAULT_FRAMES
@@ -246,6 +247,45 @@ def cmd_triton_ensemble(args) -> int:
     except (ValueError, OSError) as err:
         raise CommandError(str(err)) from None
     print(json.dumps(names))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    """Redis, the job API and Celery workers on this host, analysing through the TorchServe at --server-url."""
+    from deepfake_serving.jobs.launch import JobSystem
+    from deepfake_serving.jobs.settings import JobSettings
+
+    try:
+        settings = replace(JobSettings.from_env(), server_url=args.server_url, models=args.models,
+                           key_file=args.key_file or "")
+        system = JobSystem(args.workdir, settings.check(), api_port=args.port, workers=args.workers).start()
+    except (ValueError, OSError, RuntimeError, TimeoutError) as err:
+        raise CommandError(str(err)) from None
+    return _wait_forever(system, f"The job API is serving on {system.url} (POST /v1/jobs), {args.workers} worker(s), "
+                                 f"analysing through {args.server_url}. Ctrl-C stops it.")
+
+
+def cmd_api_key(args) -> int:
+    """Add, revoke or list the job API's keys, in the Redis of the job system in --workdir."""
+    from redis import Redis
+
+    from deepfake_serving.jobs.front import KeyRing
+
+    url_file = Path(args.workdir) / "redis.url"
+    if not url_file.exists():
+        raise CommandError(f"no job system in {args.workdir}: start it with `deepfake-serving jobs`")
+    ring = KeyRing(Redis.from_url(url_file.read_text().strip()))
+    if args.action == "list":
+        print("\n".join(ring.names()))
+    elif not args.name:
+        raise CommandError(f"api-key {args.action} needs a NAME")
+    elif args.action == "add":
+        try:
+            print(ring.add(args.name, args.rate, args.faces_per_day))  # shown once: only its hash is kept
+        except ValueError as err:
+            raise CommandError(str(err)) from None
+    elif not ring.revoke(args.name):
+        raise CommandError(f"no key named {args.name!r}")
     return 0
 
 
@@ -512,6 +552,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, required=True, help="Triton version directory (1, 2, ...)")
     p.add_argument("--repository", default=TRITON_REPOSITORY)
     p.set_defaults(func=cmd_triton_ensemble)
+
+    p = sub.add_parser("jobs", help="queue videos and images as jobs: Redis, the job API and Celery workers")
+    p.add_argument("--workdir", default="runtime/jobs")
+    p.add_argument("--port", type=int, default=8090, help="the job API's port (loopback)")
+    p.add_argument("--server-url", default="http://127.0.0.1:8080", help="TorchServe's inference API")
+    p.add_argument("--models", default="b4-mobile", help="models a job may name, comma-separated")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("api-key", help="the job API's keys: add NAME (prints the key once), revoke NAME, list")
+    p.add_argument("action", choices=["add", "revoke", "list"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--rate", type=int, default=60, help="requests per minute")
+    p.add_argument("--faces-per-day", type=int, default=10_000, help="the daily quota, in faces classified")
+    p.add_argument("--workdir", default="runtime/jobs")
+    p.set_defaults(func=cmd_api_key)
 
     p = sub.add_parser("rollout", help="A/B rollout of a candidate archive: shadow, gate, canary, promote/rollback")
     p.add_argument("candidate", nargs="?", help="TorchServe: the candidate .mar in the model store; Triton: a built "

@@ -20,6 +20,11 @@ SENT_ELSEWHERE = {
     "detection_budget_exceeded": "test_hostile_media.py::test_the_detection_budget_refuses_a_clip_of_tiled_faces",
     "explain_not_supported": "test_torchserve.py::test_a_served_ensemble_answers_as_in_process_and_refuses_explanations_alone",
     "not_explainable": "test_explanations.py::test_an_archive_without_torch_weights_is_not_explainable",
+    "missing_file": "test_jobs.py::test_bad_job_requests_store_and_queue_nothing",
+    "bad_option": "test_jobs.py::test_bad_job_requests_store_and_queue_nothing",
+    "job_not_found": "test_jobs.py::test_unknown_jobs_and_cancelling_an_ended_job",
+    "job_finished": "test_jobs.py::test_unknown_jobs_and_cancelling_an_ended_job",
+    "rate_limited": "test_jobs.py::test_rate_and_quota_are_counted_once_across_two_front_processes",
 }
 # Defensive: Triton checks a request's inputs against config.pbtxt before our model sees it.
 UNREACHABLE = {"missing_input", "bad_input_shape"}

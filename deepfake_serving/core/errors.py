@@ -16,7 +16,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
-    scope: str  # "image", "video", "request" (either media) or "server" (outside our handler)
+    scope: str  # "image", "video", "request" (either media), "job" (the job API) or "server" (outside our handler)
     meaning: str
 
 
@@ -60,12 +60,20 @@ CATALOGUE: dict[str, ErrorKind] = {
                                            "150,000 candidate boxes into MTCNN's R-net and O-net; each frame takes "
                                            "at most 2,500)"),
     "bad_sampling": ErrorKind(400, "video", "bad sampling options (`sampling`, `frames`, `every`)"),
+    # -- the job API (deepfake_serving.jobs)
+    "missing_file": ErrorKind(400, "job", "a job submitted without a file part (multipart field `file`)"),
+    "bad_option": ErrorKind(400, "job", "a job option that is not allowed: an unknown model, a version or a "
+                            "callback URL of the wrong form"),
+    "job_not_found": ErrorKind(404, "job", "no job with that id (never submitted, or removed after the retention)"),
+    "job_finished": ErrorKind(409, "job", "cancelling a job that has already ended (done, failed or cancelled)"),
+    "rate_limited": ErrorKind(429, "job", "the API key is over its requests per minute or its faces per day "
+                              "(`Retry-After` says when to come back); checked before the body is read"),
     # -- outside our handler: normalised by the clients and the nginx front
     "request_too_large": ErrorKind(413, "server", "body over the server's `max_request_size` (100 MB), answered "
                                    "by TorchServe's transport, gRPC or nginx before any handler"),
     "headers_too_large": ErrorKind(431, "server", "request headers over the front's limit"),
     "unauthorized": ErrorKind(401, "server", "no or a wrong API key (TorchServe answers 400 InvalidKeyException, "
-                              "Triton 400/UNAVAILABLE for a restricted API)"),
+                              "Triton 400/UNAVAILABLE for a restricted API; the job API 401 before the body is read)"),
     "model_not_found": ErrorKind(404, "server", "no such model or version"),
     "worker_failed": ErrorKind(503, "server", "the worker died or could not answer (TorchServe 503, Triton "
                                "stub lost); the request can be retried"),

@@ -8,7 +8,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import grpc
 import requests
@@ -177,7 +177,7 @@ class RestClient(Retrying):
         self.session = requests.Session()
         self.keys = ServerKeys.for_url(self.url, key_file)
 
-    def _post(self, model: str, data: bytes, version: str | None, options: dict | None, stream: bool):
+    def _post(self, model: str, data: bytes | BinaryIO, version: str | None, options: dict | None, stream: bool):
         options = dict(options or {})
         api = "explanations" if options.pop(EXPLAIN, None) else "predictions"
         path = f"{self.url}/{api}/{model}" + (f"/{version}" if version else "")
@@ -196,10 +196,11 @@ class RestClient(Retrying):
         body = normalized(response.status_code, response.content, response.reason)
         return Prediction(body["error"]["status"] if "error" in body else response.status_code, body)
 
-    def stream(self, model: str, data: bytes, version: str | None = None,
+    def stream(self, model: str, data: bytes | BinaryIO, version: str | None = None,
                options: dict | None = None) -> Iterator[Prediction]:
         """Progress events as they arrive (newline-delimited JSON over chunked HTTP); the last is the result,
-        or a ``stream_interrupted`` error when the stream ends without one (the worker died)."""
+        or a ``stream_interrupted`` error when the stream ends without one (the worker died). ``data`` may be
+        an open file: it is sent as it is read."""
         last = None
         try:
             response = self._post(model, data, version, options, stream=True)

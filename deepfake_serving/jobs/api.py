@@ -1,0 +1,224 @@
+"""The job API (FastAPI; served by uvicorn: ``uvicorn deepfake_serving.jobs.api:app``):
+
+- ``POST /v1/jobs``: multipart ``file`` plus ``model``, ``version``, ``sampling``, ``frames``, ``every``,
+  ``callback_url``; options are checked before anything is stored, the upload is stored (content-addressed,
+  within the size limit) and a task queued: ``202 {"id", "state": "queued", ...}`` at once;
+- ``GET /v1/jobs/{id}``: queued / running (progress) / done (the usual answer) / failed (the usual error) /
+  cancelled;
+- ``DELETE /v1/jobs/{id}``: cancels a queued or running job (409 ``job_finished`` once it ended);
+- ``GET /v1/jobs/{id}/events``: Server-Sent Events, the progress so far and as it comes, then the end state;
+- ``POST /v1/predictions/{model}``: a synchronous prediction (the raw image or clip as the body), forwarded
+  to TorchServe through the project's client, under the same key, rate and quota as jobs.
+
+Every route but ``/v1/health`` needs an API key (jobs.front.Gate, checked before any body is read); a job is
+seen and cancelled by the key that submitted it only (another key gets 404). Every error is the project's
+JSON (core.errors) with its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from deepfake_serving.core.errors import RequestError, error_body
+from deepfake_serving.core.formats import video_container
+from deepfake_serving.core.jsonlines import append_line
+from deepfake_serving.core.naming import check_name, video_model
+from deepfake_serving.jobs.front import Gate, charge, faces_classified
+from deepfake_serving.jobs.settings import JobSettings
+from deepfake_serving.jobs.store import ENDED, JobRecords, UploadStore, async_redis_client, redis_client
+from deepfake_serving.jobs.worker import TASK, make_app
+from deepfake_serving.media.video import Sampling, VideoLimits
+from deepfake_serving.serving.client.clients import RestClient
+
+MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and boundaries, on top of the file's limit
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is refused with 413 ``body_too_large`` as soon as
+    its Content-Length says so or its bytes pass the limit, before the multipart parser spools it to disk."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await too_large(self.limit)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise RequestError("body_too_large", f"the request is over the job limit of {self.limit} bytes")
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except RequestError:
+            await too_large(self.limit)(scope, receive, send)
+
+
+def too_large(limit: int) -> JSONResponse:
+    body = error_body("body_too_large", f"the request is over the job limit of {limit} bytes")
+    return JSONResponse(body, status_code=413, headers={"Connection": "close"})
+
+
+def job_view(job_id: str, record: dict) -> dict:
+    """What a client sees of a job record (never the lease or the upload's path)."""
+    view = {"id": job_id, "state": record["state"], "model": record.get("model"), "media": record.get("media"),
+            "version": record.get("version") or None, "digest": record.get("digest"),
+            "created": float(record["created"]), "updated": float(record["updated"]),
+            "attempts": int(record.get("attempts", 0))}
+    for field in ("progress", "result", "error", "last_error"):
+        if record.get(field):
+            view[field] = json.loads(record[field])
+    if record.get("callback"):
+        view["callback"] = record["callback"]
+    return view
+
+
+def checked_options(settings: JobSettings, model: str, version: str | None, sampling: str | None, frames: str | None,
+                    every: str | None, callback_url: str | None) -> dict:
+    if model not in settings.model_names:
+        raise RequestError("bad_option", f"unknown model {model!r}; this job API serves {', '.join(settings.model_names)}")
+    if version:
+        try:
+            check_name(version, "version")
+        except ValueError as err:
+            raise RequestError("bad_option", str(err)) from None
+    options = {k: v for k, v in {"sampling": sampling, "frames": frames, "every": every}.items() if v not in (None, "")}
+    Sampling.from_options(options).validate(VideoLimits())  # bad_sampling, before anything is stored
+    if callback_url:
+        parts = urlsplit(callback_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or len(callback_url) > 2048:
+            raise RequestError("bad_option", "callback_url must be an http(s) URL of at most 2048 characters")
+    return options
+
+
+def create_app(settings: JobSettings | None = None) -> FastAPI:
+    settings = settings or JobSettings.from_env()
+    redis = redis_client(settings.redis_url)
+    records, store = JobRecords(redis, settings.lease_s, settings.retention_s), UploadStore(settings.store)
+    celery = make_app(settings)
+    app = FastAPI(title="deepfake-serving jobs", version="1")
+
+    client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError) -> JSONResponse:
+        request.state.error = err.code
+        return JSONResponse(err.to_dict(), status_code=err.status)
+
+    @app.post("/v1/jobs", status_code=202)
+    def submit(request: Request, file: UploadFile | None = File(None), model: str = Form("b4-mobile"),
+               version: str | None = Form(None), sampling: str | None = Form(None), frames: str | None = Form(None),
+               every: str | None = Form(None), callback_url: str | None = Form(None)) -> dict:
+        request.state.model = model
+        options = checked_options(settings, model, version, sampling, frames, every, callback_url)
+        if file is None:
+            raise RequestError("missing_file", "send the image or video as the multipart field `file`")
+        digest, path, size = store.save(file.file, settings.max_upload_bytes)
+        with open(path, "rb") as upload:
+            media = "video" if video_container(upload.read(64)) else "image"
+        owner = request.state.api_key
+        job_id = records.create(model=model, version=version or "", media=media, digest=digest, size=size,
+                                options=options, callback_url=callback_url or "", owner=owner)
+        request.state.job = job_id
+        append_line(settings.audit_log, {"time": time.time(), "event": "submitted", "job": job_id, "key": owner,
+                                         "digest": digest, "bytes": size, "media": media, "model": model,
+                                         "version_asked": version})
+        celery.send_task(TASK, args=[job_id], task_id=job_id)
+        return {"id": job_id, "state": "queued", "media": media, "digest": digest,
+                "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}}
+
+    def found(request: Request, job_id: str) -> dict:
+        """The job, when the request's key submitted it (another key learns nothing, not even that it exists)."""
+        request.state.job = job_id
+        record = records.get(job_id)
+        if record is None or record.get("owner") != request.state.api_key:
+            raise RequestError("job_not_found", f"no job {job_id!r}")
+        return record
+
+    @app.get("/v1/jobs/{job_id}")
+    def status(request: Request, job_id: str) -> dict:
+        return job_view(job_id, found(request, job_id))
+
+    @app.delete("/v1/jobs/{job_id}")
+    def cancel(request: Request, job_id: str) -> dict:
+        record = found(request, job_id)
+        if not records.cancel(job_id):
+            raise RequestError("job_finished", f"job {job_id} has already ended ({record['state']})")
+        records.event(job_id, {"event": "cancelled"})
+        return job_view(job_id, found(request, job_id))
+
+    @app.get("/v1/jobs/{job_id}/events")
+    async def events(request: Request, job_id: str) -> EventSourceResponse:
+        found(request, job_id)
+        return EventSourceResponse(event_stream(settings, job_id, request))
+
+    @app.post("/v1/predictions/{model}")
+    async def predict(request: Request, model: str) -> JSONResponse:
+        """The body as it came, to MODEL (images) or MODEL-video (clips) on TorchServe; the answer as it
+        came back, its faces charged to the key."""
+        request.state.model = model
+        if model not in settings.model_names:
+            raise RequestError("bad_option", f"unknown model {model!r}; this API serves {', '.join(settings.model_names)}")
+        body = await request.body()
+        served = video_model(model) if video_container(body[:64]) else model
+        answer = await run_in_threadpool(client.predict, served, body, request.headers.get("x-model-version"))
+        if answer.ok:
+            request.state.version = answer.body.get("version")
+            charge(redis, request.state.api_key, faces_classified(answer.body))
+        else:
+            request.state.error = answer.body.get("error", {}).get("code")
+        return JSONResponse(answer.body, status_code=answer.status)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        redis.ping()
+        return {"redis": "ok", "time": time.time()}
+
+    return app
+
+
+async def event_stream(settings: JobSettings, job_id: str, request: Request):
+    """The events stored so far, then each as it is published, then the job's end state."""
+    client = async_redis_client(settings.redis_url, decode_responses=True)
+    key = JobRecords.key(job_id)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"{key}:events")
+    try:
+        for raw in await client.lrange(f"{key}:events", 0, -1):
+            yield {"event": "progress", "data": raw}
+        while not await request.is_disconnected():
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                yield {"event": "progress", "data": message["data"]}
+            state = await client.hget(key, "state")
+            if state in ENDED:
+                yield {"event": state, "data": json.dumps(job_view(job_id, await client.hgetall(key)))}
+                return
+            await asyncio.sleep(0)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+def build() -> Gate:
+    """The served app (``uvicorn --factory deepfake_serving.jobs.api:build``): the key gate (and access log),
+    then the body limit, then the API."""
+    settings = JobSettings.from_env()
+    limited = BodyLimit(create_app(settings), settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    return Gate(limited, async_redis_client(settings.redis_url), settings.access_log)

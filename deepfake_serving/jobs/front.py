@@ -1,0 +1,171 @@
+"""The front door of the job API: API keys, per-key rate limits and daily quotas shared by every front
+process through Redis, and the structured access log.
+
+- **Keys** (``deepfake-serving jobs key add NAME``) are random (``dfk_`` + 32 bytes, URL-safe), shown once and
+  stored as their SHA-256 (``deepfake:apikey:<hash>``: name, requests per minute, faces per day). A random
+  key of that length needs no slow hash; nothing stored lets anyone present it.
+- **Rate**: requests per minute per key, a fixed window counted in Redis (``INCR`` + ``EXPIRE``), so two
+  front replicas never double a client's allowance.
+- **Quota**: work per UTC day, counted in **faces classified** (an image's faces, at least 1; a video's
+  faces classified over its sampled frames) after each answer; a key over its quota is refused new work
+  (POST) until midnight UTC, and can still read its jobs.
+- The gate runs on the request's headers, **before any body is read**: a missing or unknown key is 401
+  ``unauthorized``, a key over its rate or quota 429 ``rate_limited`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.responses import JSONResponse
+
+from deepfake_serving.core.errors import error_body
+from deepfake_serving.core.jsonlines import append_line
+from deepfake_serving.core.naming import check_name
+
+KEYS = "deepfake:apikey:"
+NAMES = "deepfake:apikey-names"
+OPEN_PATHS = ("/v1/health",)  # what answers without a key (liveness only)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    rate_per_minute: int
+    faces_per_day: int
+
+
+def key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyRing:
+    """API keys in Redis (sync client: the CLI and the API's handlers)."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def add(self, name: str, rate_per_minute: int = 60, faces_per_day: int = 10_000) -> str:
+        check_name(name, "key name")
+        if rate_per_minute < 1 or faces_per_day < 1:
+            raise ValueError("a key's rate and quota are at least 1")
+        if not self.redis.sadd(NAMES, name):
+            raise ValueError(f"a key named {name!r} exists: revoke it first")
+        secret = f"dfk_{secrets.token_urlsafe(32)}"
+        self.redis.hset(KEYS + key_hash(secret), mapping={"name": name, "rate_per_minute": rate_per_minute,
+                                                          "faces_per_day": faces_per_day, "created": time.time()})
+        return secret
+
+    def revoke(self, name: str) -> bool:
+        for key in self.redis.scan_iter(f"{KEYS}*"):
+            if self.redis.hget(key, "name") == name.encode():
+                self.redis.delete(key)
+        return bool(self.redis.srem(NAMES, name))
+
+    def names(self) -> list[str]:
+        return sorted(n.decode() for n in self.redis.smembers(NAMES))
+
+
+def parse_key(record: dict) -> ApiKey:
+    return ApiKey(record["name"], int(record["rate_per_minute"]), int(record["faces_per_day"]))
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1").strip() if key else None
+
+
+def day_key(name: str, now: float) -> str:
+    return f"deepfake:quota:{name}:{_dt.datetime.fromtimestamp(now, _dt.timezone.utc):%Y%m%d}"
+
+
+def seconds_to_midnight(now: float) -> int:
+    day = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).date() + _dt.timedelta(days=1)
+    midnight = _dt.datetime.combine(day, _dt.time(), _dt.timezone.utc).timestamp()
+    return max(1, int(midnight - now) + 1)
+
+
+async def admit(redis, key: ApiKey, now: float, spends_work: bool) -> int | None:
+    """None when the key may go on; else the seconds to wait (the async client: inside the gate). The quota
+    refuses requests that spend work (POST) only: a key over it can still read its jobs."""
+    if spends_work and int(await redis.get(day_key(key.name, now)) or 0) >= key.faces_per_day:
+        return seconds_to_midnight(now)
+    window = f"deepfake:rate:{key.name}:{int(now // 60)}"
+    async with redis.pipeline(transaction=True) as pipe:
+        count, _ = await pipe.incr(window).expire(window, 120).execute()
+    return None if count <= key.rate_per_minute else max(1, 60 - int(now % 60))
+
+
+def charge(redis, name: str, faces: int) -> None:
+    """Count ``faces`` classified (at least 1 per answered request) against today's quota (sync client)."""
+    key = day_key(name, time.time())
+    with redis.pipeline() as pipe:
+        pipe.incrby(key, max(1, int(faces))).expire(key, 2 * 86400).execute()
+
+
+def faces_classified(answer: dict) -> int:
+    """The work an answer represents: its faces (an image), or the faces classified over a video's frames."""
+    metrics = answer.get("metrics") or {}
+    return int(metrics.get("faces_classified", answer.get("face_count") or 0) or 0)
+
+
+class Gate:
+    """ASGI middleware: the key, its rate and its quota checked on the headers alone; every request written
+    to the access log (JSON lines, 0600): time, request id, key name, method, route, model, version served,
+    status, error code, latency, bytes in and out; never the media nor a key."""
+
+    def __init__(self, app, redis, access_log: Path):
+        self.app, self.redis, self.access_log = app, redis, access_log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, now = time.perf_counter(), time.time()
+        headers = dict(scope.get("headers") or [])
+        state = scope.setdefault("state", {})
+        state["request_id"] = uuid.uuid4().hex
+        entry = {"time": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+                 "request_id": state["request_id"], "method": scope["method"], "route": scope["path"], "key": None,
+                 "status": None, "error": None, "bytes_in": int(headers.get(b"content-length", b"0") or 0),
+                 "bytes_out": 0}
+        refusal = None
+        if not scope["path"].startswith(OPEN_PATHS):
+            secret = presented_key(headers)
+            record = await self.redis.hgetall(KEYS + key_hash(secret)) if secret else None
+            if not record:
+                state["error"] = "unauthorized"
+                refusal = JSONResponse(error_body("unauthorized", "send an API key as `Authorization: Bearer <key>` "
+                                                  "(deepfake-serving jobs key add NAME)"), status_code=401)
+            else:
+                key = parse_key({k.decode(): v.decode() for k, v in record.items()})
+                state["api_key"] = entry["key"] = key.name
+                wait = await admit(self.redis, key, now, scope["method"] == "POST")
+                if wait is not None:
+                    state["error"] = "rate_limited"
+                    refusal = JSONResponse(error_body("rate_limited", f"key {key.name} is over its rate "
+                                                      f"({key.rate_per_minute}/min) or its quota ({key.faces_per_day} "
+                                                      "faces/day)"), status_code=429, headers={"Retry-After": str(wait)})
+
+        async def logged(message):
+            if message["type"] == "http.response.start":
+                entry["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                entry["bytes_out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await (self.app if refusal is None else refusal)(scope, receive, logged)
+        finally:
+            entry.update(latency_ms=round((time.perf_counter() - start) * 1000, 2),
+                         **{k: state.get(k) for k in ("model", "version", "error", "job")})
+            append_line(self.access_log, entry, fsync=False)

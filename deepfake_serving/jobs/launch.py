@@ -1,0 +1,169 @@
+"""Start and stop the job system on this host: Redis (Debian's ``redis-server``, or the copy ``make install``
+unpacks into the venv; persistence on, a password, loopback), the job API (uvicorn) and Celery workers,
+each a real process in its own process group.
+
+Redis holds every job's record and the queue: it is started with append-only persistence (queued jobs
+survive a restart) and a generated password (``requirepass``, kept in a 0600 file in the 0700 work
+folder), so another local user who reaches its port can read or queue nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import requests
+from redis import Redis
+
+from deepfake_serving.jobs.settings import JobSettings
+from deepfake_serving.jobs.worker import QUEUE
+from deepfake_serving.serving.launch.processes import free_ports, stop_group
+
+BUNDLED = Path(sys.prefix) / "redis"  # `make install` unpacks Debian's redis-tools (and its libraries) here
+
+
+def redis_binary() -> tuple[Path, dict[str, str]]:
+    """redis-server and the environment it needs (the bundled copy finds jemalloc and lzf beside it)."""
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if found:
+        return Path(found), {}
+    bundled = BUNDLED / "usr" / "bin" / "redis-server"
+    if not bundled.exists():
+        raise FileNotFoundError("redis-server is not installed (make install unpacks Debian's package into .venv/redis)")
+    return bundled, {"LD_LIBRARY_PATH": str(BUNDLED / "usr" / "lib" / "x86_64-linux-gnu")}
+
+
+def private_folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+class RedisServer:
+    def __init__(self, workdir: str | Path, port: int | None = None, host: str = "127.0.0.1"):
+        self.workdir = private_folder(Path(workdir).resolve())
+        self.port = port or free_ports(1)[0]
+        self.host = host
+        secret = self.workdir / "redis.secret"
+        if not secret.exists():
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_urlsafe(32))
+        self.password = secret.read_text().strip()
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "RedisServer":
+        binary, env = redis_binary()
+        config = self.workdir / "redis.conf"  # the password lives in the 0600 config, not on a command line
+        config.touch(mode=0o600)
+        config.write_text("\n".join([
+            f"bind {self.host}", f"port {self.port}", "protected-mode yes", f"requirepass {self.password}",
+            f"dir {self.workdir}", "appendonly yes", "appendfsync everysec", "save 60 1", "daemonize no",
+            f"logfile {self.workdir / 'redis.log'}", "maxclients 1000", "",
+        ]))
+        self.process = subprocess.Popen([str(binary), str(config)], env={**os.environ, **env}, cwd=self.workdir,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+                                        umask=0o077)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if Redis.from_url(self.url, socket_timeout=1).ping():
+                    return self
+            except Exception:  # noqa: BLE001 - not up yet
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}: see {self.workdir}/redis.log")
+                time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"redis-server not answering after {timeout} s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is not None:
+            stop_group(self.process, timeout)  # SIGTERM: Redis flushes its append-only file first
+            self.process = None
+
+
+class JobSystem:
+    """Redis, the API and ``workers`` Celery workers, sharing one ``JobSettings``."""
+
+    def __init__(self, workdir: str | Path, settings: JobSettings = JobSettings(), api_port: int | None = None,
+                 workers: int = 1, host: str = "127.0.0.1"):
+        self.workdir = private_folder(Path(workdir).resolve())
+        self.redis = RedisServer(self.workdir / "redis")
+        secret = self.workdir / "callback.secret"
+        if not settings.callback_secret and not secret.exists():
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_urlsafe(32))
+        self.settings = replace(settings, redis_url=self.redis.url, store=self.workdir / "store",
+                                access_log=self.workdir / "access.jsonl", audit_log=self.workdir / "audit.jsonl",
+                                callback_secret=settings.callback_secret or secret.read_text().strip()).check()
+        self.api_port, self.host, self.worker_count = api_port or free_ports(1)[0], host, workers
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.api: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        return subprocess.Popen(command, env={**os.environ, **self.settings.environment()}, cwd=self.workdir,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
+
+    def start_worker(self) -> subprocess.Popen:
+        index = len(self.workers)
+        worker = self._spawn(f"worker{index}", [
+            sys.executable, "-m", "celery", "-A", "deepfake_serving.jobs.worker", "worker", "--concurrency", "1",
+            "--pool", "prefork", "-Q", QUEUE, "--hostname", f"deepfake{index}-{os.getpid()}@%h", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"])
+        self.workers.append(worker)
+        return worker
+
+    def start_api(self, port: int, timeout: float = 60.0) -> subprocess.Popen:
+        """One API process (a front replica) on ``port``, answering once it is up."""
+        api = self._spawn(f"api{port}", [sys.executable, "-m", "uvicorn", "--factory", "deepfake_serving.jobs.api:build",
+                                         "--host", self.host, "--port", str(port), "--log-level", "warning"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if api.poll() is not None:
+                raise RuntimeError(f"the job API exited: see {self.workdir}/api{port}.log")
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).ok:
+                    return api
+            except requests.RequestException:
+                time.sleep(0.2)
+        stop_group(api, 10.0)
+        raise TimeoutError(f"the job API is not answering after {timeout} s: see {self.workdir}/api{port}.log")
+
+    def start(self) -> "JobSystem":
+        self.redis.start()
+        (self.workdir / "redis.url").touch(mode=0o600)  # for `deepfake-serving api-key`: it holds the password
+        (self.workdir / "redis.url").write_text(self.redis.url)
+        for _ in range(self.worker_count):
+            self.start_worker()
+        try:
+            self.api = self.start_api(self.api_port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The API's process (what a caller waits on)."""
+        return self.api
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.api]:
+            if process is not None and process.poll() is None:
+                stop_group(process, 30.0)  # Celery's warm shutdown: the running task finishes or is requeued
+        self.workers, self.api = [], None
+        self.redis.stop()
+
+    def __enter__(self) -> "JobSystem":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,62 @@
+"""The job system's settings, in one place: from ``DEEPFAKE_JOBS_*`` environment variables (the API, every
+worker and the launcher read the same ones), checked once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from deepfake_serving.media.video import VideoLimits
+
+PREFIX = "DEEPFAKE_JOBS_"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    store: Path = Path("runtime/jobs/store")  # uploads (content-addressed) and nothing else: records live in Redis
+    access_log: Path = Path("runtime/jobs/access.jsonl")  # every request to the API (jobs.front.Gate), 0600
+    audit_log: Path = Path("runtime/jobs/audit.jsonl")  # per job: who submitted which digest, which version answered
+    server_url: str = "http://127.0.0.1:8080"  # TorchServe's inference API, reached through the clients
+    key_file: str = ""  # TorchServe's key file (default: the clients' own search)
+    models: str = "b4-mobile"  # the models a job may name (comma-separated; videos go to MODEL-video)
+    max_upload_bytes: int = VideoLimits().max_bytes  # the video model's own limit: a bigger upload never succeeds
+    retention_s: int = 24 * 3600  # uploads and records of ended jobs are removed after this
+    max_job_s: int = 1800  # one attempt's longest run (a 600 s clip at 300 frames on a slow CPU fits)
+    # Celery on Redis redelivers an unacknowledged task after this: it must exceed max_job_s, or a long job
+    # would run twice at once (celery#5306); checked by ``check``.
+    visibility_timeout_s: int = 3600
+    lease_s: int = 60  # an attempt renews its lease while it works; a killed worker's lease lapses after this
+    attempts: int = 3  # server errors are retried with backoff; after the last, the job fails (dead letter)
+    retry_backoff_s: float = 5.0
+    callback_attempts: int = 5
+    # HMAC-SHA256 key of the callback signature (X-Deepfake-Signature); the launcher generates one per job
+    # system (0600 file) when none is given. Per-key secrets come with the front door's API keys.
+    callback_secret: str = ""
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "JobSettings":
+        values = {}
+        for spec in fields(cls):
+            raw = environ.get(f"{PREFIX}{spec.name.upper()}")
+            if raw is not None:
+                values[spec.name] = type(getattr(cls, spec.name))(raw)  # str, int, float or Path
+        return cls(**values).check()
+
+    def check(self) -> "JobSettings":
+        if self.visibility_timeout_s <= self.max_job_s + self.lease_s:
+            raise ValueError(f"the broker's visibility timeout ({self.visibility_timeout_s} s) must exceed the longest "
+                             f"job ({self.max_job_s} s) plus a lease ({self.lease_s} s): a longer job would be "
+                             "delivered again while it runs")
+        if self.attempts < 1 or self.lease_s < 5:
+            raise ValueError("attempts must be at least 1 and the lease at least 5 s")
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment variables every process of the job system reads."""
+        return {f"{PREFIX}{spec.name.upper()}": str(getattr(self, spec.name)) for spec in fields(self)}
+
+    @property
+    def model_names(self) -> list[str]:
+        return [name.strip() for name in self.models.split(",") if name.strip()]

@@ -1,0 +1,214 @@
+"""Where jobs live: uploads in a content-addressed folder on disk (the job API writes, workers read by path)
+and each job's record in Redis (a hash per job: state, options, progress, the answer or the error), with
+the transitions that must be atomic done by Lua scripts on the server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from redis import Redis
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from deepfake_serving.core.errors import RequestError
+
+CHUNK = 1 << 20
+RETRIED = [RedisConnectionError, RedisTimeoutError]  # a Redis restart: reconnect and try again, 3 times
+
+
+def redis_client(url: str, **options) -> Redis:
+    return Redis.from_url(url, retry=Retry(ExponentialBackoff(), 3), retry_on_error=RETRIED, **options)
+
+
+def async_redis_client(url: str, **options) -> aioredis.Redis:
+    """The asyncio client (the API's gate and event streams): it does not reconnect by itself after a restart."""
+    return aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(), 3), retry_on_error=RETRIED, **options)
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+ENDED = (DONE, FAILED, CANCELLED)
+EVENTS_KEPT = 200  # progress events kept per job for a late reader of /events
+
+
+class UploadStore:
+    """``<root>/uploads/<sha256>``: each upload once, whoever sends it again; the folder is the service
+    user's alone (0700, files 0600), written through a private temporary file and renamed into place."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.uploads = self.root / "uploads"
+        for folder in (self.root, self.uploads):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
+
+    def save(self, source: BinaryIO, limit: int) -> tuple[str, Path, int]:
+        """(sha256, path, size) of ``source``, read in chunks; RequestError body_too_large past ``limit``
+        bytes (nothing is kept) and empty_body for nothing."""
+        digest, size = hashlib.sha256(), 0
+        handle, temporary = tempfile.mkstemp(dir=self.uploads, prefix=".upload-")  # 0600
+        try:
+            with os.fdopen(handle, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError("body_too_large", f"the upload is over the job limit of {limit} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+            if size == 0:
+                raise RequestError("empty_body", "the uploaded file is empty")
+            path = self.uploads / digest.hexdigest()
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return digest.hexdigest(), path, size
+
+    def path(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a sha256: {digest!r}")
+        return self.uploads / digest
+
+    def remove_unused(self, keep: set[str], older_than_s: float) -> list[str]:
+        """Uploads no live job names and untouched for ``older_than_s``: removed; their digests."""
+        removed, now = [], time.time()
+        for path in self.uploads.iterdir():
+            if path.name not in keep and now - path.stat().st_mtime > older_than_s:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
+
+# KEYS[1] the job hash, KEYS[2] its events; ARGV[1] the attempt's token, ARGV[2] the answer's JSON field
+# ("result" or "error"), ARGV[3] its JSON, ARGV[4] the final state, ARGV[5] now, ARGV[6] the retention in s.
+# Only the attempt that holds the lease writes, and only once: a redelivered task's second attempt finds
+# the job ended and writes nothing. An ended job's record expires after the retention.
+FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'state', ARGV[4], 'updated', ARGV[5], 'lease', '')
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+# KEYS[1] the job hash; ARGV[1] a new token, ARGV[2] now, ARGV[3] the lease's length in s. Claims the job
+# for an attempt when it is queued, or running under a lease that lapsed (its worker died).
+CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return 0 end
+local until_ = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if state == 'running' and redis.call('HGET', KEYS[1], 'lease') ~= '' and until_ > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'running', 'lease', ARGV[1], 'lease_until', tonumber(ARGV[2]) + tonumber(ARGV[3]),
+           'updated', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 1
+"""
+# KEYS[1] the job hash; ARGV[1] the token, ARGV[2] now, ARGV[3] the lease's length: renews a lease it holds.
+RENEW = """
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[2]) + tonumber(ARGV[3]), 'updated', ARGV[2])
+return 1
+"""
+# KEYS[1] the job hash, KEYS[2] its events; ARGV[1] now, ARGV[2] the retention. Queued or running →
+# cancelled; 1, or 0 when it had ended.
+CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated', ARGV[1], 'lease', '')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+class JobRecords:
+    """Job records in Redis (``deepfake:job:<id>``), their events (``…:events``, a capped list and a channel)."""
+
+    def __init__(self, redis, lease_s: int, retention_s: int):
+        self.redis, self.lease_s, self.retention_s = redis, lease_s, retention_s
+        self._finish, self._claim = redis.register_script(FINISH), redis.register_script(CLAIM)
+        self._renew, self._cancel = redis.register_script(RENEW), redis.register_script(CANCEL)
+
+    @staticmethod
+    def key(job_id: str) -> str:
+        return f"deepfake:job:{job_id}"
+
+    def create(self, **fields) -> str:
+        job_id = secrets.token_urlsafe(16)
+        now = time.time()
+        record = {"state": QUEUED, "created": now, "updated": now, "attempts": 0, "lease": "", **fields}
+        self.redis.hset(self.key(job_id), mapping={k: v if isinstance(v, (str, int, float)) else json.dumps(v)
+                                                    for k, v in record.items()})
+        self.redis.sadd("deepfake:jobs", job_id)
+        return job_id
+
+    def get(self, job_id: str) -> dict | None:
+        if not job_id.replace("-", "").replace("_", "").isalnum() or len(job_id) > 64:
+            return None
+        raw = self.redis.hgetall(self.key(job_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+
+    def claim(self, job_id: str) -> str | None:
+        """A token for this attempt, or None: the job ended, or another live attempt holds it."""
+        token = secrets.token_hex(8)
+        return token if self._claim(keys=[self.key(job_id)], args=[token, time.time(), self.lease_s]) else None
+
+    def renew(self, job_id: str, token: str) -> bool:
+        """False when the attempt lost its lease (cancelled, or taken over): it should stop."""
+        return bool(self._renew(keys=[self.key(job_id)], args=[token, time.time(), self.lease_s]))
+
+    def finish(self, job_id: str, token: str, field: str, value: dict, state: str) -> bool:
+        return bool(self._finish(keys=[self.key(job_id), f"{self.key(job_id)}:events"],
+                                 args=[token, field, json.dumps(value), state, time.time(), self.retention_s]))
+
+    def release(self, job_id: str, token: str, error: dict) -> None:
+        """An attempt that will be retried: back to queued with its last error, unless it lost the job."""
+        key = self.key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key)
+            if pipe.hget(key, "lease") == token.encode() and pipe.hget(key, "state") == RUNNING.encode():
+                pipe.multi()
+                pipe.hset(key, mapping={"state": QUEUED, "lease": "", "last_error": json.dumps(error),
+                                        "updated": time.time()})
+                pipe.execute()
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self._cancel(keys=[self.key(job_id), f"{self.key(job_id)}:events"], args=[time.time(), self.retention_s]))
+
+    def sweep(self, store: UploadStore) -> list[str]:
+        """Forget jobs whose records expired, and remove uploads no remaining job names once they are older
+        than the retention; the uploads removed."""
+        keep = set()
+        for raw in self.redis.smembers("deepfake:jobs"):
+            job_id = raw.decode()
+            digest = self.redis.hget(self.key(job_id), "digest")
+            if digest is None:
+                self.redis.srem("deepfake:jobs", job_id)
+            else:
+                keep.add(digest.decode())
+        return store.remove_unused(keep, self.retention_s)
+
+    def event(self, job_id: str, event: dict) -> None:
+        data = json.dumps(event)
+        key = f"{self.key(job_id)}:events"
+        with self.redis.pipeline() as pipe:
+            pipe.rpush(key, data).ltrim(key, -EVENTS_KEPT, -1).hset(self.key(job_id), "progress", data)
+            pipe.publish(key, data)
+            pipe.execute()
+
+    def events(self, job_id: str) -> list[dict]:
+        return [json.loads(e) for e in self.redis.lrange(f"{self.key(job_id)}:events", 0, -1)]
+
+    def claim_callback(self, job_id: str) -> bool:
+        """True once per job: the attempt that may send its callback."""
+        return bool(self.redis.hsetnx(self.key(job_id), "callback_claimed", time.time()))

@@ -1,0 +1,179 @@
+"""The Celery app and its one task, ``deepfake_serving.jobs.analyze``: run a job's analysis through the
+project's clients against the model server and record it once.
+
+Delivery is at least once (Celery on Redis, late acknowledgement: a task whose worker dies is delivered
+again after the broker's visibility timeout). Exactly-once effects come from the job record, not the
+broker: an attempt claims the job with a lease it renews while it works (``JobRecords.claim``); a second
+delivery while a live attempt holds it does nothing; the answer is written only by the attempt that holds
+the lease and only once (a Lua script), and the callback is claimed once per job. Server errors are
+retried with backoff (a new message each time) up to ``attempts``; then the job fails with the attempts
+and the last error: the dead-letter state. Only JSON crosses the broker: no pickle.
+
+Start a worker: ``celery -A deepfake_serving.jobs.worker worker --concurrency 1 -Q deepfake-jobs``
+(the job launcher does), with the ``DEEPFAKE_JOBS_*`` environment (jobs.settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import requests
+from celery import Celery
+from redis import Redis
+
+from deepfake_serving.core.errors import error_body
+from deepfake_serving.core.formats import video_container
+from deepfake_serving.core.jsonlines import append_line
+from deepfake_serving.core.naming import video_model
+from deepfake_serving.jobs.front import charge, faces_classified
+from deepfake_serving.jobs.settings import JobSettings
+from deepfake_serving.jobs.store import DONE, FAILED, JobRecords, UploadStore, redis_client
+from deepfake_serving.serving.client.clients import Prediction, RestClient, retryable
+
+QUEUE = "deepfake-jobs"
+TASK = "deepfake_serving.jobs.analyze"
+SWEEP_EVERY_S = 60.0  # expired jobs' uploads are looked for after a job, at most this often
+SIGNATURE_HEADER = "X-Deepfake-Signature"  # "sha256=" + hex HMAC-SHA256 of the body with the callback secret
+
+
+def make_app(settings: JobSettings) -> Celery:
+    app = Celery("deepfake_serving.jobs", broker=settings.redis_url)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"],  # never pickle: a broker message is not code
+        task_ignore_result=True, task_default_queue=QUEUE,
+        task_acks_late=True, task_reject_on_worker_lost=True,  # a killed worker's task is delivered again
+        worker_prefetch_multiplier=1,  # a SIGKILLed worker loses at most the task it runs (celery#7924)
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_time_limit=settings.max_job_s + settings.lease_s,  # the hard stop: the lease has lapsed by then
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+class Cancelled(Exception):
+    """The attempt lost its lease: the job was cancelled, or another attempt took it over."""
+
+
+class JobRunner:
+    """One attempt at one job (what the task runs; no Celery in here)."""
+
+    def __init__(self, settings: JobSettings, redis: Redis | None = None):
+        self.settings = settings
+        self.records = JobRecords(redis or redis_client(settings.redis_url), settings.lease_s,
+                                  settings.retention_s)
+        self.store = UploadStore(settings.store)
+        self.swept = float("-inf")
+        # The client's own retries span a worker restart; the task retries longer outages with the job's backoff.
+        self.client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None)
+
+    def run(self, job_id: str, attempt: int) -> float | None:
+        """Analyse the job; None when it is recorded (or not this attempt's), else the seconds after which
+        the task should retry (a server error with attempts left; the job is queued again meanwhile)."""
+        try:
+            return self._run(job_id, attempt)
+        finally:
+            if time.monotonic() - self.swept > SWEEP_EVERY_S:
+                self.swept = time.monotonic()
+                self.records.sweep(self.store)
+
+    def _run(self, job_id: str, attempt: int) -> float | None:
+        token = self.records.claim(job_id)
+        if token is None:
+            return None  # ended, cancelled, or a live attempt holds it: a redelivery does nothing
+        job = self.records.get(job_id) or {}
+        lost = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, token, lost), daemon=True)
+        beat.start()
+        try:
+            prediction = self._analyse(job_id, job, lost)
+        except Cancelled:
+            return None
+        finally:
+            lost.set()
+        if prediction.ok:
+            if self.records.finish(job_id, token, "result", prediction.body, DONE):
+                charge(self.records.redis, job.get("owner", ""), faces_classified(prediction.body))
+                self._ended(job_id, job, {"id": job_id, "state": DONE, "result": prediction.body},
+                            version=prediction.body.get("version"))
+            return None
+        error = {**prediction.body.get("error", {}), "attempts": attempt + 1}
+        if retryable(prediction) and attempt + 1 < self.settings.attempts:
+            self.records.release(job_id, token, error)
+            return self.settings.retry_backoff_s * 2 ** attempt
+        if self.records.finish(job_id, token, "error", error, FAILED):
+            self._ended(job_id, job, {"id": job_id, "state": FAILED, "error": error}, error=error.get("code"))
+        return None
+
+    def _ended(self, job_id: str, job: dict, body: dict, **audit) -> None:
+        """The job's audit line (which version answered, or the error), then its callback."""
+        append_line(self.settings.audit_log, {"time": time.time(), "event": body["state"], "job": job_id,
+                                              "key": job.get("owner"), "digest": job.get("digest"),
+                                              "model": job.get("model"), "attempts": int(job.get("attempts", 0)),
+                                              **audit})
+        self._callback(job_id, job, body)
+
+    def _heartbeat(self, job_id: str, token: str, lost: threading.Event) -> None:
+        while not lost.wait(self.settings.lease_s / 3):
+            if not self.records.renew(job_id, token):
+                lost.set()
+
+    def _analyse(self, job_id: str, job: dict, lost: threading.Event) -> Prediction:
+        path = self.store.path(job.get("digest", ""))
+        if not path.is_file():
+            return Prediction(500, error_body("internal_error", "the job's upload is gone from the job store"))
+        with open(path, "rb") as upload:
+            video = bool(video_container(upload.read(64)))
+        version = job.get("version") or None
+        if not video:
+            prediction = self.client.predict(job["model"], path.read_bytes(), version)  # images: ≤ 20 MB
+            if lost.is_set():
+                raise Cancelled
+            return prediction
+        options = json.loads(job.get("options") or "{}")
+        last = Prediction(502, error_body("stream_interrupted", "no answer"))
+        with open(path, "rb") as upload:  # streamed from disk, never read whole into memory
+            for last in self.client.stream(video_model(job["model"]), upload, version, options):
+                if lost.is_set():
+                    raise Cancelled  # leaving the stream closes the connection: the server stops too
+                if "event" in last.body:
+                    self.records.event(job_id, last.body)
+        return last
+
+    def _callback(self, job_id: str, job: dict, body: dict) -> None:
+        """POST the answer to the job's callback URL, signed, retried with backoff; claimed once per job."""
+        url = job.get("callback_url")
+        if not url or not self.records.claim_callback(job_id):
+            return
+        payload = json.dumps(body).encode()
+        signature = hmac.new(self.settings.callback_secret.encode(), payload, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: f"sha256={signature}",
+                   "X-Deepfake-Job": job_id}
+        for attempt in range(self.settings.callback_attempts):
+            try:
+                if requests.post(url, data=payload, headers=headers, timeout=30).status_code < 500:
+                    self.records.redis.hset(self.records.key(job_id), "callback", "delivered")
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(min(60.0, self.settings.retry_backoff_s * 2 ** attempt))
+        self.records.redis.hset(self.records.key(job_id), "callback", "failed")
+
+
+SETTINGS = JobSettings.from_env()
+app = make_app(SETTINGS)
+_runner: JobRunner | None = None
+
+
+@app.task(name=TASK, bind=True, max_retries=None)
+def analyze(self, job_id: str) -> None:
+    global _runner
+    _runner = _runner or JobRunner(SETTINGS)
+    delay = _runner.run(job_id, self.request.retries)
+    if delay is not None:
+        raise self.retry(countdown=delay)
+

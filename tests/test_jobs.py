@@ -1,0 +1,333 @@
+"""Jobs on a real Redis (Debian's redis-server), real Celery worker processes, the job API on uvicorn and a
+real TorchServe: the answer of a job is the synchronous answer; progress as Server-Sent Events; bad input
+refused before anything is stored; a corrupt upload fails its job alone; cancelling; a worker SIGKILLed
+mid-job (the job completes once, one callback, signed); Redis restarted with a job queued. The front door:
+keys checked before any body is read, jobs private to their key, rate and quota shared by two API
+processes, synchronous predictions through the same key, the access log and the audit."""
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from redis import Redis
+
+from deepfake_serving.jobs.front import KeyRing
+from deepfake_serving.jobs.launch import JobSystem
+from deepfake_serving.jobs.settings import JobSettings
+from deepfake_serving.jobs.worker import SIGNATURE_HEADER
+from deepfake_serving.media import samples
+from deepfake_serving.serving.client.clients import RestClient
+from deepfake_serving.serving.launch.archive import build_archive
+from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
+from helpers import media
+
+MODEL = "b4-mobile"
+# Short bounds so that a redelivery after SIGKILL happens within the test: the visibility timeout still
+# exceeds the longest job plus a lease, as JobSettings.check requires.
+SETTINGS = JobSettings(models=MODEL, max_job_s=20, lease_s=5, visibility_timeout_s=30, retry_backoff_s=1.0,
+                       max_upload_bytes=8 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    image = build_archive(MODEL, "1.0", export_path=store, engine="onnxruntime")
+    video = build_archive(MODEL, "1.0", export_path=store, engine="onnxruntime", media="video")
+    with TorchServe(store, tmp_path_factory.mktemp("ts"), models=[f"{MODEL}={image.name}", f"{MODEL}-video={video.name}"],
+                    ports=Ports.free()) as ts:
+        yield ts
+
+
+@pytest.fixture(scope="module")
+def jobs(server, tmp_path_factory):
+    settings = replace(SETTINGS, server_url=server.inference_url, key_file=str(server.key_file))
+    with JobSystem(tmp_path_factory.mktemp("jobs"), settings) as system:
+        yield system
+
+
+@pytest.fixture(scope="module")
+def keys(jobs):
+    return KeyRing(Redis.from_url(jobs.settings.redis_url))
+
+
+@pytest.fixture(scope="module")
+def key(keys):
+    return keys.add("tester", rate_per_minute=10_000, faces_per_day=1_000_000)
+
+
+def auth(secret: str) -> dict:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return samples.encode_video(samples.moving_face_frames(40, (480, 360), faces=2), "mp4")
+
+
+class Callbacks(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Callbacks.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def callback_url():
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Callbacks)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{receiver.server_port}/hook"
+    receiver.shutdown()
+
+
+KEY: dict = {}  # the module's key, set by the ``key`` fixture through ``submit``/``get``
+
+
+def submit(jobs, data: bytes, key: str | None = None, url: str | None = None, **fields) -> requests.Response:
+    return requests.post(f"{url or jobs.url}/v1/jobs", files={"file": ("upload", data)}, data=fields, timeout=60,
+                         headers=auth(key or KEY["secret"]))
+
+
+def get(jobs, path: str, key: str | None = None, method: str = "GET", **options) -> requests.Response:
+    return requests.request(method, f"{jobs.url}{path}", headers=auth(key or KEY["secret"]), timeout=30, **options)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_key(key):
+    KEY["secret"] = key
+
+
+def wait(jobs, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get(jobs, f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
+
+
+def test_an_image_job_answers_the_synchronous_answer(jobs, server, astronaut_jpeg):
+    accepted = submit(jobs, astronaut_jpeg, model=MODEL)
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    assert body["state"] == "queued" and body["media"] == "image"
+    assert body["digest"] == hashlib.sha256(astronaut_jpeg).hexdigest()
+    job = wait(jobs, body["id"])
+    direct = RestClient(server.inference_url).predict(MODEL, astronaut_jpeg).body
+    assert job["state"] == "done" and job["attempts"] == 1
+    assert job["result"]["fake_probability"] == pytest.approx(direct["fake_probability"], abs=1e-6)
+    assert [f["box"] for f in job["result"]["faces"]] == [f["box"] for f in direct["faces"]]
+    upload = jobs.settings.store / "uploads" / body["digest"]
+    assert upload.stat().st_mode & 0o777 == 0o600 and (jobs.settings.store / "uploads").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_video_job_streams_its_progress_as_server_sent_events(jobs, server, clip):
+    accepted = submit(jobs, clip, model=MODEL, frames="8")
+    assert accepted.status_code == 202 and accepted.json()["media"] == "video"
+    job_id = accepted.json()["id"]
+    events, names = [], []
+    with get(jobs, f"/v1/jobs/{job_id}/events", stream=True) as stream:
+        name = None
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                names.append(name)
+                events.append(json.loads(line.split(":", 1)[1]))
+                if name in ("done", "failed", "cancelled"):
+                    break
+    assert names[-1] == "done", events[-1]
+    phases = {e.get("phase") for e in events[:-1]}
+    assert "detect" in phases and "classify" in phases
+    result = events[-1]["result"]
+    direct = RestClient(server.inference_url).predict(f"{MODEL}-video", clip, options={"frames": 8}).body
+    assert result["frames_analyzed"] == 8 and result["fake_probability"] == pytest.approx(direct["fake_probability"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case, status, code", [
+    ("no file", 400, "missing_file"),
+    ("unknown model", 400, "bad_option"),
+    ("bad version", 400, "bad_option"),
+    ("bad sampling", 400, "bad_sampling"),
+    ("bad callback", 400, "bad_option"),
+    ("over the limit", 413, "body_too_large"),
+    ("empty", 400, "empty_body"),
+])
+def test_bad_job_requests_store_and_queue_nothing(jobs, astronaut_jpeg, case, status, code):
+    uploads = jobs.settings.store / "uploads"
+    before = sorted(p.name for p in uploads.iterdir())
+    url = f"{jobs.url}/v1/jobs"
+    sent = {
+        "no file": lambda: requests.post(url, data={"model": MODEL}, timeout=30, headers=auth(KEY["secret"])),
+        "unknown model": lambda: submit(jobs, astronaut_jpeg, model="b9-secret"),
+        "bad version": lambda: submit(jobs, astronaut_jpeg, model=MODEL, version="../1"),
+        "bad sampling": lambda: submit(jobs, astronaut_jpeg, model=MODEL, frames="many"),
+        "bad callback": lambda: submit(jobs, astronaut_jpeg, model=MODEL, callback_url="file:///etc/passwd"),
+        "over the limit": lambda: submit(jobs, os.urandom(jobs.settings.max_upload_bytes + 1), model=MODEL),
+        "empty": lambda: submit(jobs, b"", model=MODEL),
+    }[case]()
+    assert (sent.status_code, sent.json()["error"]["code"]) == (status, code), sent.text
+    assert sorted(p.name for p in uploads.iterdir()) == before
+
+
+def test_unknown_jobs_and_cancelling_an_ended_job(jobs, astronaut_jpeg):
+    missing = get(jobs, "/v1/jobs/nosuchjob")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "job_not_found")
+    assert get(jobs, "/v1/jobs/nosuchjob", method="DELETE").status_code == 404
+    job_id = submit(jobs, astronaut_jpeg, model=MODEL).json()["id"]
+    wait(jobs, job_id)
+    ended = get(jobs, f"/v1/jobs/{job_id}", method="DELETE")
+    assert (ended.status_code, ended.json()["error"]["code"]) == (409, "job_finished")
+
+
+def test_a_corrupt_upload_fails_its_job_with_the_synchronous_code(jobs, astronaut_jpeg):
+    pids = [w.pid for w in jobs.workers]
+    job = wait(jobs, submit(jobs, media.truncated_jpeg(), model=MODEL).json()["id"])
+    assert job["state"] == "failed" and job["error"]["code"] == "corrupt_image" and job["attempts"] == 1
+    assert [w.pid for w in jobs.workers if w.poll() is None] == pids
+    assert wait(jobs, submit(jobs, astronaut_jpeg, model=MODEL).json()["id"])["state"] == "done"
+
+
+def test_cancelling_a_running_job_stops_it(jobs):
+    long_clip = samples.encode_video(samples.moving_face_frames(120, (640, 480), faces=2), "mp4")
+    job_id = submit(jobs, long_clip, model=MODEL, sampling="all").json()["id"]
+    wait(jobs, job_id, states=("running",), timeout=60)
+    cancelled = get(jobs, f"/v1/jobs/{job_id}", method="DELETE")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    time.sleep(jobs.settings.lease_s / 3 + 2)  # the attempt's next heartbeat sees it, and its next event stops it
+    events = get(jobs, f"/v1/jobs/{job_id}").json()["progress"]
+    time.sleep(4)  # a clip this long sends a progress event every second or so while it is analysed
+    job = get(jobs, f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "cancelled" and "result" not in job and job["progress"] == events
+
+
+def test_a_worker_killed_mid_job_is_redelivered_and_the_job_completes_once(jobs, callback_url):
+    """SIGKILL of the worker's pool (the process running the task) and of the worker: after the broker's
+    visibility timeout a new worker gets the task again; one result, one callback, with a valid signature."""
+    Callbacks.received.clear()
+    clip = samples.encode_video(samples.moving_face_frames(80, (640, 480), faces=2), "mp4")
+    job_id = submit(jobs, clip, model=MODEL, sampling="all", callback_url=callback_url).json()["id"]
+    wait(jobs, job_id, states=("running",), timeout=60)
+    import psutil
+
+    worker = jobs.workers[0]
+    for process in [*psutil.Process(worker.pid).children(recursive=True), psutil.Process(worker.pid)]:
+        process.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    jobs.workers.remove(worker)
+    jobs.start_worker()
+    job = wait(jobs, job_id, timeout=jobs.settings.visibility_timeout_s + 150)
+    assert job["state"] == "done" and job["attempts"] == 2, job
+    deadline = time.monotonic() + 30
+    while not Callbacks.received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    assert len(Callbacks.received) == 1
+    headers, body = Callbacks.received[0]
+    expected = hmac.new(jobs.settings.callback_secret.encode(), body, hashlib.sha256).hexdigest()
+    assert headers[SIGNATURE_HEADER] == f"sha256={expected}"
+    assert json.loads(body)["result"] == job["result"] and json.loads(body)["id"] == job_id
+
+
+def test_queued_jobs_survive_a_redis_restart(jobs, astronaut_jpeg):
+    for worker in jobs.workers:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    jobs.workers.clear()
+    job_id = submit(jobs, astronaut_jpeg, model=MODEL).json()["id"]
+    time.sleep(1.5)  # the append-only file is synced every second
+    jobs.redis.stop()
+    jobs.redis.start()
+    assert get(jobs, f"/v1/jobs/{job_id}").json()["state"] == "queued"
+    jobs.start_worker()
+    assert wait(jobs, job_id)["state"] == "done"
+
+
+# -- the front door -----------------------------------------------------------------------------------
+def test_requests_without_a_valid_key_are_refused_before_the_body_is_read(jobs, astronaut_jpeg):
+    uploads = jobs.settings.store / "uploads"
+    before = sorted(p.name for p in uploads.iterdir())
+    for headers in ({}, auth("dfk_not-a-key"), {"X-API-Key": ""}):
+        refused = requests.post(f"{jobs.url}/v1/jobs", files={"file": ("a.jpg", astronaut_jpeg)}, headers=headers,
+                                timeout=30)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "unauthorized")
+    assert requests.get(f"{jobs.url}/v1/jobs/anything", timeout=10).status_code == 401
+    assert requests.get(f"{jobs.url}/v1/health", timeout=10).status_code == 200
+    assert sorted(p.name for p in uploads.iterdir()) == before
+
+
+def test_a_job_is_private_to_the_key_that_submitted_it(jobs, keys, astronaut_jpeg):
+    job_id = submit(jobs, astronaut_jpeg, model=MODEL).json()["id"]
+    other = keys.add("other")
+    for method in ("GET", "DELETE"):
+        answer = get(jobs, f"/v1/jobs/{job_id}", key=other, method=method)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (404, "job_not_found")
+    assert wait(jobs, job_id)["state"] == "done"
+
+
+def test_rate_and_quota_are_counted_once_across_two_front_processes(jobs, keys, astronaut_jpeg):
+    """A second API process on the same Redis: a key's per-minute rate and its daily quota of faces are
+    shared, so two replicas never double a client's allowance."""
+    from deepfake_serving.serving.launch.processes import free_ports, stop_group
+
+    (port,) = free_ports(1)
+    second = jobs.start_api(port)
+    try:
+        replicas = [jobs.url, f"http://127.0.0.1:{port}"]
+        if time.time() % 60 > 45:  # the rate is counted per minute: start in a fresh window
+            time.sleep(61 - time.time() % 60)
+        limited = keys.add("limited", rate_per_minute=3)
+        answers = [requests.get(f"{replicas[i % 2]}/v1/jobs/none", headers=auth(limited), timeout=10) for i in range(4)]
+        assert [a.status_code for a in answers] == [404, 404, 404, 429]
+        assert answers[3].json()["error"]["code"] == "rate_limited" and 0 < int(answers[3].headers["Retry-After"]) <= 60
+
+        small = keys.add("small", faces_per_day=1)  # one face a day: the astronaut's
+        job_id = submit(jobs, astronaut_jpeg, key=small, model=MODEL).json()["id"]
+        assert get(jobs, f"/v1/jobs/{job_id}", key=small).status_code == 200
+        deadline = time.monotonic() + 120
+        while get(jobs, f"/v1/jobs/{job_id}", key=small).json()["state"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.3)  # reading a job spends no quota: it answers after the quota is spent
+        over = submit(jobs, astronaut_jpeg, key=small, url=replicas[1], model=MODEL)
+        assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited")
+        assert int(over.headers["Retry-After"]) > 60  # the quota: back after midnight UTC, not in a minute
+    finally:
+        stop_group(second, 10.0)
+
+
+def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_audit(jobs, server, astronaut_jpeg):
+    answer = requests.post(f"{jobs.url}/v1/predictions/{MODEL}", data=astronaut_jpeg, headers=auth(KEY["secret"]),
+                           timeout=60)
+    direct = RestClient(server.inference_url).predict(MODEL, astronaut_jpeg).body
+    assert answer.status_code == 200 and answer.json()["fake_probability"] == pytest.approx(direct["fake_probability"])
+    refused = requests.post(f"{jobs.url}/v1/predictions/{MODEL}", data=media.truncated_jpeg(),
+                            headers=auth(KEY["secret"]), timeout=60)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "corrupt_image")
+    job_id = submit(jobs, astronaut_jpeg, model=MODEL).json()["id"]
+    wait(jobs, job_id)
+
+    text = jobs.settings.access_log.read_text()
+    assert KEY["secret"] not in text and jobs.settings.access_log.stat().st_mode & 0o777 == 0o600
+    lines = [json.loads(line) for line in text.splitlines()]
+    predicted = [e for e in lines if e["route"] == f"/v1/predictions/{MODEL}" and e["key"] == "tester"][-2:]
+    assert [(e["status"], e["error"], e["model"]) for e in predicted] == [(200, None, MODEL), (400, "corrupt_image", MODEL)]
+    assert predicted[0]["version"] == "1.0" and predicted[0]["bytes_in"] == len(astronaut_jpeg) and predicted[0]["latency_ms"] > 0
+    assert any(e["status"] == 401 and e["error"] == "unauthorized" and e["key"] is None for e in lines)
+    audit = [json.loads(line) for line in jobs.settings.audit_log.read_text().splitlines()]
+    submitted, ended = [e for e in audit if e["job"] == job_id]
+    assert (submitted["event"], submitted["key"], submitted["digest"]) == ("submitted", "tester", hashlib.sha256(
+        astronaut_jpeg).hexdigest())
+    assert (ended["event"], ended["version"], ended["attempts"]) == ("done", "1.0", 1)
