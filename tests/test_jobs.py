@@ -243,6 +243,33 @@ def test_a_worker_killed_mid_job_is_redelivered_and_the_job_completes_once(jobs,
     assert json.loads(body)["result"] == job["result"] and json.loads(body)["id"] == job_id
 
 
+def test_twenty_clips_at_once_on_two_workers_complete_once_each(jobs, callback_url):
+    """20 clips submitted together, a second worker beside the first: every job done, one attempt each, one
+    result and one callback each; jobs per minute and the queue wait printed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    Callbacks.received.clear()
+    while len(jobs.workers) < 2:
+        jobs.start_worker()
+    clips = [samples.encode_video(samples.moving_face_frames(12 + i % 4, (320, 240), faces=1), "mp4") for i in range(20)]
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        accepted = list(pool.map(lambda c: submit(jobs, c, model=MODEL, sampling="all", callback_url=callback_url), clips))
+    assert all(a.status_code == 202 for a in accepted)
+    done = [wait(jobs, a.json()["id"], timeout=300) for a in accepted]
+    elapsed = time.time() - start
+    assert all(job["state"] == "done" and job["attempts"] == 1 for job in done), [j["state"] for j in done]
+    deadline = time.monotonic() + 60
+    while len(Callbacks.received) < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    posted = sorted(json.loads(body)["id"] for _, body in Callbacks.received)
+    assert posted == sorted(job["id"] for job in done)  # each job's callback once, none twice
+    waits = sorted(job["started"] - job["created"] for job in done)
+    print(f"20 clips on 2 workers: {20 / elapsed * 60:.1f} jobs/min, queue wait p50 {waits[9]:.1f} s, "
+          f"p95 {waits[18]:.1f} s")
+
+
 def test_queued_jobs_survive_a_redis_restart(jobs, astronaut_jpeg):
     for worker in jobs.workers:
         worker.send_signal(signal.SIGTERM)

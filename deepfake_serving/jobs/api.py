@@ -80,7 +80,8 @@ def job_view(job_id: str, record: dict) -> dict:
     view = {"id": job_id, "state": record["state"], "model": record.get("model"), "media": record.get("media"),
             "version": record.get("version") or None, "digest": record.get("digest"),
             "created": float(record["created"]), "updated": float(record["updated"]),
-            "attempts": int(record.get("attempts", 0))}
+            "attempts": int(record.get("attempts", 0)),
+            "started": float(record["started"]) if record.get("started") else None}
     for field in ("progress", "result", "error", "last_error"):
         if record.get(field):
             view[field] = json.loads(record[field])

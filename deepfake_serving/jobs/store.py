@@ -101,7 +101,8 @@ redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 1
 """
 # KEYS[1] the job hash; ARGV[1] a new token, ARGV[2] now, ARGV[3] the lease's length in s. Claims the job
-# for an attempt when it is queued, or running under a lease that lapsed (its worker died).
+# for an attempt when it is queued, or running under a lease that lapsed (its worker died); the first
+# claim's time is the job's ``started`` (its queue wait ends there).
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' and state ~= 'running' then return 0 end
@@ -110,6 +111,7 @@ if state == 'running' and redis.call('HGET', KEYS[1], 'lease') ~= '' and until_ 
 redis.call('HSET', KEYS[1], 'state', 'running', 'lease', ARGV[1], 'lease_until', tonumber(ARGV[2]) + tonumber(ARGV[3]),
            'updated', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSETNX', KEYS[1], 'started', ARGV[2])
 return 1
 """
 # KEYS[1] the job hash; ARGV[1] the token, ARGV[2] now, ARGV[3] the lease's length: renews a lease it holds.
