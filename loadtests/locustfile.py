@@ -6,7 +6,8 @@ image and video tasks (weighted), real media, and a pass/fail verdict against th
         --csv loadtests/reports/torchserve-rest --html loadtests/reports/torchserve-rest.html
 
 Hosts: TorchServeRestUser http://host:8080, TorchServeGrpcUser host:7070,
-TritonHttpUser http://host:8000, TritonGrpcUser host:8001. The run exits 1 when a
+TritonHttpUser http://host:8000, TritonGrpcUser host:8001, JobUser http://host:8090 (the job API, with
+--api-key or DEEPFAKE_API_KEY). The run exits 1 when a
 threshold of ``--scenario`` (loadtests/thresholds.yaml) is breached; in distributed
 mode the master decides on the aggregated figures.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,6 +47,7 @@ def _arguments(parser):
     parser.add_argument("--scenario", default="", help="thresholds.yaml scenario that decides pass/fail")
     parser.add_argument("--thresholds", default=str(THRESHOLDS))
     parser.add_argument("--split-file", default="", help="Routed*User: the rollout's traffic split")
+    parser.add_argument("--api-key", default="", env_var="DEEPFAKE_API_KEY", help="JobUser: the job API's key")
 
 
 class PredictionUser(User):
@@ -165,6 +168,55 @@ class RoutedTritonUser(RoutedUser):
     def make_client(self):
         return RoutedTritonClient(TritonClient(self.host or "http://127.0.0.1:8000", "http"),
                                   self.environment.parsed_options.split_file)
+
+
+class JobUser(User):
+    """The job API: submits a clip (or, at weight 3, an image) as a job with an API key (``--api-key``), follows
+    its Server-Sent Events to the end and reports the whole job, submission to verdict, as one request
+    (``job video`` / ``job image``); it fails unless the job ends ``done`` with a verdict. Host: the job API
+    (http://host:8090)."""
+
+    wait_time = between(0.0, 0.5)
+
+    def on_start(self):
+        import requests
+
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {self.environment.parsed_options.api_key}"
+        self.url = (self.host or "http://127.0.0.1:8090").rstrip("/")
+
+    def on_stop(self):
+        self.session.close()
+
+    def _job(self, name: str, data: bytes, **fields) -> None:
+        start, exception = time.perf_counter(), None
+        try:
+            accepted = self.session.post(f"{self.url}/v1/jobs", files={"file": ("upload", data)},
+                                         data={"model": self.environment.parsed_options.model, **fields}, timeout=60)
+            if accepted.status_code != 202:
+                raise RuntimeError(f"{accepted.status_code}: {accepted.text[:200]}")
+            state, record = None, {}
+            with self.session.get(f"{self.url}/v1/jobs/{accepted.json()['id']}/events", stream=True,
+                                  timeout=600) as stream:
+                for line in stream.iter_lines(decode_unicode=True):
+                    if line.startswith("event:"):
+                        state = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:") and state in ("done", "failed", "cancelled"):
+                        record = json.loads(line.split(":", 1)[1])
+                        break
+            if state != "done" or (record.get("result") or {}).get("label") not in ("FAKE", "REAL", "NO_FACE"):
+                raise RuntimeError(f"job ended {state}: {str(record.get('error'))[:200]}")
+        except Exception as err:  # noqa: BLE001 - a failed job, reported as such
+            exception = err
+        report(self, "job", name, start, exception)
+
+    @task(1)
+    def video(self):
+        self._job("job video", CLIP, frames=str(self.environment.parsed_options.video_frames))
+
+    @task(3)
+    def image(self):
+        self._job("job image", IMAGES[0])
 
 
 def failure(prediction, version: str | None = None) -> Exception | None:

@@ -270,6 +270,22 @@ def test_twenty_clips_at_once_on_two_workers_complete_once_each(jobs, callback_u
           f"p95 {waits[18]:.1f} s")
 
 
+def test_the_locust_job_user_follows_jobs_to_their_verdict(jobs, keys):
+    """Locust's JobUser against the job API: every job it submits ends done with a verdict (the smoke
+    scenario's thresholds: at least 5 jobs, none failed)."""
+    import subprocess
+    import sys
+
+    from helpers.live_load import LOCUSTFILE
+
+    run = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+                          "-u", "3", "-r", "3", "-t", "15s", "--host", jobs.url, "--scenario", "smoke-pass", "JobUser"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DEEPFAKE_API_KEY": keys.add("locust", rate_per_minute=10_000)})
+    assert run.returncode == 0 and "LOADTEST PASS [smoke-pass]" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "job image" in run.stdout + run.stderr and "job video" in run.stdout + run.stderr  # the summary table
+
+
 def test_queued_jobs_survive_a_redis_restart(jobs, astronaut_jpeg):
     for worker in jobs.workers:
         worker.send_signal(signal.SIGTERM)

@@ -31,7 +31,7 @@ def test_every_breach_is_reported():
 
 
 def test_thresholds_file_has_a_scenario_per_user_class():
-    for scenario in ("torchserve-rest", "torchserve-grpc", "triton-http", "triton-grpc", "smoke-pass", "smoke-fail"):
+    for scenario in ("torchserve-rest", "torchserve-grpc", "triton-http", "triton-grpc", "jobs", "smoke-pass", "smoke-fail"):
         assert load_thresholds(THRESHOLDS, scenario).min_rps > 0
     with pytest.raises(KeyError, match="no scenario"):
         load_thresholds(THRESHOLDS, "nonexistent")
