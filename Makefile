@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 		&& apt-get download redis-server redis-tools libjemalloc2 liblzf1 >/dev/null \
 		&& for deb in redis-server_*.deb redis-tools_*.deb libjemalloc2_*.deb liblzf1_*.deb; do dpkg -x $$deb redis; done \
 		&& rm -f redis-server_*.deb redis-tools_*.deb libjemalloc2_*.deb liblzf1_*.deb)
+	# Chromium for the analyst page's browser test (Playwright drives Debian's; it downloads no browser)
+	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium >/dev/null \
+		|| echo "chromium unavailable: the analyst page's browser test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

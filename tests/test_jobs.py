@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -374,3 +375,65 @@ def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_
     assert (submitted["event"], submitted["key"], submitted["digest"]) == ("submitted", "tester", hashlib.sha256(
         astronaut_jpeg).hexdigest())
     assert (ended["event"], ended["version"], ended["attempts"]) == ("done", "1.0", 1)
+
+
+# -- the analyst page, in a real browser -----------------------------------------------------------
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"  # screenshots kept by the browser test (not committed)
+
+
+def test_the_analyst_page_shows_what_the_api_answers(jobs, server, tmp_path, astronaut_jpeg, clip):
+    """Headless Chromium (Debian's) driven by Playwright: upload a real photograph and a clip with the
+    page, wait for the verdict, compare what is drawn with the job's JSON, keep screenshots."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make install installs it)")
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "face.jpg").write_bytes(astronaut_jpeg)
+    (tmp_path / "clip.mp4").write_bytes(clip)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page_response = requests.get(f"{jobs.url}/", timeout=10)
+    assert "script-src 'sha256-" in page_response.headers["Content-Security-Policy"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 1400})
+            errors: list[str] = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.goto(f"{jobs.url}/")
+            page.fill("#key", "dfk_wrong")
+            page.set_input_files("#file", str(tmp_path / "face.jpg"))
+            page.click("#submit")
+            page.wait_for_selector("#verdict[data-state=error]", state="attached", timeout=30_000)
+            assert "unauthorized" in page.inner_text("#status")
+
+            page.fill("#key", KEY["secret"])
+            page.click("#submit")
+            page.wait_for_selector("#verdict[data-state=done]", state="attached", timeout=120_000)
+            page.wait_for_selector("#overlay[data-faces]", timeout=10_000)
+            shown = page.evaluate("window.lastAnswer")
+            direct = RestClient(server.inference_url).predict(MODEL, astronaut_jpeg).body
+            assert shown["label"] == direct["label"] and shown["fake_probability"] == pytest.approx(direct["fake_probability"])
+            assert page.get_attribute("#verdict", "data-label") == direct["label"]
+            assert page.get_attribute("#overlay", "data-faces") == str(direct["face_count"])
+            assert page.locator("#faces li").count() == direct["face_count"]
+            assert page.is_visible("#download")
+            page.screenshot(path=str(ARTIFACTS / "analyst_image.png"), full_page=True)
+
+            page.set_input_files("#file", str(tmp_path / "clip.mp4"))
+            page.click("#submit")
+            page.wait_for_selector("#verdict[data-state=done]", state="attached", timeout=180_000)
+            shown = page.evaluate("window.lastAnswer")
+            scored = [f for f in shown["frames"] if f["score"] is not None]
+            suspicious = [f for f in scored if f["score"] > shown["threshold"]]
+            assert page.locator("#timeline circle").count() == len(scored) > 0
+            assert page.locator("#timeline circle.decisive").count() == len(suspicious)
+            assert page.evaluate("document.getElementById('progress').value") == 1
+            page.screenshot(path=str(ARTIFACTS / "analyst_video.png"), full_page=True)
+            assert not [e for e in errors if "401" not in e], errors  # the wrong key's 401 is the only error
+        finally:
+            browser.close()

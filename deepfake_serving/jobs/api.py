@@ -7,10 +7,11 @@
   cancelled;
 - ``DELETE /v1/jobs/{id}``: cancels a queued or running job (409 ``job_finished`` once it ended);
 - ``GET /v1/jobs/{id}/events``: Server-Sent Events, the progress so far and as it comes, then the end state;
+- ``GET /``: the analyst's page (upload, progress, verdict, boxes, the video's suspicion timeline, the JSON);
 - ``POST /v1/predictions/{model}``: a synchronous prediction (the raw image or clip as the body), forwarded
   to TorchServe through the project's client, under the same key, rate and quota as jobs.
 
-Every route but ``/v1/health`` needs an API key (jobs.front.Gate, checked before any body is read); a job is
+Every route but ``/`` and ``/v1/health`` needs an API key (jobs.front.Gate, checked before any body is read); a job is
 seen and cancelled by the key that submitted it only (another key gets 404). Every error is the project's
 JSON (core.errors) with its status.
 """
@@ -18,13 +19,16 @@ JSON (core.errors) with its status.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import time
+from importlib.resources import files
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
 from deepfake_serving.core.errors import RequestError, error_body
@@ -108,6 +112,17 @@ def checked_options(settings: JobSettings, model: str, version: str | None, samp
     return options
 
 
+def analyst_page() -> tuple[str, str]:
+    """The analyst's page (one static file in the package: no build step) and its Content-Security-Policy,
+    which allows its own inline script by hash and nothing from elsewhere."""
+    page = (files(__package__) / "page" / "index.html").read_text()
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    policy = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src blob:; "
+              "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+    return page, policy
+
+
 def create_app(settings: JobSettings | None = None) -> FastAPI:
     settings = settings or JobSettings.from_env()
     redis = redis_client(settings.redis_url)
@@ -185,6 +200,13 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
         else:
             request.state.error = answer.body.get("error", {}).get("code")
         return JSONResponse(answer.body, status_code=answer.status)
+
+    page, policy = analyst_page()
+
+    @app.get("/", include_in_schema=False)
+    def analyst() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
+                                           "Referrer-Policy": "no-referrer"})
 
     @app.get("/v1/health")
     def health() -> dict:

@@ -31,7 +31,7 @@ from deepfake_serving.core.naming import check_name
 
 KEYS = "deepfake:apikey:"
 NAMES = "deepfake:apikey-names"
-OPEN_PATHS = ("/v1/health",)  # what answers without a key (liveness only)
+OPEN_PATHS = ("/", "/v1/health")  # what answers without a key: the analyst page (it asks for one) and liveness
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class Gate:
                  "status": None, "error": None, "bytes_in": int(headers.get(b"content-length", b"0") or 0),
                  "bytes_out": 0}
         refusal = None
-        if not scope["path"].startswith(OPEN_PATHS):
+        if scope["path"] not in OPEN_PATHS:
             secret = presented_key(headers)
             record = await self.redis.hgetall(KEYS + key_hash(secret)) if secret else None
             if not record:
