@@ -47,7 +47,10 @@ def make_app(settings: JobSettings) -> Celery:
         task_ignore_result=True, task_default_queue=QUEUE,
         task_acks_late=True, task_reject_on_worker_lost=True,  # a killed worker's task is delivered again
         worker_prefetch_multiplier=1,  # a SIGKILLed worker loses at most the task it runs (celery#7924)
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # An unacknowledged task (its worker died) is delivered again once the visibility timeout has passed,
+        # found by a scan kombu runs every interval × throttle seconds (10 × 10 by default): scan every 10 s.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
+                                  "unacked_restore_interval": 10, "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         task_time_limit=settings.max_job_s + settings.lease_s,  # the hard stop: the lease has lapsed by then
         worker_hijack_root_logger=False,
