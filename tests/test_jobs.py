@@ -7,6 +7,7 @@ processes, synchronous predictions through the same key, the access log and the 
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import signal
@@ -201,6 +202,22 @@ def test_a_corrupt_upload_fails_its_job_with_the_synchronous_code(jobs, astronau
     assert job["state"] == "failed" and job["error"]["code"] == "corrupt_image" and job["attempts"] == 1
     assert [w.pid for w in jobs.workers if w.poll() is None] == pids
     assert wait(jobs, submit(jobs, astronaut_jpeg, model=MODEL).json()["id"])["state"] == "done"
+
+
+def test_a_job_past_its_time_limit_fails_with_a_clear_reason(jobs):
+    """An attempt (run here, as a worker would) whose clip outlasts ``max_job_s`` records job_too_long, once."""
+    from deepfake_serving.jobs.store import JobRecords, UploadStore
+    from deepfake_serving.jobs.worker import JobRunner
+
+    settings = replace(jobs.settings, max_job_s=1)
+    clip = samples.encode_video(samples.moving_face_frames(120, (640, 480), faces=2), "mp4")
+    digest, _, size = UploadStore(settings.store).save(io.BytesIO(clip), settings.max_upload_bytes)
+    records = JobRecords(Redis.from_url(settings.redis_url), settings.lease_s, settings.retention_s)
+    job_id = records.create(model=MODEL, version="", media="video", digest=digest, size=size,
+                            options={"sampling": "all"}, callback_url="", owner="tester")
+    assert JobRunner(settings).run(job_id, 0) is None  # not retried
+    job = get(jobs, f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["error"]["code"] == "job_too_long" and job["error"]["status"] == 504
 
 
 def test_cancelling_a_running_job_stops_it(jobs):

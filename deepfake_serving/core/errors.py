@@ -66,6 +66,8 @@ CATALOGUE: dict[str, ErrorKind] = {
                             "callback URL of the wrong form"),
     "job_not_found": ErrorKind(404, "job", "no job with that id (never submitted, or removed after the retention)"),
     "job_finished": ErrorKind(409, "job", "cancelling a job that has already ended (done, failed or cancelled)"),
+    "job_too_long": ErrorKind(504, "job", "a job whose analysis ran past the job system's `max_job_s` (1800 s by "
+                              "default); it is not retried"),
     "rate_limited": ErrorKind(429, "job", "the API key is over its requests per minute or its faces per day "
                               "(`Retry-After` says when to come back); checked before the body is read"),
     # -- outside our handler: normalised by the clients and the nginx front

@@ -139,10 +139,14 @@ class JobRunner:
             return prediction
         options = json.loads(job.get("options") or "{}")
         last = Prediction(502, error_body("stream_interrupted", "no answer"))
+        deadline = time.monotonic() + self.settings.max_job_s
         with open(path, "rb") as upload:  # streamed from disk, never read whole into memory
             for last in self.client.stream(video_model(job["model"]), upload, version, options):
                 if lost.is_set():
-                    raise Cancelled  # leaving the stream closes the connection: the server stops too
+                    raise Cancelled  # leaving the stream closes our connection; TorchServe finishes the clip alone
+                if time.monotonic() > deadline:  # before Celery's hard time limit kills the attempt unrecorded
+                    return Prediction(504, error_body("job_too_long", f"the analysis ran past the job limit of "
+                                                      f"{self.settings.max_job_s} s; it is not retried"))
                 if "event" in last.body:
                     self.records.event(job_id, last.body)
         return last
