@@ -251,18 +251,22 @@ def cmd_triton_ensemble(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    """Redis, the job API and Celery workers on this host, analysing through the TorchServe at --server-url."""
+    """Redis, the job API and Celery workers on this host, analysing through TorchServe or Triton at
+    --server-url, or in the workers themselves (--backend in-process --archive X.mar)."""
     from deepfake_serving.jobs.launch import JobSystem
     from deepfake_serving.jobs.settings import JobSettings
 
+    server_url = args.server_url or ("http://127.0.0.1:8000" if args.backend == "triton" else "http://127.0.0.1:8080")
     try:
-        settings = replace(JobSettings.from_env(), server_url=args.server_url, models=args.models,
-                           key_file=args.key_file or "")
+        settings = replace(JobSettings.from_env(), backend=args.backend, server_url=server_url, models=args.models,
+                           key_file=args.key_file or "", archive=args.archive or "",
+                           rollout_dir=args.rollout_dir if args.backend == "torchserve" else "")
         system = JobSystem(args.workdir, settings.check(), api_port=args.port, workers=args.workers).start()
     except (ValueError, OSError, RuntimeError, TimeoutError) as err:
         raise CommandError(str(err)) from None
+    where = args.archive if args.backend == "in-process" else f"{args.backend} at {server_url}"
     return _wait_forever(system, f"The job API is serving on {system.url} (POST /v1/jobs), {args.workers} worker(s), "
-                                 f"analysing through {args.server_url}. Ctrl-C stops it.")
+                                 f"analysing with {where}. Ctrl-C stops it.")
 
 
 def cmd_api_key(args) -> int:
@@ -281,7 +285,10 @@ def cmd_api_key(args) -> int:
         raise CommandError(f"api-key {args.action} needs a NAME")
     elif args.action == "add":
         try:
-            print(ring.add(args.name, args.rate, args.faces_per_day))  # shown once: only its hash is kept
+            key, callback_secret = ring.add(args.name, args.rate, args.faces_per_day)
+            print(key)  # shown once, alone on stdout for scripts: only its hash is kept
+            print(f"callback secret (signs this key's job callbacks, X-Deepfake-Signature): {callback_secret}",
+                  file=sys.stderr)
         except ValueError as err:
             raise CommandError(str(err)) from None
     elif not ring.revoke(args.name):
@@ -294,6 +301,7 @@ def cmd_rollout(args) -> int:
     from deepfake_serving.media import samples
     from deepfake_serving.rollout.audit import AuditLog
     from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy, RolloutStopped, stop_on_signals
+    from deepfake_serving.rollout.routing import split_file
     from deepfake_serving.rollout.targets import RolloutTarget, TorchServeTarget, TritonTarget
 
     if args.abort:
@@ -341,15 +349,11 @@ def cmd_rollout(args) -> int:
     return 0
 
 
-def split_file(state_dir: str | Path, model: str) -> Path:
-    return Path(state_dir) / f"{model}.split.json"
-
-
 def cmd_nginx(args) -> int:
     """nginx in front of TorchServe with the model's current split (the rollout's split file when
     there is one, else everyone on the default version); ``rollout --nginx-prefix`` reloads it."""
     from deepfake_serving.rollout.nginx import Nginx
-    from deepfake_serving.rollout.routing import Split
+    from deepfake_serving.rollout.routing import Split, split_file
     from deepfake_serving.rollout.targets import TorchServeTarget
 
     current = split_file(args.state_dir, args.model)
@@ -556,7 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", help="queue videos and images as jobs: Redis, the job API and Celery workers")
     p.add_argument("--workdir", default="runtime/jobs")
     p.add_argument("--port", type=int, default=8090, help="the job API's port (loopback)")
-    p.add_argument("--server-url", default="http://127.0.0.1:8080", help="TorchServe's inference API")
+    p.add_argument("--backend", choices=["torchserve", "triton", "in-process"], default="torchserve",
+                   help="where workers analyse: through TorchServe or Triton, or in their own process")
+    p.add_argument("--server-url", help="TorchServe's inference API (default :8080) or Triton's HTTP (:8000)")
+    p.add_argument("--archive", help="in-process: the .mar each worker runs")
+    p.add_argument("--rollout-dir", default="runtime/rollout",
+                   help="the rollout's state folder: calls that name no version follow its A/B split (TorchServe)")
     p.add_argument("--models", default="b4-mobile", help="models a job may name, comma-separated")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_jobs)

@@ -39,18 +39,24 @@ SETTINGS = JobSettings(models=MODEL, max_job_s=20, lease_s=5, visibility_timeout
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def archives(tmp_path_factory) -> tuple[Path, Path]:
     store = tmp_path_factory.mktemp("store")
-    image = build_archive(MODEL, "1.0", export_path=store, engine="onnxruntime")
-    video = build_archive(MODEL, "1.0", export_path=store, engine="onnxruntime", media="video")
-    with TorchServe(store, tmp_path_factory.mktemp("ts"), models=[f"{MODEL}={image.name}", f"{MODEL}-video={video.name}"],
+    return (build_archive(MODEL, "1.0", export_path=store, engine="onnxruntime"),
+            build_archive(MODEL, "1.0", export_path=store, engine="onnxruntime", media="video"))
+
+
+@pytest.fixture(scope="module")
+def server(archives, tmp_path_factory):
+    image, video = archives
+    with TorchServe(image.parent, tmp_path_factory.mktemp("ts"), models=[f"{MODEL}={image.name}", f"{MODEL}-video={video.name}"],
                     ports=Ports.free()) as ts:
         yield ts
 
 
 @pytest.fixture(scope="module")
 def jobs(server, tmp_path_factory):
-    settings = replace(SETTINGS, server_url=server.inference_url, key_file=str(server.key_file))
+    settings = replace(SETTINGS, server_url=server.inference_url, key_file=str(server.key_file),
+                       rollout_dir=str(tmp_path_factory.mktemp("rollout")))
     with JobSystem(tmp_path_factory.mktemp("jobs"), settings) as system:
         yield system
 
@@ -62,7 +68,7 @@ def keys(jobs):
 
 @pytest.fixture(scope="module")
 def key(keys):
-    return keys.add("tester", rate_per_minute=10_000, faces_per_day=1_000_000)
+    return keys.add("tester", rate_per_minute=10_000, faces_per_day=1_000_000)[0]
 
 
 def auth(secret: str) -> dict:
@@ -233,7 +239,7 @@ def test_cancelling_a_running_job_stops_it(jobs):
     assert job["state"] == "cancelled" and "result" not in job and job["progress"] == events
 
 
-def test_a_worker_killed_mid_job_is_redelivered_and_the_job_completes_once(jobs, callback_url):
+def test_a_worker_killed_mid_job_is_redelivered_and_the_job_completes_once(jobs, keys, callback_url):
     """SIGKILL of the worker's pool (the process running the task) and of the worker: after the broker's
     visibility timeout a new worker gets the task again; one result, one callback, with a valid signature."""
     Callbacks.received.clear()
@@ -256,7 +262,9 @@ def test_a_worker_killed_mid_job_is_redelivered_and_the_job_completes_once(jobs,
     time.sleep(2)
     assert len(Callbacks.received) == 1
     headers, body = Callbacks.received[0]
-    expected = hmac.new(jobs.settings.callback_secret.encode(), body, hashlib.sha256).hexdigest()
+    secret = keys.callback_secret("tester")  # the submitting key's own secret
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert secret.startswith("dcs_")
     assert headers[SIGNATURE_HEADER] == f"sha256={expected}"
     assert json.loads(body)["result"] == job["result"] and json.loads(body)["id"] == job_id
 
@@ -299,7 +307,7 @@ def test_the_locust_job_user_follows_jobs_to_their_verdict(jobs, keys):
     run = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                           "-u", "3", "-r", "3", "-t", "15s", "--host", jobs.url, "--scenario", "smoke-pass", "JobUser"],
                          capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "DEEPFAKE_API_KEY": keys.add("locust", rate_per_minute=10_000)})
+                         env={**os.environ, "DEEPFAKE_API_KEY": keys.add("locust", rate_per_minute=10_000)[0]})
     assert run.returncode == 0 and "LOADTEST PASS [smoke-pass]" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
     assert "job image" in run.stdout + run.stderr and "job video" in run.stdout + run.stderr  # the summary table
 
@@ -333,7 +341,7 @@ def test_requests_without_a_valid_key_are_refused_before_the_body_is_read(jobs, 
 
 def test_a_job_is_private_to_the_key_that_submitted_it(jobs, keys, astronaut_jpeg):
     job_id = submit(jobs, astronaut_jpeg, model=MODEL).json()["id"]
-    other = keys.add("other")
+    other = keys.add("other")[0]
     for method in ("GET", "DELETE"):
         answer = get(jobs, f"/v1/jobs/{job_id}", key=other, method=method)
         assert (answer.status_code, answer.json()["error"]["code"]) == (404, "job_not_found")
@@ -351,12 +359,12 @@ def test_rate_and_quota_are_counted_once_across_two_front_processes(jobs, keys, 
         replicas = [jobs.url, f"http://127.0.0.1:{port}"]
         if time.time() % 60 > 45:  # the rate is counted per minute: start in a fresh window
             time.sleep(61 - time.time() % 60)
-        limited = keys.add("limited", rate_per_minute=3)
+        limited = keys.add("limited", rate_per_minute=3)[0]
         answers = [requests.get(f"{replicas[i % 2]}/v1/jobs/none", headers=auth(limited), timeout=10) for i in range(4)]
         assert [a.status_code for a in answers] == [404, 404, 404, 429]
         assert answers[3].json()["error"]["code"] == "rate_limited" and 0 < int(answers[3].headers["Retry-After"]) <= 60
 
-        small = keys.add("small", faces_per_day=1)  # one face a day: the astronaut's
+        small = keys.add("small", faces_per_day=1)[0]  # one face a day: the astronaut's
         job_id = submit(jobs, astronaut_jpeg, key=small, model=MODEL).json()["id"]
         assert get(jobs, f"/v1/jobs/{job_id}", key=small).status_code == 200
         deadline = time.monotonic() + 120
@@ -392,6 +400,84 @@ def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_
     assert (submitted["event"], submitted["key"], submitted["digest"]) == ("submitted", "tester", hashlib.sha256(
         astronaut_jpeg).hexdigest())
     assert (ended["event"], ended["version"], ended["attempts"]) == ("done", "1.0", 1)
+
+
+def test_the_rollouts_split_routes_predictions_and_jobs_through_the_front(jobs, server, archives, astronaut_jpeg):
+    """A split of 1.0 / 2.0 at 50 % in the rollout's state folder: each caller (X-User-Id, else its key) lands
+    on its bucket's version, a pinned version is kept, a job follows its key's arm; the arm is logged."""
+    from deepfake_serving.rollout.routing import Split, bucket, split_file
+
+    candidate = build_archive(MODEL, "2.0", export_path=archives[0].parent, engine="onnxruntime")
+    server.register(candidate.name)
+    users = [f"user{i}" for i in range(64)]
+    on_candidate = next(u for u in users if bucket(u) < 0.5)
+    on_serving = next(u for u in users if bucket(u) >= 0.5)
+    path = split_file(jobs.settings.rollout_dir, MODEL)
+    split = Split(MODEL, "1.0", "2.0", 50)
+    split.save(path)
+    try:
+        def predict(user: str, **headers) -> dict:
+            answer = requests.post(f"{jobs.url}/v1/predictions/{MODEL}", data=astronaut_jpeg, timeout=60,
+                                   headers={**auth(KEY["secret"]), "X-User-Id": user, **headers})
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        assert predict(on_candidate)["version"] == "2.0" and predict(on_serving)["version"] == "1.0"
+        assert predict(on_candidate, **{"X-Model-Version": "1.0"})["version"] == "1.0"
+        job = wait(jobs, submit(jobs, astronaut_jpeg, model=MODEL).json()["id"])
+        assert job["result"]["version"] == split.version_for("tester")
+    finally:
+        path.unlink()
+    lines = [json.loads(line) for line in jobs.settings.access_log.read_text().splitlines()]
+    arms = [(e["arm"], e["version"]) for e in lines if e["route"] == f"/v1/predictions/{MODEL}"][-3:]
+    assert arms == [("candidate", "2.0"), ("serving", "1.0"), ("pinned", "1.0")]
+    ended = [json.loads(line) for line in jobs.settings.audit_log.read_text().splitlines()][-1]
+    assert ended["job"] == job["id"] and ended["arm"] == ("candidate" if split.version_for("tester") == "2.0" else "serving")
+
+
+def test_an_image_job_can_ask_for_heatmaps(jobs, server, astronaut_jpeg):
+    job = wait(jobs, submit(jobs, astronaut_jpeg, model=MODEL, explain="true").json()["id"])
+    direct = RestClient(server.inference_url).explain(MODEL, astronaut_jpeg).body
+    assert job["state"] == "done" and job["result"]["explanation"]["faces_explained"] >= 1
+    for face, expected in zip(job["result"]["faces"], direct["faces"]):
+        assert face["explanation"]["region"] == expected["explanation"]["region"]
+        assert face["explanation"]["heatmap_png"]
+    refused = submit(jobs, astronaut_jpeg, model=MODEL, explain="maybe")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "bad_option")
+
+
+def test_an_in_process_worker_answers_as_torchserve(jobs, server, archives, keys, astronaut_jpeg, clip):
+    """The in-process backend (the archive unpacked and run by the worker itself): an image, a clip with its
+    progress events, a version it does not run, and a corrupt upload; answers equal TorchServe's."""
+    from deepfake_serving.jobs.store import JobRecords, UploadStore
+    from deepfake_serving.jobs.worker import JobRunner
+
+    settings = replace(jobs.settings, backend="in-process", archive=str(archives[1]), rollout_dir="")
+    store = UploadStore(settings.store)
+    records = JobRecords(Redis.from_url(settings.redis_url), settings.lease_s, settings.retention_s)
+    runner = JobRunner(settings, worker="in-process@test")
+
+    def run(data: bytes, media_kind: str, version: str = "", **options) -> dict:
+        digest, _, size = store.save(io.BytesIO(data), settings.max_upload_bytes)
+        job_id = records.create(model=MODEL, version=version, media=media_kind, digest=digest, size=size,
+                                options=options, callback_url="", owner="tester")
+        assert runner.run(job_id, 0) is None
+        return get(jobs, f"/v1/jobs/{job_id}").json() | {"events": records.events(job_id)}
+
+    image = run(astronaut_jpeg, "image")
+    direct = RestClient(server.inference_url).predict(MODEL, astronaut_jpeg).body
+    assert image["state"] == "done" and image["worker"] == "in-process@test"
+    assert image["result"]["fake_probability"] == pytest.approx(direct["fake_probability"], abs=1e-5)
+    assert [f["box"] for f in image["result"]["faces"]] == [f["box"] for f in direct["faces"]]
+    video = run(clip, "video", frames="8")
+    direct = RestClient(server.inference_url).predict(f"{MODEL}-video", clip, options={"frames": 8}).body
+    assert video["state"] == "done" and video["result"]["frames_analyzed"] == 8
+    assert video["result"]["fake_probability"] == pytest.approx(direct["fake_probability"], abs=1e-5)
+    assert {"detect", "classify"} <= {e.get("phase") for e in video["events"]}
+    other = run(astronaut_jpeg, "image", version="9.9")
+    assert other["state"] == "failed" and other["error"]["code"] == "model_not_found"
+    corrupt = run(media.truncated_jpeg(), "image")
+    assert corrupt["state"] == "failed" and corrupt["error"]["code"] == "corrupt_image"
 
 
 # -- the analyst page, in a real browser -----------------------------------------------------------
@@ -454,3 +540,62 @@ def test_the_analyst_page_shows_what_the_api_answers(jobs, server, tmp_path, ast
             assert not [e for e in errors if "401" not in e], errors  # the wrong key's 401 is the only error
         finally:
             browser.close()
+
+
+# -- workers on several hosts ----------------------------------------------------------------------
+def test_workers_on_two_hosts_share_the_jobs_and_survive_one_hosts_worker_killed(jobs, server, keys, callback_url):
+    """Two test hosts (network namespaces on veth pairs, tests/helpers/hosts.py), a worker on each, reaching
+    Redis and TorchServe through this machine's gateway; no worker on this machine. Six clips: all done
+    once, shared by both hosts. Then a long clip each, and host0's worker SIGKILLed mid-job: its job is
+    delivered again to host1 and completes once, with one callback."""
+    import psutil
+
+    from deepfake_serving.serving.launch.processes import stop_group
+    from helpers.hosts import TestHosts, can_make_hosts
+
+    why_not = can_make_hosts()
+    if why_not:
+        pytest.skip(why_not)
+    for worker in jobs.workers:
+        stop_group(worker, 30.0)
+    jobs.workers.clear()
+    Callbacks.received.clear()
+    try:
+        with TestHosts(2) as hosts:
+            redis_port, server_port = hosts.relay(jobs.redis.port), hosts.relay(int(server.inference_url.rsplit(":", 1)[1]))
+            here = hosts.address
+            for host in hosts.hosts:
+                jobs.start_worker(host.name, host.run_here, server_url=f"http://{here}:{server_port}",
+                                  redis_url=f"redis://:{jobs.redis.password}@{here}:{redis_port}/0")
+            hook = f"http://{here}:{hosts.relay(int(callback_url.split(':')[2].split('/')[0]))}/hook"
+            clips = [samples.encode_video(samples.moving_face_frames(12 + i, (320, 240), faces=1), "mp4") for i in range(6)]
+            accepted = [submit(jobs, c, model=MODEL, sampling="all").json()["id"] for c in clips]
+            done = [wait(jobs, job_id, timeout=240) for job_id in accepted]
+            assert all(job["state"] == "done" and job["attempts"] == 1 for job in done), done
+            assert {job["worker"].split("@")[1] for job in done} == {"host0", "host1"}
+
+            long_clip = samples.encode_video(samples.moving_face_frames(80, (640, 480), faces=2), "mp4")
+            ids = [submit(jobs, long_clip, model=MODEL, sampling="all", callback_url=hook).json()["id"]
+                   for _ in range(2)]
+            running = [wait(jobs, job_id, states=("running",), timeout=60) for job_id in ids]
+            assert {job["worker"].split("@")[1] for job in running} == {"host0", "host1"}
+            killed = next(job["id"] for job in running if job["worker"].endswith("@host0"))
+            victim = jobs.workers[0]
+            for process in [*psutil.Process(victim.pid).children(recursive=True), psutil.Process(victim.pid)]:
+                process.send_signal(signal.SIGKILL)
+            victim.wait(timeout=10)
+            ended = [wait(jobs, job_id, timeout=jobs.settings.visibility_timeout_s + 240) for job_id in ids]
+            assert all(job["state"] == "done" for job in ended), ended
+            again = next(job for job in ended if job["id"] == killed)
+            assert again["attempts"] == 2 and again["worker"].endswith("@host1")
+            deadline = time.monotonic() + 30
+            while len(Callbacks.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)
+            assert sorted(json.loads(body)["id"] for _, body in Callbacks.received) == sorted(ids)
+            for worker in jobs.workers:
+                if worker.poll() is None:
+                    stop_group(worker, 30.0)
+            jobs.workers.clear()
+    finally:
+        jobs.start_worker()

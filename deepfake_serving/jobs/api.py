@@ -35,12 +35,12 @@ from deepfake_serving.core.errors import RequestError, error_body
 from deepfake_serving.core.formats import video_container
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name, video_model
-from deepfake_serving.jobs.front import Gate, charge, faces_classified
+from deepfake_serving.jobs.front import Gate, charge, faces_classified, routed_version
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import ENDED, JobRecords, UploadStore, async_redis_client, redis_client
 from deepfake_serving.jobs.worker import TASK, make_app
 from deepfake_serving.media.video import Sampling, VideoLimits
-from deepfake_serving.serving.client.clients import RestClient
+from deepfake_serving.serving.client.clients import make_client
 
 MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and boundaries, on top of the file's limit
 
@@ -85,7 +85,8 @@ def job_view(job_id: str, record: dict) -> dict:
             "version": record.get("version") or None, "digest": record.get("digest"),
             "created": float(record["created"]), "updated": float(record["updated"]),
             "attempts": int(record.get("attempts", 0)),
-            "started": float(record["started"]) if record.get("started") else None}
+            "started": float(record["started"]) if record.get("started") else None,
+            "worker": record.get("worker") or None}
     for field in ("progress", "result", "error", "last_error"):
         if record.get(field):
             view[field] = json.loads(record[field])
@@ -95,7 +96,7 @@ def job_view(job_id: str, record: dict) -> dict:
 
 
 def checked_options(settings: JobSettings, model: str, version: str | None, sampling: str | None, frames: str | None,
-                    every: str | None, callback_url: str | None) -> dict:
+                    every: str | None, callback_url: str | None, explain: str | None) -> dict:
     if model not in settings.model_names:
         raise RequestError("bad_option", f"unknown model {model!r}; this job API serves {', '.join(settings.model_names)}")
     if version:
@@ -105,6 +106,10 @@ def checked_options(settings: JobSettings, model: str, version: str | None, samp
             raise RequestError("bad_option", str(err)) from None
     options = {k: v for k, v in {"sampling": sampling, "frames": frames, "every": every}.items() if v not in (None, "")}
     Sampling.from_options(options).validate(VideoLimits())  # bad_sampling, before anything is stored
+    if (explain or "false").lower() not in ("true", "false"):
+        raise RequestError("bad_option", "explain is true or false")
+    if explain and explain.lower() == "true":
+        options["explain"] = "true"  # the answer carries each face's heatmap (docs/explanations.md)
     if callback_url:
         parts = urlsplit(callback_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or len(callback_url) > 2048:
@@ -130,7 +135,8 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     celery = make_app(settings)
     app = FastAPI(title="deepfake-serving jobs", version="1")
 
-    client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None)
+    client = None if settings.backend == "in-process" else make_client(
+        "rest", settings.server_url, settings.max_job_s, settings.backend, settings.key_file or None)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -140,9 +146,10 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     @app.post("/v1/jobs", status_code=202)
     def submit(request: Request, file: UploadFile | None = File(None), model: str = Form("b4-mobile"),
                version: str | None = Form(None), sampling: str | None = Form(None), frames: str | None = Form(None),
-               every: str | None = Form(None), callback_url: str | None = Form(None)) -> dict:
+               every: str | None = Form(None), callback_url: str | None = Form(None),
+               explain: str | None = Form(None)) -> dict:
         request.state.model = model
-        options = checked_options(settings, model, version, sampling, frames, every, callback_url)
+        options = checked_options(settings, model, version, sampling, frames, every, callback_url, explain)
         if file is None:
             raise RequestError("missing_file", "send the image or video as the multipart field `file`")
         digest, path, size = store.save(file.file, settings.max_upload_bytes)
@@ -186,14 +193,20 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
 
     @app.post("/v1/predictions/{model}")
     async def predict(request: Request, model: str) -> JSONResponse:
-        """The body as it came, to MODEL (images) or MODEL-video (clips) on TorchServe; the answer as it
-        came back, its faces charged to the key."""
+        """The body as it came, to MODEL (images) or MODEL-video (clips) on TorchServe, at the version the
+        rollout's split gives the caller (``X-User-Id``, else the key's name; ``X-Model-Version`` pins one);
+        the answer as it came back, its faces charged to the key."""
         request.state.model = model
         if model not in settings.model_names:
             raise RequestError("bad_option", f"unknown model {model!r}; this API serves {', '.join(settings.model_names)}")
+        if client is None:
+            raise RequestError("server_unavailable", "this job API analyses in its workers only (the in-process "
+                               "backend): submit a job")
         body = await request.body()
         served = video_model(model) if video_container(body[:64]) else model
-        answer = await run_in_threadpool(client.predict, served, body, request.headers.get("x-model-version"))
+        version, request.state.arm = routed_version(settings.rollout_dir, served, request.headers.get("x-model-version"),
+                                                    request.headers.get("x-user-id") or request.state.api_key)
+        answer = await run_in_threadpool(client.predict, served, body, version)
         if answer.ok:
             request.state.version = answer.body.get("version")
             charge(redis, request.state.api_key, faces_classified(answer.body))

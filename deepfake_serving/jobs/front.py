@@ -1,9 +1,12 @@
 """The front door of the job API: API keys, per-key rate limits and daily quotas shared by every front
 process through Redis, and the structured access log.
 
-- **Keys** (``deepfake-serving jobs key add NAME``) are random (``dfk_`` + 32 bytes, URL-safe), shown once and
+- **Keys** (``deepfake-serving api-key add NAME``) are random (``dfk_`` + 32 bytes, URL-safe), shown once and
   stored as their SHA-256 (``deepfake:apikey:<hash>``: name, requests per minute, faces per day). A random
   key of that length needs no slow hash; nothing stored lets anyone present it.
+- **Callback secrets**: each key gets its own (``dcs_`` + 32 bytes), shown once beside the key; its jobs'
+  callbacks are signed with it (HMAC-SHA256), so one client cannot forge another's. The worker must sign,
+  so it is kept as it is, in the job system's password-protected Redis.
 - **Rate**: requests per minute per key, a fixed window counted in Redis (``INCR`` + ``EXPIRE``), so two
   front replicas never double a client's allowance.
 - **Quota**: work per UTC day, counted in **faces classified** (an image's faces, at least 1; a video's
@@ -28,9 +31,11 @@ from fastapi.responses import JSONResponse
 from deepfake_serving.core.errors import error_body
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name
+from deepfake_serving.rollout.routing import Split, split_file
 
 KEYS = "deepfake:apikey:"
 NAMES = "deepfake:apikey-names"
+CALLBACK_SECRETS = "deepfake:callback-secrets"  # key name -> the secret its jobs' callbacks are signed with
 OPEN_PATHS = ("/", "/v1/health")  # what answers without a key: the analyst page (it asks for one) and liveness
 
 
@@ -51,7 +56,8 @@ class KeyRing:
     def __init__(self, redis):
         self.redis = redis
 
-    def add(self, name: str, rate_per_minute: int = 60, faces_per_day: int = 10_000) -> str:
+    def add(self, name: str, rate_per_minute: int = 60, faces_per_day: int = 10_000) -> tuple[str, str]:
+        """(the key, its callback secret): both shown once by the CLI."""
         check_name(name, "key name")
         if rate_per_minute < 1 or faces_per_day < 1:
             raise ValueError("a key's rate and quota are at least 1")
@@ -60,13 +66,20 @@ class KeyRing:
         secret = f"dfk_{secrets.token_urlsafe(32)}"
         self.redis.hset(KEYS + key_hash(secret), mapping={"name": name, "rate_per_minute": rate_per_minute,
                                                           "faces_per_day": faces_per_day, "created": time.time()})
-        return secret
+        callback_secret = f"dcs_{secrets.token_urlsafe(32)}"
+        self.redis.hset(CALLBACK_SECRETS, name, callback_secret)
+        return secret, callback_secret
 
     def revoke(self, name: str) -> bool:
         for key in self.redis.scan_iter(f"{KEYS}*"):
             if self.redis.hget(key, "name") == name.encode():
                 self.redis.delete(key)
+        self.redis.hdel(CALLBACK_SECRETS, name)
         return bool(self.redis.srem(NAMES, name))
+
+    def callback_secret(self, name: str) -> str | None:
+        secret = self.redis.hget(CALLBACK_SECRETS, name)
+        return secret.decode() if secret else None
 
     def names(self) -> list[str]:
         return sorted(n.decode() for n in self.redis.smembers(NAMES))
@@ -119,10 +132,25 @@ def faces_classified(answer: dict) -> int:
     return int(metrics.get("faces_classified", answer.get("face_count") or 0) or 0)
 
 
+def routed_version(rollout_dir: str, model: str, version: str | None, route_key: str) -> tuple[str | None, str | None]:
+    """(the version to ask for, the A/B arm) of a call to ``model`` (as served: ``b4-mobile`` or ``b4-mobile-video``).
+    A version asked for is kept (arm ``pinned``); else the rollout's split file for ``model`` in ``rollout_dir``
+    (re-read each call: the rollout moves live traffic) gives ``route_key`` its version, sticky per key, as
+    the rollout's other routers do (rollout.routing); no split: the server's default version, no arm."""
+    if version:
+        return version, "pinned"
+    path = split_file(rollout_dir, model) if rollout_dir else None
+    if path is None or not path.is_file():
+        return None, None
+    split = Split.load(path)
+    chosen = split.version_for(route_key)
+    return chosen, "candidate" if chosen == split.candidate and chosen != split.serving else "serving"
+
+
 class Gate:
     """ASGI middleware: the key, its rate and its quota checked on the headers alone; every request written
     to the access log (JSON lines, 0600): time, request id, key name, method, route, model, version served,
-    status, error code, latency, bytes in and out; never the media nor a key."""
+    the A/B arm, status, error code, latency, bytes in and out; never the media nor a key."""
 
     def __init__(self, app, redis, access_log: Path):
         self.app, self.redis, self.access_log = app, redis, access_log
@@ -167,5 +195,5 @@ class Gate:
             await (self.app if refusal is None else refusal)(scope, receive, logged)
         finally:
             entry.update(latency_ms=round((time.perf_counter() - start) * 1000, 2),
-                         **{k: state.get(k) for k in ("model", "version", "error", "job")})
+                         **{k: state.get(k) for k in ("model", "version", "arm", "error", "job")})
             append_line(self.access_log, entry, fsync=False)

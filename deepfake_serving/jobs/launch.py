@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import requests
 from redis import Redis
@@ -95,29 +96,28 @@ class JobSystem:
                  workers: int = 1, host: str = "127.0.0.1"):
         self.workdir = private_folder(Path(workdir).resolve())
         self.redis = RedisServer(self.workdir / "redis")
-        secret = self.workdir / "callback.secret"
-        if not settings.callback_secret and not secret.exists():
-            secret.touch(mode=0o600)
-            secret.write_text(secrets.token_urlsafe(32))
         self.settings = replace(settings, redis_url=self.redis.url, store=self.workdir / "store",
-                                access_log=self.workdir / "access.jsonl", audit_log=self.workdir / "audit.jsonl",
-                                callback_secret=settings.callback_secret or secret.read_text().strip()).check()
+                                access_log=self.workdir / "access.jsonl", audit_log=self.workdir / "audit.jsonl").check()
         self.api_port, self.host, self.worker_count = api_port or free_ports(1)[0], host, workers
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, command: list[str], settings: JobSettings | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
-        return subprocess.Popen(command, env={**os.environ, **self.settings.environment()}, cwd=self.workdir,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
+        return subprocess.Popen(command, env={**os.environ, **(settings or self.settings).environment()},
+                                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                umask=0o077)
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, host: str = "%h", wrapper: Sequence[str] = (), **reached_at) -> subprocess.Popen:
+        """One Celery worker (concurrency 1), named ``deepfake<i>-<pid>@<host>``. ``wrapper`` runs it elsewhere
+        (``ip netns exec NS``: another host), where Redis and the model server are ``reached_at`` other
+        addresses (``redis_url=``, ``server_url=``)."""
         index = len(self.workers)
         worker = self._spawn(f"worker{index}", [
-            sys.executable, "-m", "celery", "-A", "deepfake_serving.jobs.worker", "worker", "--concurrency", "1",
-            "--pool", "prefork", "-Q", QUEUE, "--hostname", f"deepfake{index}-{os.getpid()}@%h", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle"])
+            *wrapper, sys.executable, "-m", "celery", "-A", "deepfake_serving.jobs.worker", "worker", "--concurrency",
+            "1", "--pool", "prefork", "-Q", QUEUE, "--hostname", f"deepfake{index}-{os.getpid()}@{host}",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle"], replace(self.settings, **reached_at))
         self.workers.append(worker)
         return worker
 

@@ -18,8 +18,13 @@ class JobSettings:
     store: Path = Path("runtime/jobs/store")  # uploads (content-addressed) and nothing else: records live in Redis
     access_log: Path = Path("runtime/jobs/access.jsonl")  # every request to the API (jobs.front.Gate), 0600
     audit_log: Path = Path("runtime/jobs/audit.jsonl")  # per job: who submitted which digest, which version answered
-    server_url: str = "http://127.0.0.1:8080"  # TorchServe's inference API, reached through the clients
+    backend: str = "torchserve"  # how workers analyse: torchserve, triton or in-process (jobs.analysis)
+    server_url: str = "http://127.0.0.1:8080"  # TorchServe's inference API (or Triton's HTTP), through the clients
     key_file: str = ""  # TorchServe's key file (default: the clients' own search)
+    archive: str = ""  # in-process: the .mar each worker unpacks and runs itself
+    # The rollout's state folder (`deepfake-serving rollout --state-dir`): a call that names no version gets
+    # the one its split gives its key (jobs.front.routed_version); empty: the server's default version.
+    rollout_dir: str = ""
     models: str = "b4-mobile"  # the models a job may name (comma-separated; videos go to MODEL-video)
     max_upload_bytes: int = VideoLimits().max_bytes  # the video model's own limit: a bigger upload never succeeds
     retention_s: int = 24 * 3600  # uploads and records of ended jobs are removed after this
@@ -30,10 +35,7 @@ class JobSettings:
     lease_s: int = 60  # an attempt renews its lease while it works; a killed worker's lease lapses after this
     attempts: int = 3  # server errors are retried with backoff; after the last, the job fails (dead letter)
     retry_backoff_s: float = 5.0
-    callback_attempts: int = 5
-    # HMAC-SHA256 key of the callback signature (X-Deepfake-Signature); the launcher generates one per job
-    # system (0600 file) when none is given. Per-key secrets come with the front door's API keys.
-    callback_secret: str = ""
+    callback_attempts: int = 5  # signed with the submitting key's own secret (jobs.front.KeyRing)
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "JobSettings":
@@ -51,6 +53,13 @@ class JobSettings:
                              "delivered again while it runs")
         if self.attempts < 1 or self.lease_s < 5:
             raise ValueError("attempts must be at least 1 and the lease at least 5 s")
+        if self.backend not in ("torchserve", "triton", "in-process"):
+            raise ValueError(f"unknown backend {self.backend!r}: torchserve, triton or in-process")
+        if self.rollout_dir and self.backend != "torchserve":
+            raise ValueError("the rollout's split is applied to TorchServe's versions (rollout_dir needs the "
+                             "torchserve backend)")
+        if (self.backend == "in-process") != bool(self.archive):
+            raise ValueError("the in-process backend, and it alone, takes an archive (DEEPFAKE_JOBS_ARCHIVE)")
         return self
 
     def environment(self) -> dict[str, str]:

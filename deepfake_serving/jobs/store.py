@@ -100,7 +100,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 1
 """
-# KEYS[1] the job hash; ARGV[1] a new token, ARGV[2] now, ARGV[3] the lease's length in s. Claims the job
+# KEYS[1] the job hash; ARGV[1] a new token, ARGV[2] now, ARGV[3] the lease's length in s, ARGV[4] the
+# worker (its Celery node name, host included). Claims the job
 # for an attempt when it is queued, or running under a lease that lapsed (its worker died); the first
 # claim's time is the job's ``started`` (its queue wait ends there).
 CLAIM = """
@@ -109,7 +110,7 @@ if state ~= 'queued' and state ~= 'running' then return 0 end
 local until_ = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
 if state == 'running' and redis.call('HGET', KEYS[1], 'lease') ~= '' and until_ > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'lease', ARGV[1], 'lease_until', tonumber(ARGV[2]) + tonumber(ARGV[3]),
-           'updated', ARGV[2])
+           'updated', ARGV[2], 'worker', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSETNX', KEYS[1], 'started', ARGV[2])
 return 1
@@ -160,10 +161,10 @@ class JobRecords:
         raw = self.redis.hgetall(self.key(job_id))
         return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
 
-    def claim(self, job_id: str) -> str | None:
+    def claim(self, job_id: str, worker: str = "") -> str | None:
         """A token for this attempt, or None: the job ended, or another live attempt holds it."""
         token = secrets.token_hex(8)
-        return token if self._claim(keys=[self.key(job_id)], args=[token, time.time(), self.lease_s]) else None
+        return token if self._claim(keys=[self.key(job_id)], args=[token, time.time(), self.lease_s, worker]) else None
 
     def renew(self, job_id: str, token: str) -> bool:
         """False when the attempt lost its lease (cancelled, or taken over): it should stop."""

@@ -1,5 +1,5 @@
-"""The Celery app and its one task, ``deepfake_serving.jobs.analyze``: run a job's analysis through the
-project's clients against the model server and record it once.
+"""The Celery app and its one task, ``deepfake_serving.jobs.analyze``: run a job's analysis (through the
+project's clients against TorchServe or Triton, or in process: jobs.analysis) and record it once.
 
 Delivery is at least once (Celery on Redis, late acknowledgement: a task whose worker dies is delivered
 again after the broker's visibility timeout). Exactly-once effects come from the job record, not the
@@ -26,13 +26,13 @@ from celery import Celery
 from redis import Redis
 
 from deepfake_serving.core.errors import error_body
-from deepfake_serving.core.formats import video_container
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import video_model
-from deepfake_serving.jobs.front import charge, faces_classified
+from deepfake_serving.jobs.analysis import Stop, make_analyser
+from deepfake_serving.jobs.front import KeyRing, charge, faces_classified, routed_version
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import DONE, FAILED, JobRecords, UploadStore, redis_client
-from deepfake_serving.serving.client.clients import Prediction, RestClient, retryable
+from deepfake_serving.serving.client.clients import Prediction, retryable
 
 QUEUE = "deepfake-jobs"
 TASK = "deepfake_serving.jobs.analyze"
@@ -58,21 +58,24 @@ def make_app(settings: JobSettings) -> Celery:
     return app
 
 
-class Cancelled(Exception):
+class Cancelled(Stop):
     """The attempt lost its lease: the job was cancelled, or another attempt took it over."""
+
+
+class TooLong(Stop):
+    """The analysis ran past ``max_job_s``."""
 
 
 class JobRunner:
     """One attempt at one job (what the task runs; no Celery in here)."""
 
-    def __init__(self, settings: JobSettings, redis: Redis | None = None):
-        self.settings = settings
+    def __init__(self, settings: JobSettings, redis: Redis | None = None, worker: str = ""):
+        self.settings, self.worker = settings, worker
         self.records = JobRecords(redis or redis_client(settings.redis_url), settings.lease_s,
                                   settings.retention_s)
         self.store = UploadStore(settings.store)
         self.swept = float("-inf")
-        # The client's own retries span a worker restart; the task retries longer outages with the job's backoff.
-        self.client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None)
+        self.analyser = make_analyser(settings)
 
     def run(self, job_id: str, attempt: int) -> float | None:
         """Analyse the job; None when it is recorded (or not this attempt's), else the seconds after which
@@ -85,7 +88,7 @@ class JobRunner:
                 self.records.sweep(self.store)
 
     def _run(self, job_id: str, attempt: int) -> float | None:
-        token = self.records.claim(job_id)
+        token = self.records.claim(job_id, self.worker)
         if token is None:
             return None  # ended, cancelled, or a live attempt holds it: a redelivery does nothing
         job = self.records.get(job_id) or {}
@@ -93,31 +96,34 @@ class JobRunner:
         beat = threading.Thread(target=self._heartbeat, args=(job_id, token, lost), daemon=True)
         beat.start()
         try:
-            prediction = self._analyse(job_id, job, lost)
+            prediction, arm = self._analyse(job_id, job, lost)
         except Cancelled:
             return None
+        except TooLong:
+            prediction, arm = Prediction(504, error_body("job_too_long", f"the analysis ran past the job limit of "
+                                                         f"{self.settings.max_job_s} s; it is not retried")), None
         finally:
             lost.set()
         if prediction.ok:
             if self.records.finish(job_id, token, "result", prediction.body, DONE):
                 charge(self.records.redis, job.get("owner", ""), faces_classified(prediction.body))
                 self._ended(job_id, job, {"id": job_id, "state": DONE, "result": prediction.body},
-                            version=prediction.body.get("version"))
+                            version=prediction.body.get("version"), arm=arm)
             return None
         error = {**prediction.body.get("error", {}), "attempts": attempt + 1}
         if retryable(prediction) and attempt + 1 < self.settings.attempts:
             self.records.release(job_id, token, error)
             return self.settings.retry_backoff_s * 2 ** attempt
         if self.records.finish(job_id, token, "error", error, FAILED):
-            self._ended(job_id, job, {"id": job_id, "state": FAILED, "error": error}, error=error.get("code"))
+            self._ended(job_id, job, {"id": job_id, "state": FAILED, "error": error}, error=error.get("code"), arm=arm)
         return None
 
     def _ended(self, job_id: str, job: dict, body: dict, **audit) -> None:
-        """The job's audit line (which version answered, or the error), then its callback."""
+        """The job's audit line (which version answered, on which A/B arm, or the error), then its callback."""
         append_line(self.settings.audit_log, {"time": time.time(), "event": body["state"], "job": job_id,
                                               "key": job.get("owner"), "digest": job.get("digest"),
                                               "model": job.get("model"), "attempts": int(job.get("attempts", 0)),
-                                              **audit})
+                                              "worker": self.worker, **audit})
         self._callback(job_id, job, body)
 
     def _heartbeat(self, job_id: str, token: str, lost: threading.Event) -> None:
@@ -125,39 +131,39 @@ class JobRunner:
             if not self.records.renew(job_id, token):
                 lost.set()
 
-    def _analyse(self, job_id: str, job: dict, lost: threading.Event) -> Prediction:
+    def _analyse(self, job_id: str, job: dict, lost: threading.Event) -> tuple[Prediction, str | None]:
+        """(the answer, the A/B arm that chose its version). A version the job names is asked for; else the
+        rollout's split gives the job's key its version, as the front does."""
         path = self.store.path(job.get("digest", ""))
         if not path.is_file():
-            return Prediction(500, error_body("internal_error", "the job's upload is gone from the job store"))
-        with open(path, "rb") as upload:
-            video = bool(video_container(upload.read(64)))
-        version = job.get("version") or None
-        if not video:
-            prediction = self.client.predict(job["model"], path.read_bytes(), version)  # images: ≤ 20 MB
-            if lost.is_set():
-                raise Cancelled
-            return prediction
-        options = json.loads(job.get("options") or "{}")
-        last = Prediction(502, error_body("stream_interrupted", "no answer"))
+            return Prediction(500, error_body("internal_error", "the job's upload is gone from the job store")), None
+        served = video_model(job["model"]) if job.get("media") == "video" else job["model"]
+        version, arm = routed_version(self.settings.rollout_dir, served, job.get("version") or None, job.get("owner", ""))
         deadline = time.monotonic() + self.settings.max_job_s
-        with open(path, "rb") as upload:  # streamed from disk, never read whole into memory
-            for last in self.client.stream(video_model(job["model"]), upload, version, options):
-                if lost.is_set():
-                    raise Cancelled  # leaving the stream closes our connection; TorchServe finishes the clip alone
-                if time.monotonic() > deadline:  # before Celery's hard time limit kills the attempt unrecorded
-                    return Prediction(504, error_body("job_too_long", f"the analysis ran past the job limit of "
-                                                      f"{self.settings.max_job_s} s; it is not retried"))
-                if "event" in last.body:
-                    self.records.event(job_id, last.body)
-        return last
+
+        def on_event(event: dict) -> None:
+            if lost.is_set():
+                raise Cancelled  # leaving a stream closes our connection; TorchServe finishes the clip alone
+            if time.monotonic() > deadline:  # before Celery's hard time limit kills the attempt unrecorded
+                raise TooLong
+            self.records.event(job_id, event)
+
+        options = json.loads(job.get("options") or "{}")
+        explain = options.pop("explain", "") == "true"
+        prediction = self.analyser.analyse(job["model"], path, version, options, explain, on_event)
+        if lost.is_set():
+            raise Cancelled
+        return prediction, arm
 
     def _callback(self, job_id: str, job: dict, body: dict) -> None:
-        """POST the answer to the job's callback URL, signed, retried with backoff; claimed once per job."""
+        """POST the answer to the job's callback URL, signed with the submitting key's callback secret,
+        retried with backoff; claimed once per job (a revoked key's jobs call back no more)."""
         url = job.get("callback_url")
-        if not url or not self.records.claim_callback(job_id):
+        secret = KeyRing(self.records.redis).callback_secret(job.get("owner", ""))
+        if not url or not secret or not self.records.claim_callback(job_id):
             return
         payload = json.dumps(body).encode()
-        signature = hmac.new(self.settings.callback_secret.encode(), payload, hashlib.sha256).hexdigest()
+        signature = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: f"sha256={signature}",
                    "X-Deepfake-Job": job_id}
         for attempt in range(self.settings.callback_attempts):
@@ -179,7 +185,7 @@ _runner: JobRunner | None = None
 @app.task(name=TASK, bind=True, max_retries=None)
 def analyze(self, job_id: str) -> None:
     global _runner
-    _runner = _runner or JobRunner(SETTINGS)
+    _runner = _runner or JobRunner(SETTINGS, worker=self.request.hostname or "")
     delay = _runner.run(job_id, self.request.retries)
     if delay is not None:
         raise self.retry(countdown=delay)

@@ -14,6 +14,11 @@ from deepfake_serving.core.naming import pinned_ensemble
 from deepfake_serving.rollout.files import write_atomically
 
 
+def split_file(state_dir: str | Path, model: str) -> Path:
+    """Where the rollout of ``model`` keeps its split (``deepfake-serving rollout --state-dir``)."""
+    return Path(state_dir) / f"{model}.split.json"
+
+
 def bucket(key: str) -> float:
     """A key's fixed position in [0, 1) (sha256, so it is stable across processes and runs)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64

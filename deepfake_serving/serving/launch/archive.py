@@ -186,18 +186,27 @@ def _repackage(bundle: Path, manifest: EnsembleManifest, media: str, config: dic
 
 def extract_ensemble(archive: Path, bundle: Path) -> dict:
     """An ensemble archive's bundle (its manifest and members/, nothing else) into ``bundle``, and its
-    model-config.yaml. Entry names that would leave the folder are refused."""
+    model-config.yaml."""
+    return _extract(archive, bundle, lambda name: name == ENSEMBLE_MANIFEST or name.startswith(f"{MEMBERS}/"),
+                    ENSEMBLE_MANIFEST, "an ensemble archive")
+
+
+def extract_bundle(archive: Path, bundle: Path) -> dict:
+    """A variant's or an ensemble's archive unpacked into ``bundle`` (all but TorchServe's MAR-INF), for a
+    pipeline in this process (``load_pipeline``); and its model-config.yaml."""
+    return _extract(archive, bundle, lambda name: not name.startswith("MAR-INF/"), None, "an archive")
+
+
+def _extract(archive: Path, bundle: Path, wanted, required: str | None, kind: str) -> dict:
+    """The ``wanted`` entries of ``archive`` into ``bundle``; entry names that would leave it are refused."""
     try:
         with zipfile.ZipFile(archive) as mar:
             names = mar.namelist()
-            if ENSEMBLE_MANIFEST not in names:
-                raise ValueError(f"{archive} is not an ensemble archive (no {ENSEMBLE_MANIFEST})")
+            if required and required not in names:
+                raise ValueError(f"{archive} is not {kind} (no {required})")
             root = bundle.resolve()
-            for name in names:
-                if name != ENSEMBLE_MANIFEST and not name.startswith(f"{MEMBERS}/"):
-                    continue
-                target = (bundle / name).resolve()
-                if root not in target.parents:
+            for name in filter(wanted, names):
+                if root not in (bundle / name).resolve().parents:
                     raise ValueError(f"{archive}: entry {name!r} is outside the archive")
                 mar.extract(name, bundle)
             config = yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in names else {}
