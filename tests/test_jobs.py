@@ -527,6 +527,15 @@ def test_the_analyst_page_shows_what_the_api_answers(jobs, server, tmp_path, ast
             assert page.is_visible("#download")
             page.screenshot(path=str(ARTIFACTS / "analyst_image.png"), full_page=True)
 
+            page.check("#explain")  # the same photograph with each face's heatmap drawn under its box
+            page.click("#submit")
+            page.wait_for_selector("#overlay[data-heatmaps]", state="attached", timeout=120_000)
+            shown = page.evaluate("window.lastAnswer")
+            assert shown["explanation"]["faces_explained"] >= 1
+            assert page.get_attribute("#overlay", "data-heatmaps") == str(shown["explanation"]["faces_explained"])
+            page.screenshot(path=str(ARTIFACTS / "analyst_heatmaps.png"), full_page=True)
+            page.uncheck("#explain")
+
             page.set_input_files("#file", str(tmp_path / "clip.mp4"))
             page.click("#submit")
             page.wait_for_selector("#verdict[data-state=done]", state="attached", timeout=180_000)
