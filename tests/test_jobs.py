@@ -226,6 +226,28 @@ def test_a_job_past_its_time_limit_fails_with_a_clear_reason(jobs):
     assert job["state"] == "failed" and job["error"]["code"] == "job_too_long" and job["error"]["status"] == 504
 
 
+def test_a_job_whose_server_is_down_is_retried_then_fails_with_the_attempts(jobs, astronaut_jpeg):
+    """No model server at the worker's address: the attempt is retried (the job queued again with its last
+    error) up to ``attempts``, then fails with server_unavailable and the attempts: the dead letter."""
+    from deepfake_serving.jobs.store import JobRecords, UploadStore
+    from deepfake_serving.jobs.worker import JobRunner
+    from deepfake_serving.serving.launch.processes import free_ports
+
+    settings = replace(jobs.settings, server_url=f"http://127.0.0.1:{free_ports(1)[0]}", attempts=2, rollout_dir="")
+    digest, _, size = UploadStore(settings.store).save(io.BytesIO(astronaut_jpeg), settings.max_upload_bytes)
+    records = JobRecords(Redis.from_url(settings.redis_url), settings.lease_s, settings.retention_s)
+    job_id = records.create(model=MODEL, version="", media="image", digest=digest, size=size, options={},
+                            callback_url="", owner="tester")
+    runner = JobRunner(settings)
+    assert runner.run(job_id, 0) == settings.retry_backoff_s  # retried after the backoff
+    queued = get(jobs, f"/v1/jobs/{job_id}").json()
+    assert queued["state"] == "queued" and queued["last_error"]["code"] == "server_unavailable"
+    assert runner.run(job_id, 1) is None
+    failed = get(jobs, f"/v1/jobs/{job_id}").json()
+    assert failed["state"] == "failed" and failed["error"]["code"] == "server_unavailable"
+    assert failed["error"]["attempts"] == failed["attempts"] == 2
+
+
 def test_cancelling_a_running_job_stops_it(jobs):
     long_clip = samples.encode_video(samples.moving_face_frames(120, (640, 480), faces=2), "mp4")
     job_id = submit(jobs, long_clip, model=MODEL, sampling="all").json()["id"]

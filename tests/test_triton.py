@@ -2,6 +2,7 @@
 parity with a real TorchServe on the same checkpoints, classifier versions side by side, explicit
 model control, dynamic batching, bad input, health/metrics and a clean shutdown."""
 
+import io
 import json
 import re
 import stat
@@ -294,6 +295,35 @@ def test_ensemble_members_are_classifier_models_with_their_own_batching(server, 
     after = [server.statistics(m)["model_stats"][0]["inference_count"] for m in names["members"]]
     assert all(b - a == 4 for a, b in zip(before, after))
     assert server.statistics(names["preprocess"])["model_stats"][0]["inference_count"] - detections == 4
+
+
+def test_a_job_worker_analyses_through_triton(server, torchserve_answers, clip, tmp_path):
+    """The job system's triton backend (a real Redis; the worker's attempt run here): an image job and a
+    clip job answer what TorchServe answers on the same weights, version 2.0."""
+    from deepfake_serving.jobs.launch import RedisServer
+    from deepfake_serving.jobs.settings import JobSettings
+    from deepfake_serving.jobs.store import JobRecords, UploadStore, redis_client
+    from deepfake_serving.jobs.worker import JobRunner
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        settings = JobSettings(redis_url=redis.url, store=tmp_path / "store", audit_log=tmp_path / "audit.jsonl",
+                               backend="triton", server_url=server.http_url, models=VARIANT)
+        records, store = JobRecords(redis_client(redis.url), settings.lease_s, settings.retention_s), UploadStore(settings.store)
+        runner = JobRunner(settings, worker="triton@test")
+        for data, kind, reference in ((samples.astronaut_jpeg(), "image", torchserve_answers["astronaut"].body),
+                                      (clip, "video", torchserve_answers["clip"].body)):
+            digest, _, size = store.save(io.BytesIO(data), settings.max_upload_bytes)
+            job_id = records.create(model=VARIANT, version="", media=kind, digest=digest, size=size, options={},
+                                    callback_url="", owner="tester")
+            assert runner.run(job_id, 0) is None
+            record = records.get(job_id)
+            assert record["state"] == "done" and record["worker"] == "triton@test", record
+            result = json.loads(record["result"])
+            assert (result["label"], result["version"]) == (reference["label"], "2.0")
+            assert result["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-4)
+    finally:
+        redis.stop()
 
 
 def test_video_sampling_options(client, clip):
