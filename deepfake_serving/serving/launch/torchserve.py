@@ -19,6 +19,7 @@ import requests
 from deepfake_serving.core.threads import worker_environment
 from deepfake_serving.serving.client.auth import ServerKeys, register_key_file, write_server_record
 from deepfake_serving.serving.launch.processes import ServerPorts, stop_group
+from deepfake_serving.serving.launch.torchserve_metrics import write_metrics_config
 
 CONFIG = Path(__file__).with_name("config.properties")  # package data; the checkout's top-level file links here
 
@@ -86,6 +87,7 @@ class TorchServe:
             "grpc_management_port": str(self.ports.grpc_management),
             "model_store": str(self.model_store),
             "load_models": ",".join(self.models),
+            "metrics_config": str(write_metrics_config(self.workdir / "metrics.yaml")),
         })
         path = self.workdir / "config.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

@@ -10,6 +10,7 @@ import sys
 from deepfake_serving.core.errors import ERROR_HEADER, RequestError, internal_error, not_installed
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import Device
+from deepfake_serving.monitoring.recorder import PredictionRecorder
 
 # TorchServe's base_handler imports openvino.torch (its torch.compile backend) whenever OpenVINO is installed:
 # ~210 MB in every worker. The openvino engine calls OpenVINO's runtime itself, never torch.compile, so that
@@ -18,6 +19,8 @@ from deepfake_serving.engines import Device
 sys.modules.setdefault("openvino.torch", None)  # type: ignore[arg-type]  # None: the documented "refuse this import"
 
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
+
+from deepfake_serving.serving.torchserve_handlers.metrics import TorchServeSink  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,10 @@ class DeepfakeHandler(BaseHandler):
         self.pipeline = self.load(self.model_dir, config, engine=engine, device=device,
                                   threads=threads, model_name=context.model_name)
         self.context = context
+        self.recorder = None
+        if str(config.get("metrics", True)).lower() not in ("false", "0", "no"):  # handler.metrics: false turns them off
+            self.recorder = PredictionRecorder(TorchServeSink(context.metrics), context.model_name, self.pipeline.version)
+            self.pipeline.observers.subscribe(self.recorder.stage)
         self.initialized = True
         logger.info("deepfake handler ready: %s v%s, engine %s on %s, %d threads, trained weights: %s",
                     context.model_name, self.pipeline.version, engine or "(manifest's)", device.torch, threads,
@@ -113,6 +120,11 @@ class DeepfakeHandler(BaseHandler):
     def postprocess(self, results):
         out = []
         for idx, result in enumerate(results):
+            if self.recorder is not None:
+                try:
+                    self.recorder.answer(result)
+                except Exception:  # noqa: BLE001 - a metric never fails a request
+                    logger.exception("recording the metrics of a request failed")
             self.context.set_response_content_type(idx, JSON)
             if isinstance(result, RequestError):
                 self.context.set_response_status(result.status, result.code, idx=idx)
