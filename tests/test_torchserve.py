@@ -23,6 +23,7 @@ from deepfake_serving.serving.launch.processes import free_ports
 from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 from deepfake_serving.variants import create_model, get_variant
 from helpers import box_inside, media
+from helpers.metrics import grown, metric_samples
 
 pytestmark = pytest.mark.server
 MODEL = "b4-mobile"
@@ -159,29 +160,17 @@ def test_a_bad_request_in_a_server_side_batch_fails_alone(server, astronaut_jpeg
     assert max(r.json().get("batch_size", 1) for r in responses if r.status_code == 200) > 1
 
 
-def metric_samples(url: str) -> dict:
-    """(name, labels without TorchServe's Hostname) → value, from a Prometheus endpoint."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "Hostname"))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def test_prometheus_metrics(server, rest, astronaut_jpeg, no_face_jpeg):
     """TorchServe's own metrics, and ours through its custom metrics API (the catalogue's names, per model
     and version): answers by label, P(fake), faces, stage times, errors by code."""
-    def value(samples, name, **labels):
-        return samples.get((name, tuple(sorted({"model": MODEL, "version": "1.0", **labels}.items()))), 0.0)
-
-    before = metric_samples(server.metrics_url)
+    before = metric_samples(f"{server.metrics_url}/metrics")
     faces = rest.predict(MODEL, astronaut_jpeg).body
     rest.predict(MODEL, no_face_jpeg)
     rest.predict(MODEL, media.truncated_jpeg())
     time.sleep(1)  # the frontend reads the worker's metric lines as they are logged
-    after = metric_samples(server.metrics_url)
+    after = metric_samples(f"{server.metrics_url}/metrics")
     assert any(name == "ts_inference_requests_total" and dict(labels).get("model_name") == MODEL for name, labels in after)
-    grew = [value(after, name, **labels) - value(before, name, **labels) for name, labels in [
+    grew = [grown(before, after, name, model=MODEL, version="1.0", **labels) for name, labels in [
         ("deepfake_predictions_total", {"label": faces["label"]}), ("deepfake_predictions_total", {"label": "NO_FACE"}),
         ("deepfake_fake_probability_count", {}), ("deepfake_faces_per_request_sum", {}),
         ("deepfake_stage_duration_seconds_count", {"stage": "detect"}),

@@ -32,6 +32,7 @@ from deepfake_serving.serving.launch.triton_ensemble import ensemble_names, inst
 from deepfake_serving.serving.launch.triton_repository import build_classifier_version, render_configs, write_configs
 from deepfake_serving.variants import create_model, get_variant, list_variants, to_array
 from helpers import media
+from helpers.metrics import grown, metric_samples
 
 pytestmark = pytest.mark.server
 VARIANT = "b4-mobile"
@@ -428,6 +429,31 @@ def test_health_readiness_and_metrics(server):
     metrics = server.metrics()
     assert re.search(rf'nv_inference_request_success{{model="{ENSEMBLE}",version="1"}} [1-9]', metrics)
     assert f'nv_inference_exec_count{{model="{CLASSIFIER}",version="2"}}' in metrics
+
+
+def test_prediction_metrics_are_triton_custom_metrics(server, clip):
+    """The catalogue's metrics on Triton's endpoint (pb_utils.MetricFamily): answers by label and version,
+    P(fake), stage times (before the classifier: version "any"), errors by code, a clip's frames; the
+    histograms as cumulative counters that histogram_quantile reads."""
+    client = TritonClient(server.http_url, "http")
+    before = metric_samples(server.metrics_url)
+    answer = client.predict(VARIANT, samples.astronaut_jpeg()).body
+    assert client.predict(VARIANT, IMAGES["no face"]()).body["label"] == "NO_FACE"
+    assert client.predict(VARIANT, media.truncated_jpeg()).body["error"]["code"] == "corrupt_image"
+    assert client.predict(f"{VARIANT}-video", clip, options={"frames": 4}).status == 200
+    after = metric_samples(server.metrics_url)
+    image = {"model": VARIANT, "version": "2.0"}
+    assert grown(before, after, "deepfake_predictions_total", **image, label=answer["label"]) == 1
+    assert grown(before, after, "deepfake_predictions_total", **image, label="NO_FACE") == 1
+    assert grown(before, after, "deepfake_fake_probability_count", **image) == 1
+    assert grown(before, after, "deepfake_fake_probability_bucket", **image, le="+Inf") == 1
+    assert grown(before, after, "deepfake_stage_duration_seconds_count", model=VARIANT, version="any", stage="detect") == 2
+    assert grown(before, after, "deepfake_stage_duration_seconds_count", **image, stage="classify") == 2
+    assert grown(before, after, "deepfake_request_errors_total", model=VARIANT, version="any", code="corrupt_image") == 1
+    assert grown(before, after, "deepfake_video_frames_analyzed_total", model=f"{VARIANT}-video", version="2.0") == 4
+    buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in after.items()
+                     if name == "deepfake_fake_probability_bucket" and dict(labels)["version"] == "2.0")
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
 
 
 def test_a_clean_shutdown_leaves_no_shared_memory(tmp_path, repository):

@@ -39,9 +39,10 @@ class PredictionRecorder:
         self.sink, self.model, self.version, self.window = sink, model, version, window
         self.drift: dict[str, DriftWindow] = {}
 
-    def stage(self, event: StageEvent) -> None:
+    def stage(self, event: StageEvent, version: str | None = None) -> None:
+        """A stage's time (``version``: the one that answered, when this model serves several)."""
         if event.outcome == "ok":
-            self.sink.observe(STAGE_SECONDS, event.ms / 1000.0, (self.model, self.version, event.stage))
+            self.sink.observe(STAGE_SECONDS, event.ms / 1000.0, (self.model, version or self.version, event.stage))
 
     def answer(self, answer: dict | RequestError) -> None:
         if isinstance(answer, RequestError):

@@ -63,12 +63,24 @@ def json_tensor(name: str, value) -> "pb_utils.Tensor":
     return pb_utils.Tensor(name, np.array([json.dumps(value).encode()], dtype=np.object_))
 
 
-def answer_each(requests, answer) -> list:
-    """One RESPONSE (JSON) per request from ``answer(request)``; a request that fails is answered its error alone."""
+def answer_each(requests, answer, recorder=None) -> list:
+    """One RESPONSE (JSON) per request from ``answer(request)``; a request that fails is answered its error
+    alone. ``recorder`` (monitoring.recorder.PredictionRecorder) takes each answer or error."""
     responses = []
     for request in requests:
         try:
-            responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", answer(request))]))
+            result = answer(request)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[json_tensor("RESPONSE", result)]))
         except Exception as err:  # noqa: BLE001 - answered per request
+            result = internal_error(err)
             responses.append(error_response(err))
+        record(recorder, result)
     return responses
+
+
+def record(recorder, result) -> None:
+    if recorder is not None:
+        try:
+            recorder.answer(result)
+        except Exception:  # noqa: BLE001 - a metric never fails a request
+            pass

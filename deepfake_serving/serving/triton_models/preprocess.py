@@ -6,10 +6,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from deepfake_serving.core.batching import in_place
+from deepfake_serving.core.errors import internal_error
 from deepfake_serving.core.limits import MAX_IMAGE_FACES
 from deepfake_serving.core.naming import model_names
 from deepfake_serving.pipeline.image import ImagePreprocessor
-from deepfake_serving.serving.triton_models import error_response, input_bytes, instance_device, json_tensor, parameters
+from deepfake_serving.serving.triton_models import error_response, input_bytes, instance_device, json_tensor, parameters, record
+from deepfake_serving.serving.triton_models.metrics import recorder
 from deepfake_serving.variants import get_variant
 
 
@@ -30,6 +32,8 @@ class TritonPythonModel:
         self.preprocessor = ImagePreprocessor(self.variant, max_faces=int(params.get("max_faces", MAX_IMAGE_FACES)),
                                               device=instance_device(args),
                                               video_endpoint=model_names(self.variant)["video"])
+        self.recorder = recorder(self.variant.name)  # decode, detect and crop times; the requests it refuses
+        self.preprocessor.observers.subscribe(self.recorder.stage)
 
     def face_outputs(self, item) -> list:
         return [pb_utils.Tensor("FACES", face_tensor(item.crops, self.variant))]
@@ -42,5 +46,8 @@ class TritonPythonModel:
             except Exception as err:  # noqa: BLE001 - answered per request
                 payloads.append(err)
         prepared = in_place(payloads, self.preprocessor.prepare)  # one MTCNN call per image
+        for item in prepared:
+            if isinstance(item, Exception):
+                record(self.recorder, internal_error(item))
         return [error_response(item) if isinstance(item, Exception) else pb_utils.InferenceResponse(
             output_tensors=[*self.face_outputs(item), json_tensor("METADATA", item.metadata())]) for item in prepared]

@@ -16,6 +16,7 @@ from deepfake_serving.core.naming import ANSWERED_BY
 from deepfake_serving.media.video import Sampling
 from deepfake_serving.pipeline.video import VideoPipeline
 from deepfake_serving.serving.triton_models import answer_each, input_bytes, instance_device, optional_scalar, parameters
+from deepfake_serving.serving.triton_models.metrics import recorder
 from deepfake_serving.serving.triton_models.preprocess import face_tensor
 from deepfake_serving.variants import get_variant
 
@@ -49,9 +50,11 @@ class TritonPythonModel:
         self.classifier = TritonClassifier(variant, params["classifier"], int(params.get("classifier_batch", 16)))
         self.pipeline = VideoPipeline(variant, self.classifier, max_faces=int(params.get("max_faces", MAX_VIDEO_FACES)),
                                       device=instance_device(args))
+        self.recorder = recorder(self.pipeline.model_name)
+        self.pipeline.observers.subscribe(self.recorder.stage)
 
     def execute(self, requests):
-        return answer_each(requests, lambda request: analyze_request(self.pipeline, request))
+        return answer_each(requests, lambda request: analyze_request(self.pipeline, request), self.recorder)
 
 
 def analyze_request(pipeline: VideoPipeline, request) -> dict:
