@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Served workers take theirs from the threads rule (deepfake_serving/core/threads.py), whatever this says.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install serve jobs test test-fast lint bench archives grpc-stubs triton triton-configs loadtest docs clean
+.PHONY: install serve jobs monitor test test-fast lint bench archives grpc-stubs triton triton-configs loadtest docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml
 		&& apt-get download redis-server redis-tools libjemalloc2 liblzf1 >/dev/null \
 		&& for deb in redis-server_*.deb redis-tools_*.deb libjemalloc2_*.deb liblzf1_*.deb; do dpkg -x $$deb redis; done \
 		&& rm -f redis-server_*.deb redis-tools_*.deb libjemalloc2_*.deb liblzf1_*.deb)
+	# Prometheus and Alertmanager for monitoring (Debian's packages: static Go binaries, unpacked into the venv)
+	command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || (cd $(VENV) \
+		&& apt-get download prometheus prometheus-alertmanager >/dev/null \
+		&& for deb in prometheus_*.deb prometheus-alertmanager_*.deb; do dpkg -x $$deb monitoring; done \
+		&& rm -f prometheus_*.deb prometheus-alertmanager_*.deb)
+	# Debian's Alertmanager reads its notification templates from /usr/share/prometheus/alertmanager only
+	[ -f /usr/share/prometheus/alertmanager/default.tmpl ] || (mkdir -p /usr/share/prometheus/alertmanager \
+		&& cp $(VENV)/monitoring/usr/share/prometheus/alertmanager/*.tmpl /usr/share/prometheus/alertmanager/) \
+		|| echo "Alertmanager's templates cannot be installed: the monitoring tests will skip"
 	# Chromium for the analyst page's browser test (Playwright drives Debian's; it downloads no browser)
 	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium >/dev/null \
 		|| echo "chromium unavailable: the analyst page's browser test will skip"
@@ -32,6 +41,9 @@ serve: install  ## build the demo archive, start TorchServe on loopback, print a
 
 jobs: install  ## beside `make serve`'s TorchServe: Redis, the job API on 127.0.0.1:8090 and one Celery worker
 	$(VENV)/bin/deepfake-serving jobs
+
+monitor: install  ## beside `make serve` (and `make jobs`): Prometheus on 127.0.0.1:9090 with the alert rules, Alertmanager on :9093
+	$(VENV)/bin/deepfake-serving monitor
 
 lint: install  ## ruff, the import contract (import-linter) and the type check (mypy), all configured in pyproject.toml
 	$(VENV)/bin/ruff check .

@@ -269,6 +269,19 @@ def cmd_jobs(args) -> int:
                                  f"analysing with {where}. Ctrl-C stops it.")
 
 
+def cmd_monitor(args) -> int:
+    """Prometheus (the alert rules) and Alertmanager on loopback, scraping the servers named."""
+    from deepfake_serving.serving.launch.monitor import Monitor, Targets
+
+    targets = Targets(tuple(args.torchserve or args.torchserve_default), tuple(args.triton), tuple(args.jobs))
+    try:
+        monitor = Monitor(Path(args.workdir), targets, args.webhook, ports=(args.port, args.alertmanager_port)).start()
+    except (OSError, RuntimeError, TimeoutError) as err:
+        raise CommandError(str(err)) from None
+    return _wait_forever(monitor, f"Prometheus is on {monitor.prometheus_url} (alerts: /alerts), Alertmanager on "
+                                  f"{monitor.alertmanager_url}, scraping {targets}. Ctrl-C stops them.")
+
+
 def cmd_api_key(args) -> int:
     """Add, revoke or list the job API's keys, in the Redis of the job system in --workdir."""
     from redis import Redis
@@ -569,6 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="b4-mobile", help="models a job may name, comma-separated")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("monitor", help="Prometheus with the alert rules and Alertmanager, scraping the servers")
+    p.add_argument("--workdir", default="runtime/monitor")
+    p.add_argument("--torchserve", action="append", default=None, metavar="HOST:PORT",
+                   help="a TorchServe metrics address (default 127.0.0.1:8082; repeat for several)")
+    p.add_argument("--triton", action="append", default=[], metavar="HOST:PORT", help="a Triton metrics address (:8002)")
+    p.add_argument("--jobs", action="append", default=[], metavar="HOST:PORT", help="a job API's metrics address")
+    p.add_argument("--webhook", help="where Alertmanager delivers alerts (a webhook receiver's URL)")
+    p.add_argument("--port", type=int, default=9090, help="Prometheus (loopback)")
+    p.add_argument("--alertmanager-port", type=int, default=9093)
+    p.set_defaults(func=cmd_monitor, torchserve_default=["127.0.0.1:8082"])
 
     p = sub.add_parser("api-key", help="the job API's keys: add NAME (prints the key once), revoke NAME, list")
     p.add_argument("action", choices=["add", "revoke", "list"])

@@ -62,7 +62,8 @@ def test_the_recorder_observes_stages_answers_and_errors():
     recorder.stage(StageEvent("image", "b4-mobile", "detect", 25.0, faces=1))
     recorder.stage(StageEvent("image", "b4-mobile", "decode", 3.0, outcome="corrupt_image"))  # not timed
     for p in (0.2, 0.3, 0.9, 0.95):
-        recorder.answer({"version": "1.0", "label": "FAKE" if p > 0.5 else "REAL", "fake_probability": p, "face_count": 1})
+        recorder.answer({"version": "1.0", "label": "FAKE" if p > 0.5 else "REAL", "fake_probability": p, "face_count": 1,
+                         "timings_ms": {"total": 40.0}})
     recorder.answer({"version": "1.0", "label": "NO_FACE", "fake_probability": None, "face_count": 0})
     recorder.answer({"version": "1.0", "label": "REAL", "fake_probability": 0.1, "frames_analyzed": 32,
                      "metrics": {"faces_classified": 40}})
@@ -78,6 +79,7 @@ def test_the_recorder_observes_stages_answers_and_errors():
     assert value("deepfake_fake_probability_count") == 5 and value("deepfake_fake_probability_bucket", le="0.5") == 3
     assert value("deepfake_faces_per_request_sum") == 4 + 40
     assert value("deepfake_stage_duration_seconds_count", stage="detect") == 1
+    assert value("deepfake_request_duration_seconds_sum") == pytest.approx(0.16)
     assert ("deepfake_stage_duration_seconds_count", (("model", "b4-mobile"), ("stage", "decode"), ("version", "1.0"))) not in samples
     assert value("deepfake_request_errors_total", code="corrupt_image") == 1
     assert value("deepfake_video_frames_analyzed_total") == 32

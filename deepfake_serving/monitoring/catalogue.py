@@ -37,10 +37,13 @@ FACES = MetricSpec("deepfake_faces_per_request", HISTOGRAM, "count",
 STAGE_SECONDS = MetricSpec("deepfake_stage_duration_seconds", HISTOGRAM, "seconds",
                            "Time of each pipeline stage (decode, detect, crop, classify) per request.", ("stage",),
                            buckets=SECONDS_BUCKETS)
+REQUEST_SECONDS = MetricSpec("deepfake_request_duration_seconds", HISTOGRAM, "seconds",
+                             "Time of each answered request in the model (the answer's timings_ms.total).",
+                             buckets=SECONDS_BUCKETS)
 ERRORS = MetricSpec("deepfake_request_errors_total", COUNTER, "count",
                     "Requests answered with an error, by the project's error code (docs/schema.md).", ("code",))
 FRAMES = MetricSpec("deepfake_video_frames_analyzed_total", COUNTER, "count", "Video frames analysed.")
 DRIFT = MetricSpec("deepfake_score_drift_psi", GAUGE, "psi",
                    "Population stability index of P(fake) over the last window against the version's reference.")
 
-METRICS = (PREDICTIONS, FAKE_PROBABILITY, FACES, STAGE_SECONDS, ERRORS, FRAMES, DRIFT)
+METRICS = (PREDICTIONS, FAKE_PROBABILITY, FACES, STAGE_SECONDS, REQUEST_SECONDS, ERRORS, FRAMES, DRIFT)

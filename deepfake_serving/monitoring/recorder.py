@@ -14,6 +14,7 @@ from deepfake_serving.monitoring.catalogue import (
     FAKE_PROBABILITY,
     FRAMES,
     PREDICTIONS,
+    REQUEST_SECONDS,
     STAGE_SECONDS,
     MetricSpec,
 )
@@ -51,6 +52,9 @@ class PredictionRecorder:
         labels = (self.model, str(answer.get("version") or self.version))
         self.sink.observe(PREDICTIONS, 1, (*labels, str(answer.get("label"))))
         self.sink.observe(FACES, faces_classified(answer), labels)
+        total_ms = (answer.get("timings_ms") or {}).get("total")
+        if total_ms is not None:
+            self.sink.observe(REQUEST_SECONDS, float(total_ms) / 1000.0, labels)
         if answer.get("frames_analyzed"):
             self.sink.observe(FRAMES, int(answer["frames_analyzed"]), labels)
         probability = answer.get("fake_probability")

@@ -10,6 +10,7 @@ import sys
 from deepfake_serving.core.errors import ERROR_HEADER, RequestError, internal_error, not_installed
 from deepfake_serving.core.threads import intra_op_threads
 from deepfake_serving.engines import Device
+from deepfake_serving.monitoring.drift import WINDOW
 from deepfake_serving.monitoring.recorder import PredictionRecorder
 
 # TorchServe's base_handler imports openvino.torch (its torch.compile backend) whenever OpenVINO is installed:
@@ -63,8 +64,10 @@ class DeepfakeHandler(BaseHandler):
                                   threads=threads, model_name=context.model_name)
         self.context = context
         self.recorder = None
-        if str(config.get("metrics", True)).lower() not in ("false", "0", "no"):  # handler.metrics: false turns them off
-            self.recorder = PredictionRecorder(TorchServeSink(context.metrics), context.model_name, self.pipeline.version)
+        # handler.metrics: false turns them off; handler.drift_window: the drift index's window (monitoring.drift)
+        if str(config.get("metrics", True)).lower() not in ("false", "0", "no"):
+            self.recorder = PredictionRecorder(TorchServeSink(context.metrics), context.model_name, self.pipeline.version,
+                                               int(config.get("drift_window", WINDOW)))
             self.pipeline.observers.subscribe(self.recorder.stage)
         self.initialized = True
         logger.info("deepfake handler ready: %s v%s, engine %s on %s, %d threads, trained weights: %s",
