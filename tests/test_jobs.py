@@ -424,6 +424,25 @@ def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_
     assert (ended["event"], ended["version"], ended["attempts"]) == ("done", "1.0", 1)
 
 
+def test_the_front_and_the_job_queue_have_their_own_metrics(jobs, astronaut_jpeg):
+    """On the API's own loopback metrics port (not the API's: there /metrics needs a key like any route):
+    requests by route template and status, jobs submitted, queued and finished (counted by the workers)."""
+    from helpers.metrics import grown, metric_samples
+
+    before = metric_samples(jobs.metrics_url)
+    job_id = submit(jobs, astronaut_jpeg, model=MODEL).json()["id"]
+    wait(jobs, job_id)
+    get(jobs, "/v1/jobs/no-such-job")
+    after = metric_samples(jobs.metrics_url)
+    assert grown(before, after, "deepfake_front_requests_total", route="/v1/jobs", status="202") == 1
+    assert grown(before, after, "deepfake_front_requests_total", route="/v1/jobs/{id}", status="404") == 1
+    assert grown(before, after, "deepfake_jobs_submitted_total", media="image") == 1
+    assert grown(before, after, "deepfake_jobs_finished_total", state="done") == 1
+    assert ("deepfake_jobs_queued", ()) in after
+    assert not any(job_id in str(labels) for _, labels in after)  # no job id grows the series
+    assert requests.get(f"{jobs.url}/metrics", timeout=10).status_code == 401
+
+
 def test_the_rollouts_split_routes_predictions_and_jobs_through_the_front(jobs, server, archives, astronaut_jpeg):
     """A split of 1.0 / 2.0 at 50 % in the rollout's state folder: each caller (X-User-Id, else its key) lands
     on its bucket's version, a pinned version is kept, a job follows its key's arm; the arm is logged."""

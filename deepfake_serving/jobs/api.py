@@ -35,11 +35,13 @@ from deepfake_serving.core.errors import RequestError, error_body
 from deepfake_serving.core.formats import video_container
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name, video_model
-from deepfake_serving.jobs.front import Gate, charge, faces_classified, routed_version
+from deepfake_serving.jobs.front import Gate, charge, routed_version
+from deepfake_serving.jobs.metrics import FrontMetrics
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import ENDED, JobRecords, UploadStore, async_redis_client, redis_client
-from deepfake_serving.jobs.worker import TASK, make_app
+from deepfake_serving.jobs.worker import QUEUE, TASK, make_app
 from deepfake_serving.media.video import Sampling, VideoLimits
+from deepfake_serving.monitoring.recorder import faces_classified
 from deepfake_serving.serving.client.clients import make_client
 
 MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and boundaries, on top of the file's limit
@@ -128,7 +130,7 @@ def analyst_page() -> tuple[str, str]:
     return page, policy
 
 
-def create_app(settings: JobSettings | None = None) -> FastAPI:
+def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None = None) -> FastAPI:
     settings = settings or JobSettings.from_env()
     redis = redis_client(settings.redis_url)
     records, store = JobRecords(redis, settings.lease_s, settings.retention_s), UploadStore(settings.store)
@@ -163,6 +165,8 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
                                          "digest": digest, "bytes": size, "media": media, "model": model,
                                          "version_asked": version})
         celery.send_task(TASK, args=[job_id], task_id=job_id)
+        if metrics is not None:
+            metrics.submitted.labels(media).inc()
         return {"id": job_id, "state": "queued", "media": media, "digest": digest,
                 "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"}}
 
@@ -256,5 +260,8 @@ def build() -> Gate:
     """The served app (``uvicorn --factory deepfake_serving.jobs.api:build``): the key gate (and access log),
     then the body limit, then the API."""
     settings = JobSettings.from_env()
-    limited = BodyLimit(create_app(settings), settings.max_upload_bytes + MULTIPART_OVERHEAD)
-    return Gate(limited, async_redis_client(settings.redis_url), settings.access_log)
+    metrics = FrontMetrics(redis_client(settings.redis_url), QUEUE)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    limited = BodyLimit(create_app(settings, metrics), settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    return Gate(limited, async_redis_client(settings.redis_url), settings.access_log, metrics)

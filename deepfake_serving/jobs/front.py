@@ -126,12 +126,6 @@ def charge(redis, name: str, faces: int) -> None:
         pipe.incrby(key, max(1, int(faces))).expire(key, 2 * 86400).execute()
 
 
-def faces_classified(answer: dict) -> int:
-    """The work an answer represents: its faces (an image), or the faces classified over a video's frames."""
-    metrics = answer.get("metrics") or {}
-    return int(metrics.get("faces_classified", answer.get("face_count") or 0) or 0)
-
-
 def routed_version(rollout_dir: str, model: str, version: str | None, route_key: str) -> tuple[str | None, str | None]:
     """(the version to ask for, the A/B arm) of a call to ``model`` (as served: ``b4-mobile`` or ``b4-mobile-video``).
     A version asked for is kept (arm ``pinned``); else the rollout's split file for ``model`` in ``rollout_dir``
@@ -152,8 +146,8 @@ class Gate:
     to the access log (JSON lines, 0600): time, request id, key name, method, route, model, version served,
     the A/B arm, status, error code, latency, bytes in and out; never the media nor a key."""
 
-    def __init__(self, app, redis, access_log: Path):
-        self.app, self.redis, self.access_log = app, redis, access_log
+    def __init__(self, app, redis, access_log: Path, metrics=None):
+        self.app, self.redis, self.access_log, self.metrics = app, redis, access_log, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -194,6 +188,9 @@ class Gate:
         try:
             await (self.app if refusal is None else refusal)(scope, receive, logged)
         finally:
-            entry.update(latency_ms=round((time.perf_counter() - start) * 1000, 2),
+            seconds = time.perf_counter() - start
+            entry.update(latency_ms=round(seconds * 1000, 2),
                          **{k: state.get(k) for k in ("model", "version", "arm", "error", "job")})
             append_line(self.access_log, entry, fsync=False)
+            if self.metrics is not None:
+                self.metrics.request(scope["path"], entry["status"], seconds)

@@ -97,9 +97,11 @@ class JobSystem:
         self.workdir = private_folder(Path(workdir).resolve())
         self.redis = RedisServer(self.workdir / "redis")
         self.settings = replace(settings, redis_url=self.redis.url, store=self.workdir / "store",
-                                access_log=self.workdir / "access.jsonl", audit_log=self.workdir / "audit.jsonl").check()
+                                access_log=self.workdir / "access.jsonl", audit_log=self.workdir / "audit.jsonl",
+                                metrics_port=settings.metrics_port or free_ports(1)[0]).check()
         self.api_port, self.host, self.worker_count = api_port or free_ports(1)[0], host, workers
         self.url = f"http://127.0.0.1:{self.api_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"  # the API's (jobs.metrics)
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
@@ -121,10 +123,12 @@ class JobSystem:
         self.workers.append(worker)
         return worker
 
-    def start_api(self, port: int, timeout: float = 60.0) -> subprocess.Popen:
-        """One API process (a front replica) on ``port``, answering once it is up."""
+    def start_api(self, port: int, timeout: float = 60.0, metrics_port: int = 0) -> subprocess.Popen:
+        """One API process (a front replica) on ``port`` (its metrics on ``metrics_port``, 0: none), answering
+        once it is up."""
         api = self._spawn(f"api{port}", [sys.executable, "-m", "uvicorn", "--factory", "deepfake_serving.jobs.api:build",
-                                         "--host", self.host, "--port", str(port), "--log-level", "warning"])
+                                         "--host", self.host, "--port", str(port), "--log-level", "warning"],
+                          replace(self.settings, metrics_port=metrics_port))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if api.poll() is not None:
@@ -144,7 +148,7 @@ class JobSystem:
         for _ in range(self.worker_count):
             self.start_worker()
         try:
-            self.api = self.start_api(self.api_port)
+            self.api = self.start_api(self.api_port, metrics_port=self.settings.metrics_port)
         except BaseException:
             self.stop()
             raise

@@ -35,6 +35,7 @@ class JobSettings:
     lease_s: int = 60  # an attempt renews its lease while it works; a killed worker's lease lapses after this
     attempts: int = 3  # server errors are retried with backoff; after the last, the job fails (dead letter)
     retry_backoff_s: float = 5.0
+    metrics_port: int = 0  # the API's Prometheus metrics on this loopback port (jobs.metrics); 0: none
     callback_attempts: int = 5  # signed with the submitting key's own secret (jobs.front.KeyRing)
 
     @classmethod
