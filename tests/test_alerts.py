@@ -1,5 +1,5 @@
 """The alert rules: `promtool check rules` and `promtool test rules` (Debian's promtool), and the names
-they use are the catalogue's."""
+they use are the catalogue's; the Grafana dashboard is what the code writes and names existing metrics."""
 
 import re
 import subprocess
@@ -44,3 +44,35 @@ def test_the_rules_use_the_catalogues_names_and_server_error_codes():
     server_errors = {code for code, kind in CATALOGUE.items() if kind.status >= 500}
     for codes in re.findall(r'code=~"([^"]+)"', text):
         assert set(codes.split("|")) == server_errors
+
+
+def known_names() -> set[str]:
+    from deepfake_serving.jobs.metrics import FrontMetrics
+
+    class NoRedis:
+        def llen(self, queue):
+            return 0
+
+        def hgetall(self, key):
+            return {b"done": b"1"}
+
+    metrics = FrontMetrics(NoRedis(), "q")
+    metrics.request("/v1/jobs", 202, 0.1)
+    metrics.submitted.labels("image").inc()
+    front = {s.name for family in metrics.registry.collect() for s in family.samples}
+    ours = {spec.name for spec in METRICS} | {f"{spec.name}_{part}" for spec in METRICS if spec.kind == HISTOGRAM
+                                              for part in ("bucket", "sum", "count")}
+    return ours | front | {"up", "ALERTS"}
+
+
+def test_the_dashboard_is_what_the_code_writes_and_names_existing_metrics():
+    from deepfake_serving.monitoring.dashboard import DASHBOARD, dashboard, render
+
+    assert DASHBOARD.read_text() == render(), "python -m deepfake_serving.monitoring.dashboard rewrites it"
+    panels = dashboard()["panels"]
+    assert len({p["id"] for p in panels}) == len(panels) and all(p["targets"] for p in panels)
+    expressions = [t["expr"] for p in panels for t in p["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\b(deepfake_[a-z_]+|up|ALERTS)\b", expr)}
+    assert used <= known_names(), used - known_names()
+    assert {spec.name for spec in METRICS} <= {name.rsplit("_bucket", 1)[0].rsplit("_sum", 1)[0].rsplit("_count", 1)[0]
+                                               for name in used}  # every catalogue metric is on a panel

@@ -126,3 +126,20 @@ def test_a_shifted_stream_fires_the_drift_alert_and_a_normal_one_does_not(server
     alert = delivered[0]
     assert alert["status"] == "firing" and alert["labels"]["model"] == MODEL and alert["labels"]["version"] == "1.0"
     assert alert["labels"]["job"] == "torchserve" and "drifted" in alert["annotations"]["summary"]
+
+
+def test_every_dashboard_panel_evaluates_in_prometheus(monitor):
+    """The dashboard's expressions (``$model`` = all) run in the real Prometheus; the image model's panels
+    have data after the test above."""
+    from deepfake_serving.monitoring.dashboard import dashboard
+
+    with_data = {"Answers per second by label", "P(fake): median and 90th percentile by version",
+                 "Score drift (PSI; alert above 0.25)", "Faces per answered request", "Time in the model, p95",
+                 "Stage time, p95", "Servers answering their scrape", "Alerts firing"}
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            answer = requests.get(f"{monitor.prometheus_url}/api/v1/query", timeout=10,
+                                  params={"query": target["expr"].replace("$model", ".*")}).json()
+            assert answer["status"] == "success", (panel["title"], answer)
+            if panel["title"] in with_data:
+                assert answer["data"]["result"], panel["title"]
