@@ -45,7 +45,7 @@ def main() -> None:
             settings = JobSettings(server_url=server.inference_url, key_file=str(server.key_file))
             with JobSystem(Path(tmp) / "jobs", settings, workers=0) as jobs:
                 key = KeyRing(redis_client(jobs.settings.redis_url)).add("bench", rate_per_minute=100_000,
-                                                                         faces_per_day=10_000_000)
+                                                                         faces_per_day=10_000_000)[0]
                 direct = RestClient(server.inference_url)
                 front = requests.Session()
                 front.headers["Authorization"] = f"Bearer {key}"
