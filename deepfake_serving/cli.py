@@ -332,7 +332,7 @@ def cmd_rollout(args) -> int:
     policy = RolloutPolicy(canary_weight=args.weight, watch_s=args.watch, check_every_s=args.check_every,
                            gate_metric=args.gate_metric, gate_tolerance=args.gate_tolerance,
                            max_latency_ratio=args.max_latency_ratio,
-                           max_error_ratio_increase=args.max_error_ratio_increase)
+                           max_error_ratio_increase=args.max_error_ratio_increase, max_score_psi=args.max_score_psi)
     on_split = None
     if args.nginx_prefix:
         if args.backend != "torchserve":
@@ -620,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-metric", default="f1", choices=["f1", "accuracy", "roc_auc", "recall", "precision"])
     p.add_argument("--gate-tolerance", type=float, default=0.02)
     p.add_argument("--max-latency-ratio", type=float, default=2.0)
+    p.add_argument("--max-score-psi", type=float, help="roll back when the canary's P(fake) distribution moves "
+                   "from the serving version's by more than this PSI (e.g. 0.25; TorchServe; off by default)")
     p.add_argument("--max-error-ratio-increase", type=float, default=0.01)
     p.add_argument("--check-every", type=float, default=5.0, help="seconds between canary checks")
     p.add_argument("--state-dir", default="runtime/rollout", help="split file, audit log, reports")

@@ -34,9 +34,20 @@ class ScriptedServer:
     def latency_quantiles(self, version: str) -> dict:
         return {}
 
+    scores: dict[str, float] = {"1.0": 0.3, "2.0": 0.3}  # where each version's new answers fall, per check
 
-def canary(tmp_path, checks) -> tuple[list[tuple[str, str]], RolloutError | None]:
-    job = Rollout(ScriptedServer(checks), AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=POLICY)
+    def score_histogram(self, version: str) -> dict:
+        """Cumulative buckets: ten more answers at ``scores[version]`` each time it is read."""
+        self.score_reads = getattr(self, "score_reads", {"1.0": 0, "2.0": 0})
+        seen = 10 * self.score_reads[version]
+        self.score_reads[version] += 1
+        return {bound: seen * (self.scores[version] <= bound) for bound in (0.25, 0.5, 0.75, 1.0, float("inf"))}
+
+
+def canary(tmp_path, checks, policy=POLICY, scores=None) -> tuple[list[tuple[str, str]], RolloutError | None]:
+    server = ScriptedServer(checks)
+    server.scores = scores or server.scores
+    job = Rollout(server, AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=policy)
     job.serving, job.candidate = "1.0", "2.0"
     error = None
     try:
@@ -76,3 +87,18 @@ def test_failures_roll_back_at_the_first_check(tmp_path, failures):
     log, error = canary(tmp_path, [{"1.0": (100.0, 0), "2.0": (100.0, failures)}])
     assert error is not None and "error ratio" in str(error)
     assert [outcome for outcome, _ in log] == ["started", "breach"]
+
+
+@pytest.mark.parametrize("candidate_score, rolled_back", [(0.3, False), (0.6, True)])
+def test_a_shifted_score_distribution_rolls_back_when_judged(tmp_path, candidate_score, rolled_back):
+    """max_score_psi: the candidate's answers over the canary land in another bucket than serving's → PSI
+    far over 0.25 → rollback at the first check with enough answers; the same bucket → promoted."""
+    from dataclasses import replace
+
+    policy = replace(POLICY, max_score_psi=0.25, min_score_answers=10)
+    log, error = canary(tmp_path, [FINE], policy, {"1.0": 0.3, "2.0": candidate_score})
+    if rolled_back:
+        assert error is not None and "P(fake) distribution moved" in str(error)
+        assert [outcome for outcome, _ in log] == ["started", "breach"]
+    else:
+        assert error is None and [outcome for outcome, _ in log] == ["started", "ok"]

@@ -176,6 +176,12 @@ def test_prometheus_metrics(server, rest, astronaut_jpeg, no_face_jpeg):
         ("deepfake_stage_duration_seconds_count", {"stage": "detect"}),
         ("deepfake_request_errors_total", {"code": "corrupt_image"})]]
     assert grew == [1, 1, 1, faces["face_count"], 2, 1]
+    from deepfake_serving.rollout.targets import TorchServeTarget  # what the canary's score guard rail reads
+
+    target = TorchServeTarget(MODEL, server.inference_url, server.management_url, f"{server.metrics_url}/metrics",
+                              str(server.key_file))
+    buckets = target.score_histogram("1.0")
+    assert buckets[float("inf")] == after[("deepfake_fake_probability_count", (("model", MODEL), ("version", "1.0")))]
 
 
 def test_served_checkpoint_answers_like_the_in_process_pipeline(rest, ff_checkpoint, two_faces_jpeg):

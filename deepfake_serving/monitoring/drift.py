@@ -27,12 +27,12 @@ EPSILON = 1e-4
 WINDOW = 500
 
 
-def shares(counts: Sequence[int]) -> list[float]:
+def shares(counts: Sequence[float]) -> list[float]:
     total = sum(counts) or 1
     return [max(EPSILON, c / total) for c in counts]
 
 
-def psi(reference: Sequence[int], current: Sequence[int]) -> float:
+def psi(reference: Sequence[float], current: Sequence[float]) -> float:
     """PSI of two histograms over the same bins: Σ (c − r) · ln(c / r) over the bins' shares."""
     return sum((c - r) * math.log(c / r) for r, c in zip(shares(reference), shares(current)))
 

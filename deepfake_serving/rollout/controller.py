@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from deepfake_serving.evaluation.metrics import Evaluation, confusion_png, evaluate_folder, labelled_files
+from deepfake_serving.monitoring.drift import psi
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
 from deepfake_serving.rollout.routing import Split, VersionStats
@@ -48,6 +49,11 @@ class RolloutPolicy:
     # not a slow model (failures and error ratios roll back at the first check)
     slow_checks_to_rollback: int = 2
     canary_probes: int = 2  # per check and version: the controller's own interleaved requests
+    # The candidate's P(fake) distribution against the serving version's over the canary (the servers'
+    # deepfake_fake_probability histograms): roll back above this PSI once each has min_score_answers.
+    # Off by default: a retrained model may move scores on purpose; 0.25 is the usual "significant" line.
+    max_score_psi: float | None = None
+    min_score_answers: int = 50
     drain_s: float = 5.0  # after traffic moves away from a version, before it is removed
     lease_ttl_s: float = 30.0  # an owner on another host is dead once its lease is this old (renewed every third)
 
@@ -315,6 +321,7 @@ class Rollout:
         serving, candidate = self._versions()
         split = Split(self.target.model, serving, candidate, self.policy.canary_weight)
         before = {v: self.target.counters(v) for v in (serving, candidate)}
+        scores_before = self._score_histograms()
         router_before = self._router_snapshot()
         self._set_split(split)
         self._log("canary", "started", f"{self.policy.canary_weight}% of keys to {candidate}",
@@ -333,6 +340,7 @@ class Rollout:
             window = {v: now[v] - before[v] for v in now}
             failing, slow, figures = self._guard_rails(window, self._router_window(router_before), probes,
                                                        *self._server_quantiles(started))
+            failing += self._score_shift(scores_before, figures)
             slow_checks = slow_checks + 1 if slow else 0
             if failing or slow_checks >= self.policy.slow_checks_to_rollback:
                 problems = "; ".join(failing + slow) + (f" ({slow_checks} checks in a row)" if slow_checks > 1 else "")
@@ -363,6 +371,32 @@ class Rollout:
                 answer = self.target.predict(version, self.probes[i % len(self.probes)])
                 probes[version].latencies_ms.append((time.perf_counter() - start) * 1000)
                 probes[version].failures += 0 if answer.ok else 1
+
+    def _score_histograms(self) -> dict[str, dict[float, float]]:
+        if self.policy.max_score_psi is None:
+            return {}
+        return {v: self.target.score_histogram(v) for v in self._versions()}
+
+    def _score_shift(self, before: dict[str, dict[float, float]], figures: dict) -> list[str]:
+        """The candidate's P(fake) histogram over the canary against the serving version's: PSI over the
+        server's buckets (monitoring.drift.psi), judged once each version has min_score_answers."""
+        if self.policy.max_score_psi is None:
+            return []
+        serving, candidate = self._versions()
+        counts = {}
+        for version, now in self._score_histograms().items():
+            bounds = sorted(now)
+            cumulative = [now[b] - before.get(version, {}).get(b, 0.0) for b in bounds]
+            counts[version] = [c - p for c, p in zip(cumulative, [0.0, *cumulative[:-1]])]
+        answers = {v: sum(c) for v, c in counts.items()}
+        figures["score_answers"] = answers
+        if min(answers.get(serving, 0), answers.get(candidate, 0)) < self.policy.min_score_answers:
+            return []
+        index = psi(counts[serving], counts[candidate])
+        figures["score_psi"] = round(index, 4)
+        if index > self.policy.max_score_psi:
+            return [f"candidate's P(fake) distribution moved from serving's: PSI {index:.2f} > {self.policy.max_score_psi}"]
+        return []
 
     def _server_quantiles(self, canary_started: float) -> tuple[dict, bool]:
         """The server's own latency quantiles per version (Triton), and whether to judge them: only

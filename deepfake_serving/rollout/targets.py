@@ -13,6 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from deepfake_serving.core.naming import model_names, pinned_ensemble
+from deepfake_serving.monitoring.catalogue import FAKE_PROBABILITY
 from deepfake_serving.serving.client.auth import ServerKeys
 from deepfake_serving.serving.client.clients import Prediction, RestClient, TritonClient
 
@@ -87,6 +88,20 @@ class RolloutTarget(Protocol):
 
     def latency_quantiles(self, version: str) -> dict[float, float]: ...
 
+    def score_histogram(self, version: str) -> dict[float, float]: ...
+
+
+def fake_probability_buckets(text: str, model: str, version: str) -> dict[float, float]:
+    """The cumulative ``deepfake_fake_probability_bucket`` counts (upper bound → answers) of one model version
+    (monitoring's catalogue, as the server exposes it)."""
+    buckets: dict[float, float] = {}
+    for name, labels, value in _samples(text):
+        if (name == f"{FAKE_PROBABILITY.name}_bucket" and labels.get("model") == model
+                and labels.get("version") == version):
+            le = float(labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + value  # summed over hosts
+    return buckets
+
 
 class _ControlApi:
     key_file: str | None = None
@@ -153,6 +168,9 @@ class TorchServeTarget(_ControlApi):
 
     def latency_quantiles(self, version: str) -> dict[float, float]:
         return {}
+
+    def score_histogram(self, version: str) -> dict[float, float]:
+        return fake_probability_buckets(self._call("GET", self.metrics_url, 10).text, self.model, version)
 
 
 class TritonTarget(_ControlApi):
@@ -270,3 +288,8 @@ class TritonTarget(_ControlApi):
                     and labels.get("model") == self.names["classifier"] and labels.get("version") == version):
                 found[float(labels["quantile"])] = value / 1000
         return found
+
+    def score_histogram(self, version: str) -> dict[float, float]:
+        """Not judged on Triton yet: its metrics name a version by its archive label ("2.0"), the rollout by
+        its classifier version ("2")."""
+        return {}
