@@ -25,7 +25,11 @@ from deepfake_serving.core.formats import video_container
 from deepfake_serving.core.naming import video_model
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.media.video import Sampling
-from deepfake_serving.serving.client.clients import EXPLAIN, Prediction, RestClient, TritonClient
+from deepfake_serving.serving.client.clients import EXPLAIN, Prediction, RestClient, RetryPolicy, TritonClient
+
+# The client's own retries span a worker restart; the task retries an unreachable server with the job's
+# backoff (a new message each time, the job queued meanwhile), not by holding the attempt.
+JOB_RETRY = RetryPolicy(outage_s=0.0)
 
 OnEvent = Callable[[dict], None]
 
@@ -42,8 +46,8 @@ class Analyser(Protocol):
 
 class TorchServeAnalyser:
     def __init__(self, settings: JobSettings):
-        # The client's own retries span a worker restart; the task retries longer outages with the job's backoff.
-        self.client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None)
+        self.client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None,
+                                 retry=JOB_RETRY)
 
     def analyse(self, model, path, version, options, explain, on_event) -> Prediction:
         extra = {EXPLAIN: "true"} if explain else {}
@@ -59,7 +63,7 @@ class TorchServeAnalyser:
 
 class TritonAnalyser:
     def __init__(self, settings: JobSettings):
-        self.client = TritonClient(settings.server_url, "http", timeout=settings.max_job_s)
+        self.client = TritonClient(settings.server_url, "http", timeout=settings.max_job_s, retry=JOB_RETRY)
 
     def analyse(self, model, path, version, options, explain, on_event) -> Prediction:
         name = video_model(model) if is_video(path) else model

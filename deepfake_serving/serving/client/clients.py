@@ -3,6 +3,7 @@ Triton over HTTP or gRPC (KServe v2 / Open Inference Protocol, through tritoncli
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -46,21 +47,24 @@ class RetryPolicy:
     """Bounded exponential backoff with jitter for predictions (idempotent: the same bytes give the same
     answer), never on a 4xx. ``attempts`` counts the first; no retry starts after ``deadline_s``. The
     default spans a TorchServe worker's restart (5-7 s here) while a request that kills workers (no
-    file should) is sent at most 4 times."""
+    file should) is sent at most 4 times. A server that cannot be reached at all (``server_unavailable``:
+    restarting, its connection refused) never saw the request: that is retried for ``outage_s`` whatever
+    ``attempts`` says, which spans a supervisor's restart of the server (serving.launch.supervisor)."""
 
     attempts: int = 4
     base_s: float = 0.5
     cap_s: float = 8.0
     deadline_s: float = 60.0
+    outage_s: float = 30.0
 
     def delay(self, retry: int) -> float:
         """Equal jitter: half the exponential step, plus up to the other half at random (clients that
         failed together do not come back together)."""
-        step = min(self.cap_s, self.base_s * 2 ** retry)
+        step = min(self.cap_s, self.base_s * 2 ** min(retry, 16))
         return step / 2 + random.uniform(0, step / 2)
 
 
-NO_RETRY = RetryPolicy(attempts=1)
+NO_RETRY = RetryPolicy(attempts=1, outage_s=0.0)
 
 
 @dataclass
@@ -95,18 +99,23 @@ class Retrying:
         return prediction
 
     def predict(self, model: str, data: bytes, version: str | None = None, options: dict | None = None) -> Prediction:
-        deadline = time.monotonic() + self.retry.deadline_s
+        start = time.monotonic()
         self.stats.predictions += 1
-        for attempt in range(self.retry.attempts):
+        failed = 0  # attempts the server failed (an unreachable server's are not counted while outage_s lasts)
+        for retry in itertools.count():
             prediction = self._attempt(model, data, version, options)
             if not retryable(prediction):
                 return prediction
-            delay = self.retry.delay(attempt)
-            if attempt + 1 == self.retry.attempts or time.monotonic() + delay > deadline:
+            unreachable = prediction.body["error"]["code"] == "server_unavailable"
+            in_outage = unreachable and time.monotonic() - start < self.retry.outage_s
+            failed += 0 if in_outage else 1
+            delay = self.retry.delay(retry)
+            limit = max(self.retry.deadline_s, self.retry.outage_s) if in_outage else self.retry.deadline_s
+            if failed >= self.retry.attempts or time.monotonic() + delay - start > limit:
                 break
             time.sleep(delay)  # gevent's under Locust
             self.stats.retries += 1
-            self.stats.retried += attempt == 0
+            self.stats.retried += retry == 0
         self.stats.gave_up += 1
         return prediction
 

@@ -309,3 +309,30 @@ class Triton:
         if self.process is None:
             return []
         return [pid for pid, path in live_stubs(self.process.pid).items() if model_path in str(path)]
+
+    def stub_counts(self) -> dict[str, int]:
+        """Live python-backend stubs per model (``<repository>/<model>/<version>/model.py``)."""
+        counts: dict[str, int] = {}
+        for path in live_stubs(self.process.pid).values() if self.process is not None else []:
+            counts[path.parents[1].name] = counts.get(path.parents[1].name, 0) + 1
+        return counts
+
+
+def triton_supervisor(triton: Triton, probes: dict[str, tuple[str, bytes]], **options):
+    """A Supervisor (serving.launch.supervisor) for ``triton``: its stubs counted, a model whose stub died
+    reloaded through the repository API, and ``probes`` (model → (client model name, its input bytes))
+    answered as real inferences with no retry."""
+    from deepfake_serving.serving.client.clients import NO_RETRY, TritonClient
+    from deepfake_serving.serving.launch.supervisor import Supervisor
+
+    def probe(name: str, data: bytes):
+        def answered(within_s: float) -> bool:
+            client = TritonClient(triton.http_url, "http", timeout=within_s, retry=NO_RETRY)
+            try:
+                return client.predict(name, data).ok
+            finally:
+                client.close()
+        return answered
+
+    return Supervisor(triton, {model: probe(*call) for model, call in probes.items()},
+                      reload=lambda model, timeout: triton.load(model, timeout), stubs=triton.stub_counts, **options)
