@@ -3,6 +3,7 @@ Triton's model control, plus per-version counters from each server's Prometheus 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from deepfake_serving.core.naming import model_names, pinned_ensemble
 from deepfake_serving.monitoring.catalogue import FAKE_PROBABILITY
 from deepfake_serving.serving.client.auth import ServerKeys
 from deepfake_serving.serving.client.clients import Prediction, RestClient, TritonClient
+from deepfake_serving.serving.launch.supervisor import model_control
 
 
 class ServerUnavailable(RuntimeError):
@@ -200,7 +202,14 @@ class TritonTarget(_ControlApi):
 
         parameters = {"config": json.dumps(config)}
         parameters.update({f"file:{path}": base64.b64encode(data).decode() for path, data in (files or {}).items()})
-        self._call("POST", f"{self.http_url}/v2/repository/models/{name}/load", 600, json={"parameters": parameters})
+        with self._model_control():
+            self._call("POST", f"{self.http_url}/v2/repository/models/{name}/load", 600, json={"parameters": parameters})
+
+    def _model_control(self):
+        """The server's model-control lock, shared with its supervisor (serving.launch.supervisor): a
+        rollout never loads or unloads while the supervisor reloads or restarts, nor the reverse."""
+        key_file = ServerKeys.for_url(self.http_url, self.key_file).path
+        return model_control(key_file) if key_file else contextlib.nullcontext()
 
     def _pinned_ensemble(self, version: str, name: str) -> dict:
         config = self._config(self.names["ensemble"])
@@ -219,7 +228,8 @@ class TritonTarget(_ControlApi):
         return self._call("POST", f"{self.http_url}/v2/repository/index", 10, json={"ready": True}).json()
 
     def _unload(self, name: str) -> None:
-        self._call("POST", f"{self.http_url}/v2/repository/models/{name}/unload", 120, json={})
+        with self._model_control():
+            self._call("POST", f"{self.http_url}/v2/repository/models/{name}/unload", 120, json={})
 
     def versions(self) -> list[str]:
         found = {m["version"] for m in self._index() if m["name"] == self.names["classifier"] and m.get("version")}
