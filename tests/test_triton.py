@@ -452,7 +452,8 @@ def test_prediction_metrics_are_triton_custom_metrics(server, clip):
     assert grown(before, after, "deepfake_request_errors_total", model=VARIANT, version="any", code="corrupt_image") == 1
     assert grown(before, after, "deepfake_video_frames_analyzed_total", model=f"{VARIANT}-video", version="2.0") == 4
     buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in after.items()
-                     if name == "deepfake_fake_probability_bucket" and dict(labels)["version"] == "2.0")
+                     if name == "deepfake_fake_probability_bucket" and dict(labels)["version"] == "2.0"
+                     and dict(labels)["model"] == VARIANT)
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
 
 
