@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from deepfake_serving.core.errors import RequestError, error_body, internal_error
-from deepfake_serving.core.formats import video_container
 from deepfake_serving.core.naming import video_model
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.media.video import Sampling
@@ -34,14 +33,10 @@ JOB_RETRY = RetryPolicy(outage_s=0.0)
 OnEvent = Callable[[dict], None]
 
 
-def is_video(path: Path) -> bool:
-    with open(path, "rb") as upload:
-        return bool(video_container(upload.read(64)))
-
-
 class Analyser(Protocol):
-    def analyse(self, model: str, path: Path, version: str | None, options: dict, explain: bool,
-                on_event: OnEvent) -> Prediction: ...
+    def analyse(self, model: str, path: Path, video: bool, version: str | None, options: dict, explain: bool,
+                on_event: OnEvent) -> Prediction:
+        """``video``: the job's media, as the API found it when the upload was stored."""
 
 
 class TorchServeAnalyser:
@@ -49,9 +44,9 @@ class TorchServeAnalyser:
         self.client = RestClient(settings.server_url, timeout=settings.max_job_s, key_file=settings.key_file or None,
                                  retry=JOB_RETRY)
 
-    def analyse(self, model, path, version, options, explain, on_event) -> Prediction:
+    def analyse(self, model, path, video, version, options, explain, on_event) -> Prediction:
         extra = {EXPLAIN: "true"} if explain else {}
-        if not is_video(path):
+        if not video:
             return self.client.predict(model, path.read_bytes(), version, extra)  # images: ≤ 20 MB
         last = Prediction(502, error_body("stream_interrupted", "no answer"))
         with open(path, "rb") as upload:  # streamed from disk, never read whole into memory
@@ -65,8 +60,8 @@ class TritonAnalyser:
     def __init__(self, settings: JobSettings):
         self.client = TritonClient(settings.server_url, "http", timeout=settings.max_job_s, retry=JOB_RETRY)
 
-    def analyse(self, model, path, version, options, explain, on_event) -> Prediction:
-        name = video_model(model) if is_video(path) else model
+    def analyse(self, model, path, video, version, options, explain, on_event) -> Prediction:
+        name = video_model(model) if video else model
         extra = {EXPLAIN: "true"} if explain else {}
         return self.client.predict(name, path.read_bytes(), version, {**options, **extra})
 
@@ -109,8 +104,8 @@ class InProcessAnalyser:
                 self.loaded[key] = load_image_explainer(self.bundle, self._load(model, media, False))
             return self.loaded[key]
 
-    def analyse(self, model, path, version, options, explain, on_event) -> Prediction:
-        media = "video" if is_video(path) else "image"
+    def analyse(self, model, path, video, version, options, explain, on_event) -> Prediction:
+        media = "video" if video else "image"
         try:
             pipeline = self._load(model, media, False)
             if version and version != pipeline.version:

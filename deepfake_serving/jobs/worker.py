@@ -154,7 +154,8 @@ class JobRunner:
 
         options = json.loads(job.get("options") or "{}")
         explain = options.pop("explain", "") == "true"
-        prediction = self.analyser.analyse(job["model"], path, version, options, explain, on_event)
+        prediction = self.analyser.analyse(job["model"], path, job.get("media") == "video", version, options, explain,
+                                           on_event)
         if lost.is_set():
             raise Cancelled
         return prediction, arm

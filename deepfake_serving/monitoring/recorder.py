@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from deepfake_serving.core.errors import RequestError
@@ -19,6 +20,8 @@ from deepfake_serving.monitoring.catalogue import (
     MetricSpec,
 )
 from deepfake_serving.monitoring.drift import WINDOW, DriftWindow
+
+logger = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
@@ -46,6 +49,14 @@ class PredictionRecorder:
             self.sink.observe(STAGE_SECONDS, event.ms / 1000.0, (self.model, version or self.version, event.stage))
 
     def answer(self, answer: dict | RequestError) -> None:
+        """Record one request's answer or error; a sink that fails is logged, never raised: a metric never
+        fails a request (as StageObservers drops a failing subscriber's event)."""
+        try:
+            self._answer(answer)
+        except Exception:  # noqa: BLE001
+            logger.exception("recording the metrics of a request failed")
+
+    def _answer(self, answer: dict | RequestError) -> None:
         if isinstance(answer, RequestError):
             self.sink.observe(ERRORS, 1, (self.model, self.version, answer.code))
             return

@@ -81,7 +81,7 @@ class Supervisor:
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> "Supervisor":
-        self._expected = self.stubs() if self.stubs else {}
+        self._expected = self._live_stubs()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
         return self
@@ -90,6 +90,9 @@ class Supervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.reload_within_s + 30)
+
+    def _live_stubs(self) -> dict[str, int]:
+        return self.stubs() if self.stubs else {}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -133,7 +136,7 @@ class Supervisor:
         if not answered:
             self.restart(f"{model}: {reason}; still no answer after its reload")
             return
-        self._expected = self.stubs() if self.stubs else {}
+        self._expected = self._live_stubs()
         self._log(Healing(time.time(), "reload", model, reason, time.monotonic() - start))
 
     def restart(self, reason: str) -> None:
@@ -144,7 +147,7 @@ class Supervisor:
             except Exception:  # noqa: BLE001 - whatever is left of it is killed with its group
                 logger.exception("stopping the server")
             self.server.start()  # type: ignore[attr-defined]
-        self._expected = self.stubs() if self.stubs else {}
+        self._expected = self._live_stubs()
         self._log(Healing(time.time(), "restart", type(self.server).__name__, reason, time.monotonic() - start))
 
     def _log(self, healing: Healing) -> None:

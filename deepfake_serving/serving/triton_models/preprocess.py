@@ -10,7 +10,7 @@ from deepfake_serving.core.errors import internal_error
 from deepfake_serving.core.limits import MAX_IMAGE_FACES
 from deepfake_serving.core.naming import model_names
 from deepfake_serving.pipeline.image import ImagePreprocessor
-from deepfake_serving.serving.triton_models import error_response, input_bytes, instance_device, json_tensor, parameters, record
+from deepfake_serving.serving.triton_models import error_response, input_bytes, instance_device, json_tensor, parameters
 from deepfake_serving.serving.triton_models.metrics import recorder
 from deepfake_serving.variants import get_variant
 
@@ -48,6 +48,6 @@ class TritonPythonModel:
         prepared = in_place(payloads, self.preprocessor.prepare)  # one MTCNN call per image
         for item in prepared:
             if isinstance(item, Exception):
-                record(self.recorder, internal_error(item))
+                self.recorder.answer(internal_error(item))
         return [error_response(item) if isinstance(item, Exception) else pb_utils.InferenceResponse(
             output_tensors=[*self.face_outputs(item), json_tensor("METADATA", item.metadata())]) for item in prepared]
