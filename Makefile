@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[serve,triton,rollout,jobs,samples,load,dev]'
+	$(PY) -m pip install --quiet -e '.[serve,triton,rollout,jobs,monitor,train,samples,load,dev]'
 	# nginx for the rollout's split_clients (Debian's package, unpacked into the venv when not installed)
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (cd $(VENV) && apt-get download nginx >/dev/null \
 		&& dpkg -x nginx_*.deb nginx && rm -f nginx_*.deb) || echo "nginx unavailable: its tests will skip"

@@ -1,7 +1,9 @@
 """Clients against worker deaths: a Locust run (image + video mix) while a worker is SIGKILLed every
-``--every`` seconds — TorchServe's image worker, or the classifier's python-backend stub on Triton.
-Prints the requests that failed at the client (the target is zero), the clients' retries, and each
-kill's recovery: seconds until a new worker process exists, and until the server answers through it.
+``--every`` seconds — TorchServe's image worker (TorchServe restarts it), or the classifier's
+python-backend stub on Triton (the project's supervisor reloads the model: serving/launch/supervisor.py).
+Prints the requests that failed at the client (the target is zero), the clients' retries, each kill's
+recovery (seconds until a new worker process exists, and until the server answers through it), and what
+the supervisor did.
 
 Run: python benchmarks/worker_death.py [--backend torchserve|triton] [--seconds 120] [--every 20]
 """
@@ -26,6 +28,7 @@ from run import demo_server  # noqa: E402
 from deepfake_serving.core.naming import model_names  # noqa: E402
 from deepfake_serving.media import samples  # noqa: E402
 from deepfake_serving.serving.client.clients import NO_RETRY, RestClient, TritonClient  # noqa: E402
+from deepfake_serving.serving.launch.triton import triton_supervisor  # noqa: E402
 
 VARIANT = "b4-mobile"
 
@@ -60,6 +63,7 @@ def main() -> int:
     user, protocol = ("TorchServeRestUser", "rest") if args.backend == "torchserve" else ("TritonHttpUser", "http")
     with tempfile.TemporaryDirectory() as work, demo_server(args.backend, VARIANT, Path(work)) as hosts:
         server, host, reports = hosts["server"], hosts[protocol], Path(work) / "locust"
+        supervisor = triton_supervisor(server).start() if args.backend == "triton" else None
         locust = subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
              "--only-summary", "-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s",
@@ -74,12 +78,17 @@ def main() -> int:
             print(f"kill {len(recoveries)}: new worker after {recoveries[-1][0]:.1f} s, "
                   f"answering after {recoveries[-1][1]:.1f} s", flush=True)
         output, _ = locust.communicate(timeout=args.seconds + 300)
+        healings = supervisor.healings if supervisor else []
+        if supervisor:
+            supervisor.stop()
         with open(f"{reports}_stats.csv") as handle:
             total = next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
     retries = next((line for line in output.splitlines() if line.startswith("client retries")), "client retries: ?")
     print(f"\n{args.backend}: {len(recoveries)} kills in {args.seconds} s, {total['Request Count']} requests, "
           f"{total['Failure Count']} failed at the client; {retries}")
     print("recovery (new process / answering), s: " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in recoveries))
+    for healing in healings:
+        print(f"supervisor: {healing.action} {healing.target} after {healing.reason} ({healing.seconds:.1f} s)")
     return 0 if int(total["Failure Count"]) == 0 else 1
 
 

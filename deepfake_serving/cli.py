@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import signal
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -42,6 +43,33 @@ def cmd_samples(args) -> int:
     return 0
 
 
+def _training_run(args, workdir: Path) -> tuple[str, list[str], dict | None]:
+    """(variant, checkpoints, training run) for an archive: ``--from-run`` fetches the run's checkpoint from
+    MLflow; a checkpoint that ``train`` wrote (its run.json beside it) records its run too."""
+    if not args.from_run:
+        if not args.variant:
+            raise CommandError("--variant is required (or --from-run RUN_ID)")
+        checkpoints = args.checkpoint or []
+        record = Path(checkpoints[0]).with_name("run.json") if len(checkpoints) == 1 else None
+        if record is not None and record.is_file() and Path(checkpoints[0]).name == "checkpoint.pt":
+            run = json.loads(record.read_text())
+            return args.variant, checkpoints, {"run_id": run["run_id"], "tracking_uri": run["tracking_uri"]}
+        return args.variant, checkpoints, None
+    from deepfake_serving.training.tracking import TrackingError, default_uri, download_checkpoint, run_variant
+
+    if args.checkpoint:
+        raise CommandError("--from-run takes the run's checkpoint: no --checkpoint")
+    uri = args.tracking_uri or default_uri()
+    try:
+        variant = run_variant(uri, args.from_run)
+        checkpoint = download_checkpoint(uri, args.from_run, workdir)
+    except TrackingError as err:
+        raise CommandError(str(err)) from None
+    if args.variant and args.variant != variant:
+        raise CommandError(f"run {args.from_run} trained {variant}, not {args.variant}")
+    return variant, [str(checkpoint)], {"run_id": args.from_run, "tracking_uri": uri}
+
+
 def cmd_archive(args) -> int:
     from deepfake_serving.serving.launch.archive import build_archive
 
@@ -53,10 +81,57 @@ def cmd_archive(args) -> int:
     handler = {"threads": args.threads, "max_decoded_pixels": args.max_decoded_pixels}
     if any(handler.values()):
         config["handler"] = {key: value for key, value in handler.items() if value}
-    path = build_archive(args.variant, args.version, checkpoints=args.checkpoint or (), export_path=args.export_path,
-                         model_name=args.model_name, model_config=config, media=args.media, engine=args.engine,
-                         quantize=args.quantize, calibration=args.calibration, holdout=args.holdout)
+    with tempfile.TemporaryDirectory(prefix="run-") as workdir:
+        variant, checkpoints, run = _training_run(args, Path(workdir))
+        path = build_archive(variant, args.version, checkpoints=checkpoints, export_path=args.export_path,
+                             model_name=args.model_name, model_config=config, media=args.media, engine=args.engine,
+                             quantize=args.quantize, calibration=args.calibration, holdout=args.holdout,
+                             training_run=run)
     print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train a variant with its recipe on labelled data (docs/training.md)."""
+    from deepfake_serving.core.errors import CheckpointError
+    from deepfake_serving.training.data import DataError
+    from deepfake_serving.training.loop import DEFAULT_CACHE, Trainer, TrainOptions
+    from deepfake_serving.training.tracking import TrackingError
+    from deepfake_serving.variants import get_variant
+
+    recipe = get_variant(args.recipe).recipe if args.recipe else None
+    options = TrainOptions(args.variant, Path(args.data), Path(args.out), recipe=recipe, epochs=args.epochs,
+                           batch_size=args.batch_size, lr=args.lr,
+                           init_weights=Path(args.init_weights) if args.init_weights else None, seed=args.seed,
+                           validation=args.validation, synthesize=args.synthesize_fakes,
+                           cache=Path(args.cache) if args.cache else DEFAULT_CACHE, tracking_uri=args.tracking_uri,
+                           device=args.device, threads=args.threads, progress=not args.no_progress)
+    try:
+        result = Trainer(options, log=lambda line: print(line, file=sys.stderr, flush=True)).run()
+    except (DataError, TrackingError, CheckpointError) as err:
+        raise CommandError(str(err)) from None
+    summary = {k: result.report.get(k) for k in ("frame_auc", "video_auc", "eer", "average_precision", "ece",
+                                                 "accuracy", "best_epoch", "initial_weights")}
+    print(json.dumps({"out": str(result.out), "checkpoint": str(result.checkpoint), "run_id": result.run_id,
+                      "validation": summary}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """An archive on labelled data: the report per dataset, and the cross-dataset table."""
+    from deepfake_serving.core.errors import CheckpointError
+    from deepfake_serving.serving.launch.archive import extract_bundle
+    from deepfake_serving.training.evaluate import evaluate_datasets
+    from deepfake_serving.training.loop import DEFAULT_CACHE
+
+    with tempfile.TemporaryDirectory(prefix="bundle-") as bundle:
+        try:
+            extract_bundle(Path(args.archive), Path(bundle))
+            reports, table = evaluate_datasets(bundle, args.data, args.out, args.cache or DEFAULT_CACHE, args.threads)
+        except (CheckpointError, ValueError) as err:  # DataError is a ValueError
+            raise CommandError(str(err)) from None
+    print(table)
+    print(f"reports in {args.out}", file=sys.stderr)
     return 0
 
 
@@ -117,6 +192,11 @@ def _bind_options(p, ports: str) -> None:
     p.add_argument("--ports", help=f"{ports}, comma-separated, or 'free' (default: the documented ones)")
 
 
+def _supervisor_option(p) -> None:
+    p.add_argument("--no-supervisor", action="store_true",
+                   help="do not restart a server that dies or stops answering (docs/monitoring.md)")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -129,29 +209,41 @@ def _in_a_child(build, *args, **kwargs):
         return pool.submit(build, *args, **kwargs).result()
 
 
-def _wait_forever(server, message: str | None = None) -> int:
+def _wait_forever(server, message: str | None = None, supervisor=None) -> int:
     """Serve until Ctrl-C or SIGTERM (a service manager's stop), then stop the server cleanly. Both
     handlers are set here: a shell starts background jobs with SIGINT ignored, and Python then
-    leaves it ignored."""
+    leaves it ignored. With a ``supervisor`` (serving.launch.supervisor), a server that dies is restarted
+    instead of ending the command."""
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _interrupt)
     print(message or f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). "
                      "Ctrl-C stops it.", flush=True)
+    if supervisor is not None:
+        supervisor.start()
     try:
-        while server.process.poll() is None:
+        while supervisor is not None or server.process.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
         for stop_signal in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
             signal.signal(stop_signal, signal.SIG_IGN)
+        if supervisor is not None:
+            supervisor.stop()
         server.stop()
     return 0
 
 
+def _torchserve_supervisor(args, server):
+    from deepfake_serving.serving.launch.torchserve import torchserve_supervisor
+
+    return None if args.no_supervisor else torchserve_supervisor(server)
+
+
 def cmd_serve(args) -> int:
     models = args.models or [p.name for p in sorted(Path(args.model_store).glob("*.mar"))]
-    return _wait_forever(_start_server(args, models))
+    server = _start_server(args, models)
+    return _wait_forever(server, supervisor=_torchserve_supervisor(args, server))
 
 
 def cmd_demo(args) -> int:
@@ -179,7 +271,7 @@ def cmd_demo(args) -> int:
     if args.exit:
         server.stop()
         return 0 if rest.ok and grpc_answer.ok else 1
-    return _wait_forever(server)
+    return _wait_forever(server, supervisor=_torchserve_supervisor(args, server))
 
 
 def _predict_video(client, model: str, data: bytes, args):
@@ -218,7 +310,7 @@ def cmd_triton_serve(args) -> int:
     """Build classifier version 1 when it is missing (or from --checkpoint), then serve the variant (images,
     videos, explanations) and any installed ensembles."""
     from deepfake_serving.core.naming import model_names, triton_model_name
-    from deepfake_serving.serving.launch.triton import Triton, TritonPorts
+    from deepfake_serving.serving.launch.triton import Triton, TritonPorts, triton_supervisor
     from deepfake_serving.serving.launch.triton_repository import built_versions
 
     if args.checkpoint or not built_versions(args.variant, args.repository):
@@ -231,11 +323,12 @@ def cmd_triton_serve(args) -> int:
             raise CommandError(f"no ensemble {name} in {args.repository}: install it with `triton ensemble`")
     models = [names["ensemble"], names["video"], names["explain"], *ensembles, *(f"{e}_video" for e in ensembles)]
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    server = Triton(args.workdir, models, repository=args.repository,
-                    threads=args.threads, ports=_ports(TritonPorts, args)).start()
+    server = Triton(args.workdir, models, repository=args.repository, threads=args.threads,
+                    ports=_ports(TritonPorts, args), server_root=args.tritonserver).start()
     return _wait_forever(server, f"Triton is serving {', '.join(models)} on "
                                  f"{server.http_url} (HTTP) and {server.grpc_target} (gRPC), metrics on "
-                                 f"{server.metrics_url}. Ctrl-C stops it.")
+                                 f"{server.metrics_url}. Ctrl-C stops it.",
+                         None if args.no_supervisor else triton_supervisor(server))
 
 
 def cmd_triton_ensemble(args) -> int:
@@ -279,7 +372,9 @@ def cmd_monitor(args) -> int:
     except (OSError, RuntimeError, TimeoutError) as err:
         raise CommandError(str(err)) from None
     return _wait_forever(monitor, f"Prometheus is on {monitor.prometheus_url} (alerts: /alerts), Alertmanager on "
-                                  f"{monitor.alertmanager_url}, scraping {targets}. Ctrl-C stops them.")
+                                  f"{monitor.alertmanager_url}, scraping {targets}; both ask for user "
+                                  f"{monitor.auth[0]!r} and the password in {monitor.workdir / 'credentials.json'}. "
+                                  "Ctrl-C stops them.")
 
 
 def cmd_api_key(args) -> int:
@@ -387,6 +482,23 @@ def cmd_kserve(args) -> int:
     print(to_yaml(inference_service(args.name, args.backend, args.storage_uri, args.canary, args.candidate_version)),
           end="")
     return 0
+
+
+def cmd_kserve_export(args) -> int:
+    """Write the storage layout the backend's KServe runtime mounts, then print its InferenceService."""
+    from deepfake_serving.rollout import kserve_storage
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise CommandError(f"{out} is not empty: export into a new folder")
+    if args.backend == "torchserve":
+        if not args.archive:
+            raise CommandError("--archive: at least one .mar for TorchServe")
+        written = kserve_storage.export_torchserve(out, [Path(a) for a in args.archive])
+    else:
+        written = kserve_storage.export_triton(out, args.variant, Path(args.repository))
+    print("\n".join(f"wrote {path}" for path in written), file=sys.stderr)
+    return cmd_kserve(args)
 
 
 def cmd_key(args) -> int:
@@ -505,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_samples)
 
     p = sub.add_parser("archive", help="package a variant as a versioned .mar")
-    p.add_argument("--variant", required=True)
+    p.add_argument("--variant", help="the variant (required unless --from-run)")
     p.add_argument("--version", required=True)
     p.add_argument("--checkpoint", action="append",
                    help="user checkpoint; repeat to average several checkpoints of the variant; "
@@ -530,7 +642,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-decoded-pixels", type=int,
                    help="video archives: decoded pixels allowed per request (default 3e9; 413 above)")
+    p.add_argument("--from-run", help="the checkpoint of this MLflow run (deepfake-serving train), recorded in the manifest")
+    p.add_argument("--tracking-uri", help="the run's MLflow store (default: ./mlruns/mlflow.db)")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("train", help="train a variant with its recipe on labelled data (Real/ and Fake/, or a CSV)")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--data", required=True, help="a folder with Real/ and Fake/ (images and videos) or a CSV of path,label")
+    p.add_argument("--out", required=True, help="a new folder: checkpoint.pt, report/, history.json, run.json")
+    p.add_argument("--recipe", help="another variant's recipe (default: the variant's own; docs/training.md)")
+    p.add_argument("--init-weights", help="a checkpoint of the variant, or ImageNet weights of its backbone (timm or "
+                                          "torchvision); without it training starts from random weights")
+    p.add_argument("--epochs", type=int, help="the recipe's epochs cut or stretched to this many")
+    p.add_argument("--batch-size", type=int, help="instead of the recipe's")
+    p.add_argument("--lr", type=float, help="the first phase's learning rate (the others keep their ratio)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validation", type=float, default=0.2, help="share of each class's files held out (by file)")
+    p.add_argument("--synthesize-fakes", choices=["sbi"], help="self-blended fakes from every real face")
+    p.add_argument("--cache", help="where the extracted faces are kept (default ~/.cache/deepfake-serving/faces)")
+    p.add_argument("--tracking-uri", help="MLflow: sqlite:///PATH, file:PATH or http(s)://HOST (default "
+                                          "./mlruns/mlflow.db)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda")
+    p.add_argument("--threads", type=int, help="torch's threads on the CPU")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="an archive on labelled data: metrics, plots, a cross-dataset table")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--data", required=True, action="append", help="a folder with Real/ and Fake/, or a CSV; repeat "
+                                                                   "for a cross-dataset table")
+    p.add_argument("--out", required=True, help="a folder per dataset (report.json, scores.jsonl, plots)")
+    p.add_argument("--cache", help="where the extracted faces are kept (default ~/.cache/deepfake-serving/faces)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_evaluate)
 
     for name, func, helptext in (("serve", cmd_serve, "run TorchServe on the model store"),
                                  ("demo", cmd_demo, "build a demo archive, serve it and predict a real face")):
@@ -538,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model-store", default=DEFAULT_MODEL_STORE)
         p.add_argument("--workdir", default=DEFAULT_WORKDIR)
         _bind_options(p, "inference,management,metrics,grpc-inference,grpc-management (8080,8081,8082,7070,7071)")
+        _supervisor_option(p)
         p.set_defaults(func=func)
     sub.choices["serve"].add_argument("--models", nargs="*", help="name=file.mar entries (default: every .mar)")
     sub.choices["demo"].add_argument("--variant", default="b4-mobile")
@@ -561,7 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ensemble", action="append", help="also serve this installed ensemble (repeatable)")
     serve.add_argument("--workdir", default=DEFAULT_TRITON_WORKDIR)
     serve.add_argument("--threads", type=int, help="intra-op threads per model instance (default: cores ÷ instances)")
+    serve.add_argument("--tritonserver", help="the root of a Triton install to run (/opt/tritonserver in NVIDIA's "
+                                              "container; default: the server the nvidia-pytriton wheel bundles)")
     _bind_options(serve, "http,grpc,metrics (8000,8001,8002)")
+    _supervisor_option(serve)
 
     p = triton.add_parser("ensemble", help="install an ensemble archive as Triton models: one detection, each "
                                            "member its own classifier model, a fusion step")
@@ -638,13 +786,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="runtime/rollout", help="where the rollout keeps the split file")
     p.set_defaults(func=cmd_nginx)
 
-    p = sub.add_parser("kserve", help="print a KServe InferenceService (canaryTrafficPercent for a rollout)")
-    p.add_argument("--name", default="b4-mobile")
-    p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
-    p.add_argument("--storage-uri", required=True, help="where the cluster finds the model store or repository")
-    p.add_argument("--canary", type=int, help="percent of traffic to this new revision")
-    p.add_argument("--candidate-version", default="")
-    p.set_defaults(func=cmd_kserve)
+    kserve = sub.add_parser("kserve", help="KServe: an InferenceService, and the storage its runtime mounts"
+                            ).add_subparsers(dest="kserve_command", required=True)
+    for name, func, helptext in (
+            ("manifest", cmd_kserve, "print an InferenceService (canaryTrafficPercent for a rollout)"),
+            ("export", cmd_kserve_export, "write the storage layout (TorchServe: config/ + model-store/; Triton: "
+                                          "the variant's repository), then print its InferenceService")):
+        p = kserve.add_parser(name, help=helptext)
+        p.add_argument("--name", default="b4-mobile")
+        p.add_argument("--backend", choices=["torchserve", "triton"], default="torchserve")
+        p.add_argument("--storage-uri", required=True, help="where the cluster finds the exported folder")
+        p.add_argument("--canary", type=int, help="percent of traffic to this new revision")
+        p.add_argument("--candidate-version", default="")
+        p.set_defaults(func=func)
+    export = kserve.choices["export"]
+    export.add_argument("--out", required=True, help="a new folder to copy to the storage URI")
+    export.add_argument("--archive", action="append", help="TorchServe: a model archive to serve (repeatable)")
+    export.add_argument("--variant", default="b4-mobile", help="Triton: the variant whose models to export")
+    export.add_argument("--repository", default=TRITON_REPOSITORY, help="Triton: the repository to export from")
 
     p = sub.add_parser("key", help="print a server key from the key file (for curl)")
     p.add_argument("kind", choices=["inference", "management", "API"])

@@ -7,10 +7,11 @@
 #       -v /path/to/checkpoints:/checkpoints deepfake-triton            # random weights if none given
 FROM nvcr.io/nvidia/tritonserver:24.04-py3
 
-# The package pins Python 3.11; the container's own Python is 3.10.
+# The package pins Python 3.11; the container's own Python is 3.10. nginx is the launcher's transport
+# limit in front of tritonserver (deepfake_serving/serving/launch/triton_front.py).
 RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common \
  && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv nginx \
  && rm -rf /var/lib/apt/lists/*
 
 COPY . /opt/deepfake-serving
@@ -29,23 +30,14 @@ RUN python3.11 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH VARIANT=b4-mobile
 WORKDIR /opt/deepfake-serving
 
-# Build classifier version 1 from /checkpoints/*.pt[h] (or random weights), then serve the variant
-# with the repository exactly as committed: explicit model control, KIND_AUTO instances.
+# The entry point is the project's launcher under its supervisor, as `deepfake-serving triton serve` runs
+# it anywhere: classifier version 1 built from /checkpoints/*.pt[h] (random weights if none), the container's
+# tritonserver in explicit model control, every API but inference, health and metadata behind a key written
+# to /run/deepfake/key_file.json (0600; `docker exec` reads it), nginx's transport limit in front, and a
+# supervisor that reloads a model whose stub died and restarts tritonserver when it crashed or stopped
+# answering real inferences (docs/monitoring.md). The launcher stays PID 1's child: `docker stop` (SIGTERM)
+# stops tritonserver cleanly.
 CMD set -e; \
     CKPTS=$(for f in /checkpoints/*; do [ -f "$f" ] && printf -- '--checkpoint %s ' "$f"; done); \
-    deepfake-serving triton build --variant "$VARIANT" --version 1 $CKPTS; \
-    MODEL=$(echo "$VARIANT" | tr - _); \
-    # bytecode now, not by the stubs while loading: a directory changed after its load makes Triton
-    # reload that model from its on-disk config at the next ensemble load (see deepfake_serving/serving/launch/triton_repository.py)
-    python3 -m compileall -q model_repository; \
-    # every API but inference, health and metadata only with this key, as the launcher does (a load
-    # request can carry code; the shared-memory API can abort the server). No transport limit here:
-    # put the nginx front of deepfake_serving/serving/launch/triton_front.py (or your ingress's body limit) before it.
-    KEY=${REPOSITORY_KEY:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
-    install -d -m 0700 /run/deepfake; \
-    (umask 077; printf '{"management": {"key": "%s"}}' "$KEY" > /run/deepfake/key_file.json); \
-    exec tritonserver --model-repository=/opt/deepfake-serving/model_repository \
-        --model-control-mode=explicit --load-model="$MODEL" --load-model="${MODEL}_video" \
-        --disable-auto-complete-config \
-        --http-restricted-api="model-repository,shared-memory,logging,trace,statistics,model-config:authorization=Bearer $KEY" \
-        --grpc-restricted-protocol="model-repository,shared-memory,logging,trace,statistics,model-config:authorization=Bearer $KEY"
+    exec deepfake-serving triton serve --variant "$VARIANT" $CKPTS --host 0.0.0.0 \
+        --tritonserver /opt/tritonserver --workdir /run/deepfake --repository /opt/deepfake-serving/model_repository

@@ -4,17 +4,14 @@ faces degraded (grey, darker, low-quality JPEG) drive it through pending to firi
 delivers it to the test's webhook receiver. The rules' ``for`` durations are shortened to 2 s here (their
 behaviour over time is promtool's unit tests, tests/test_alerts.py)."""
 
-import io
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 import torch
 import yaml
-from PIL import Image, ImageEnhance
 
 from deepfake_serving.media import samples
 from deepfake_serving.serving.client.clients import RestClient
@@ -22,6 +19,7 @@ from deepfake_serving.serving.launch.archive import build_archive
 from deepfake_serving.serving.launch.monitor import RULES, Intervals, Monitor, Targets, monitoring_binary
 from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 from helpers.calibrated import calibrated_b4_mobile
+from helpers.media import degraded
 
 pytestmark = pytest.mark.server
 MODEL = "b4-mobile"
@@ -75,21 +73,12 @@ def monitor(server, tmp_path_factory):
     receiver.shutdown()
 
 
-def degraded(data: bytes) -> bytes:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image = ImageEnhance.Color(ImageEnhance.Brightness(image).enhance(0.7)).enhance(0.0)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=30)
-    return out.getvalue()
-
-
 def drift_states(monitor) -> set[str]:
     return {a["state"] for a in monitor.alerts() if a["labels"]["alertname"] == DRIFT}
 
 
 def psi(monitor) -> list[float]:
-    query = requests.get(f"{monitor.prometheus_url}/api/v1/query", params={"query": "deepfake_score_drift_psi"}, timeout=10)
-    return [float(r["value"][1]) for r in query.json()["data"]["result"]]
+    return [float(r["value"][1]) for r in monitor.query("deepfake_score_drift_psi")["result"]]
 
 
 def test_a_shifted_stream_fires_the_drift_alert_and_a_normal_one_does_not(server, monitor):
@@ -138,8 +127,23 @@ def test_every_dashboard_panel_evaluates_in_prometheus(monitor):
                  "Stage time, p95", "Servers answering their scrape", "Alerts firing"}
     for panel in dashboard()["panels"]:
         for target in panel["targets"]:
-            answer = requests.get(f"{monitor.prometheus_url}/api/v1/query", timeout=10,
-                                  params={"query": target["expr"].replace("$model", ".*")}).json()
-            assert answer["status"] == "success", (panel["title"], answer)
+            answer = monitor.query(target["expr"].replace("$model", ".*"))
             if panel["title"] in with_data:
-                assert answer["data"]["result"], panel["title"]
+                assert answer["result"], panel["title"]
+
+
+def test_prometheus_and_alertmanager_answer_only_with_this_starts_password(monitor):
+    """Another local user reaches loopback too: without the password (0600, in the 0700 work folder) neither
+    answers, so nobody else reads the series or silences an alert."""
+    import stat
+
+    import requests
+
+    for url in (f"{monitor.prometheus_url}/api/v1/alerts", f"{monitor.alertmanager_url}/api/v2/silences"):
+        assert requests.get(url, timeout=10).status_code == 401
+        assert requests.get(url, timeout=10, auth=("deepfake", "guess")).status_code == 401
+        assert requests.get(url, timeout=10, auth=monitor.auth).status_code == 200
+    for name in ("credentials.json", "password", "web.yml"):
+        assert stat.S_IMODE((monitor.workdir / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(monitor.workdir.stat().st_mode) == 0o700
+    assert monitor.auth[1] not in (monitor.workdir / "web.yml").read_text()  # only its bcrypt hash

@@ -3,6 +3,7 @@ each fault, the observed traffic split, and the audit log."""
 
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -529,6 +530,57 @@ def test_kserve_inference_service_for_the_canary():
     with pytest.raises(ValidationError, match="modelFormat"):
         import jsonschema
         jsonschema.validate(broken, SCHEMA)
+
+
+def test_kserve_export_writes_a_layout_torchserve_serves_as_kserves_runtime_starts_it(store, tmp_path):
+    """`kserve export` (TorchServe): config/config.properties and model-store/, served by TorchServe started
+    as KServe's torchserve image starts it (its --model-store and --ts-config, the snapshot's models): the
+    newest version answers unversioned requests without a key on loopback, nothing is registered over the
+    management API, and the InferenceService printed validates."""
+    out = tmp_path / "export"
+    command = [sys.executable, "-m", "deepfake_serving.cli", "kserve", "export", "--out", str(out),
+               "--storage-uri", "s3://models/b4-mobile", "--archive", str(store / f"{MODEL}-v1.0.mar"),
+               "--archive", str(store / f"{MODEL}-v2.0.mar")]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "storageUri: s3://models/b4-mobile" in printed and "modelFormat:\n" in printed
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2 and "is not empty" in refused.stderr
+    assert sorted(p.name for p in (out / "model-store").iterdir()) == [f"{MODEL}-v1.0.mar", f"{MODEL}-v2.0.mar"]
+    exported = (out / "config" / "config.properties").read_text()
+    assert "model_store=/mnt/models/model-store\n" in exported and "inference_address=http://127.0.0.1:8085\n" in exported
+    assert "vmargs=-Xmx1g" in exported
+
+    # Here: free ports instead of 8085/8082/7070/7071, and the folder instead of /mnt/models.
+    http, metrics, grpc, grpc_management = free_ports(4)
+    config = tmp_path / "config.properties"
+    config.write_text(exported.replace(":8085", f":{http}").replace(":8082", f":{metrics}").replace(
+        "=7070", f"={grpc}").replace("=7071", f"={grpc_management}").replace("/mnt/models", str(out)))
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TEMP": str(tmp_path / "tmp"), "LOG_LOCATION": str(tmp_path), "METRICS_LOCATION": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--model-store",
+                               str(out / "model-store"), "--ts-config", str(config)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{http}"
+    try:
+        answer, deadline = None, time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                answer = requests.post(f"{url}/predictions/{MODEL}", data=samples.astronaut_jpeg(), timeout=60)
+                if answer.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        assert answer is not None and answer.status_code == 200, answer and answer.text
+        assert answer.json()["version"] == "2.0"
+        assert requests.post(f"{url}/predictions/{MODEL}/1.0", data=samples.astronaut_jpeg(), timeout=60).json()[
+            "version"] == "1.0"
+        registered = requests.post(f"{url}/models", params={"url": f"{MODEL}-v6.0.mar"}, timeout=30)
+        assert registered.status_code != 200
+        assert requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).status_code == 200
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def test_the_front_survives_a_key_renewal_and_a_restart_after_a_failed_load(store, tmp_path):

@@ -90,18 +90,20 @@ def test_promotion_under_load_with_zero_failed_requests(server, repository, weig
     target = TritonTarget(VARIANT, server.http_url, server.metrics_url)
     assert target.serving_version() == "1"
     load = live_load(server, target, tmp_path, seconds=120)
-    try:
-        assert rollout(target, tmp_path).run("2") == "2"
+    try:  # the score shift judged too (the same weights: no shift), once each version has 5 answers
+        assert rollout(target, tmp_path, dataclasses.replace(POLICY, max_score_psi=0.5, min_score_answers=5)).run("2") == "2"
     finally:
         stats = load.finish(stop=True)
     assert int(stats["Aggregated"]["Failure Count"]) == 0, stats["output"]
     assert int(stats["image 1"]["Request Count"]) > 0 and int(stats["image 2"]["Request Count"]) > 0, stats["output"]
+    assert target.labels == {"1": "1.0", "2": "2.0"}
     assert target.serving_version() == "2"
     assert TritonClient(server.http_url).predict(VARIANT, samples.astronaut_jpeg()).body["version"] == "2.0"
     assert steps(tmp_path) == [("start", "ok"), ("register", "ok"), ("warm_up", "ok"), ("shadow", "ok"),
                                ("gate", "skipped"), ("canary", "started"), ("canary", "ok"), ("promote", "ok")]
     canary = entries(tmp_path)[6]["figures"]
     assert canary["candidate_requests"] > 0 and canary["candidate_error_ratio"] == 0.0  # Triton counts failures
+    assert min(canary["score_answers"].values()) >= 5 and canary["score_psi"] <= 0.5, canary
     # Triton's own p95 per version (summary_latencies), recorded; not judged: its 60 s window still holds
     # the candidate's warm-up and shadow requests after a 6 s canary
     p95 = canary["server_p95_ms"]

@@ -2,18 +2,22 @@
 times under four concurrent clients, then tritonserver itself SIGKILLed; TorchServe's frontend SIGKILLed.
 No client request fails, none waits past the documented bound, and the model answers again in time."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from deepfake_serving.media import samples
 from deepfake_serving.serving.client.clients import NO_RETRY, RestClient, TritonClient
 from deepfake_serving.serving.launch.archive import build_archive
-from deepfake_serving.serving.launch.supervisor import Supervisor, model_control
-from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
+from deepfake_serving.serving.launch.processes import free_ports
+from deepfake_serving.serving.launch.supervisor import model_control
 from deepfake_serving.serving.launch.triton import Triton, TritonPorts, triton_supervisor
 from deepfake_serving.serving.launch.triton_repository import build_classifier_version, write_configs
 
@@ -71,7 +75,7 @@ def triton(tmp_path_factory):
 
 def test_triton_heals_three_stub_kills_and_its_own_death_under_load(triton):
     image = samples.astronaut_jpeg()
-    supervisor = triton_supervisor(triton, {ENSEMBLE: (VARIANT, image)}, interval_s=1.0, answer_within_s=10.0).start()
+    supervisor = triton_supervisor(triton, image_within_s=10.0, interval_s=1.0, probe_every_s=1.0).start()
     probe = TritonClient(triton.http_url, "http", timeout=5, retry=NO_RETRY)
     recoveries = []
     try:
@@ -93,10 +97,12 @@ def test_triton_heals_three_stub_kills_and_its_own_death_under_load(triton):
     failed = [r for r in load.results if r[0] != 200]
     print(f"{len(load.results)} requests, {len(failed)} failed, longest {max(r[1] for r in load.results):.1f} s; "
           f"answering again after {[round(s, 1) for s in recoveries]} s; healings: "
-          f"{[(h.action, h.target, round(h.seconds, 1)) for h in supervisor.healings]}")
+          f"{[(h.action, h.target, round(h.seconds, 1), h.reason) for h in supervisor.healings]}")
     assert not failed, failed[:5]
     assert max(r[1] for r in load.results) <= REQUEST_BOUND_S
-    assert len(supervisor.healings) >= 4 and supervisor.healings[-1].action == "restart"
+    # A stub kill is healed by a reload, or by a restart when the reload does not bring answers back, or by
+    # Triton itself when it restarts the stub before the supervisor looks; the server's death by a restart.
+    assert len(supervisor.healings) >= 2 and supervisor.healings[-1].action == "restart"
     assert "process is gone" in supervisor.healings[-1].reason
 
 
@@ -120,24 +126,33 @@ def test_the_model_control_lock_is_held_by_one_owner_at_a_time(tmp_path):
     assert (tmp_path / "model-control.lock").stat().st_mode & 0o077 == 0
 
 
-def test_torchserve_is_restarted_when_its_frontend_dies(tmp_path):
-    store = tmp_path / "store"
+def test_serve_restarts_torchserve_when_its_frontend_dies(tmp_path):
+    """`deepfake-serving serve` runs its supervisor: the frontend's process group SIGKILLed → a new frontend
+    answers on the same ports, the command keeps serving, and Ctrl-C still stops everything."""
+    store, workdir = tmp_path / "store", tmp_path / "ts"
     mar = build_archive(VARIANT, "1.0", export_path=store, engine="onnxruntime")
-    image = samples.astronaut_jpeg()
-    with TorchServe(store, tmp_path / "ts", models=[f"{VARIANT}={mar.name}"], ports=Ports.free()) as server:
-        client = RestClient(server.inference_url, timeout=60)
+    ports = free_ports(5)
+    command = subprocess.Popen(
+        [sys.executable, "-m", "deepfake_serving.cli", "serve", "--model-store", str(store), "--workdir", str(workdir),
+         "--models", f"{VARIANT}={mar.name}", "--ports", ",".join(map(str, ports))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    image, url, key_file = samples.astronaut_jpeg(), f"http://127.0.0.1:{ports[0]}", str(workdir / "key_file.json")
 
-        def answered(within_s: float) -> bool:
-            return RestClient(server.inference_url, timeout=within_s, retry=NO_RETRY).predict(VARIANT, image).ok
+    def answer():
+        return RestClient(url, timeout=10, key_file=key_file, retry=NO_RETRY).predict(VARIANT, image)
 
-        supervisor = Supervisor(server, {VARIANT: answered}, interval_s=1.0, answer_within_s=30.0).start()
-        try:
-            assert client.predict(VARIANT, image).status == 200
-            frontend = server.process.pid
-            os.killpg(frontend, signal.SIGKILL)
-            recovered = answers_again(lambda: RestClient(server.inference_url, timeout=10, retry=NO_RETRY)
-                                      .predict(VARIANT, image), 180.0)
-        finally:
-            supervisor.stop()
-        assert server.process.pid != frontend and supervisor.healings[0].action == "restart"
-        print(f"TorchServe answering again {recovered:.1f} s after its frontend was killed")
+    try:
+        assert "Ctrl-C stops it" in command.stdout.readline()
+        assert answer().status == 200
+        frontend = json.loads((workdir / "server.json").read_text())["pid"]
+        os.killpg(frontend, signal.SIGKILL)
+        recovered = answers_again(answer, 180.0)
+        assert json.loads((workdir / "server.json").read_text())["pid"] != frontend
+        assert command.poll() is None
+    finally:
+        command.send_signal(signal.SIGINT)
+        output = command.communicate(timeout=90)[0]
+    assert command.returncode == 0, output
+    assert "supervisor: restart TorchServe after the server process is gone" in output
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
+    print(f"TorchServe answering again {recovered:.1f} s after its frontend was killed")

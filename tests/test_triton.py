@@ -5,8 +5,10 @@ model control, dynamic batching, bad input, health/metrics and a clean shutdown.
 import io
 import json
 import re
+import shlex
 import stat
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,9 @@ import tritonclient.http as triton_http
 from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig, ModelInstanceGroup
 
+from deepfake_serving.bundle.manifest import GRAPH_NAME
+from deepfake_serving.cli import build_parser, cmd_triton_serve
+from deepfake_serving.core.naming import model_names
 from deepfake_serving.engines.torch_engine import TorchScorer
 from deepfake_serving.media import samples
 from deepfake_serving.pipeline.image import ImagePreprocessor
@@ -574,10 +579,35 @@ def test_bodies_over_the_transport_limit_are_refused_before_triton_reads_them(se
     assert TritonClient(server.grpc_target, "grpc").predict(VIDEO, clip).status == 200
 
 
-def test_the_container_restricts_the_apis_the_launcher_restricts():
+def test_kserve_export_copies_the_variants_models_and_every_built_version(repository, tmp_path):
+    """`kserve export --backend triton`: the variant's models as committed (KServe's Triton loads every model
+    in the folder), each built classifier version with its graph, no bytecode, no other variant."""
+    out = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "deepfake_serving.cli", "kserve", "export", "--backend", "triton",
+                    "--out", str(out), "--storage-uri", "gs://models/repository", "--variant", VARIANT,
+                    "--repository", str(repository)], capture_output=True, text=True, check=True)
+    names = model_names(VARIANT)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names.values())
+    for relative, text in render_configs(get_variant(VARIANT)).items():
+        assert (out / relative).read_text() == text
+    versions = sorted(p.name for p in (out / names["classifier"]).iterdir() if p.name.isdigit())
+    assert versions == sorted(p.name for p in (repository / names["classifier"]).iterdir() if p.name.isdigit())
+    assert all((out / names["classifier"] / v / GRAPH_NAME).stat().st_size > 1_000_000 for v in versions)
+    assert not list(out.rglob("__pycache__"))
+
+
+def test_the_container_runs_the_launcher_and_its_supervisor_on_its_own_tritonserver(tmp_path):
+    """The container's entry point is `deepfake-serving triton serve` (restricted APIs, nginx, supervisor) on
+    the container's tritonserver, not a tritonserver command line of its own."""
     dockerfile = (Path(__file__).resolve().parents[1] / "docker" / "triton.Dockerfile").read_text()
-    assert dockerfile.count(f'restricted-api="{",".join(RESTRICTED_APIS)}:') == 1
-    assert dockerfile.count(f'restricted-protocol="{",".join(RESTRICTED_APIS)}:') == 1
+    command = dockerfile[dockerfile.index("exec deepfake-serving "):].replace("\\\n", " ")
+    args = build_parser().parse_args(shlex.split(command.replace('"$VARIANT"', "b4-mobile").replace("$CKPTS", ""))[2:])
+    assert args.func is cmd_triton_serve and not args.no_supervisor
+    assert (args.tritonserver, args.host) == ("/opt/tritonserver", "0.0.0.0")
+    line = Triton(tmp_path, ["b4_mobile"], server_root=args.tritonserver).command("k")
+    assert line[0] == "/opt/tritonserver/bin/tritonserver" and "--backend-directory=/opt/tritonserver/backends" in line
+    assert f"--http-restricted-api={','.join(RESTRICTED_APIS)}:authorization=Bearer k" in line
+    assert f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:authorization=Bearer k" in line
 
 
 def test_tiled_faces_keep_every_stub_within_the_memory_budget(server, astronaut_jpeg):

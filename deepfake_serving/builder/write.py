@@ -33,6 +33,7 @@ def write_bundle(
     quantize: str | None = None,
     calibration: str | Path | None = None,
     holdout: str | Path | None = None,
+    training_run: dict | None = None,
 ) -> BundleManifest:
     """Write weights, graph and manifest. Without checkpoints the weights are random (seeded) and
     flagged untrained. Every checkpoint is loaded into the variant before anything is written.
@@ -84,6 +85,7 @@ def write_bundle(
         onnx=onnx,
         layout=LAYOUT,
         engine_decision=decision.record(),
+        training_run=training_run,
     )
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest

@@ -45,6 +45,8 @@ class BundleManifest:
     layout: int = 1  # absent in bundles built before layouts were recorded
     # {"requested", "engine", "precision", "reason", "cpu"}: why the archive serves on its engine (builder.engine_choice)
     engine_decision: dict | None = None
+    # {"run_id", "tracking_uri"}: the MLflow run that trained the weights (deepfake-serving train), when known
+    training_run: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

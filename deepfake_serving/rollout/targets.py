@@ -191,6 +191,7 @@ class TritonTarget(_ControlApi):
         self.http_url, self.metrics_url = http_url.rstrip("/"), metrics_url
         self.key_file = key_file
         self.client = TritonClient(http_url, "http")
+        self.labels: dict[str, str] = {}  # classifier version → the version its answers carry ("2" → "2.0")
 
     # -- repository API --------------------------------------------------------------------------
     def _config(self, name: str) -> dict:
@@ -269,7 +270,10 @@ class TritonTarget(_ControlApi):
         return version
 
     def predict(self, version: str, data: bytes) -> Prediction:
-        return self.client.predict(pinned_ensemble(self.model, version), data)
+        answer = self.client.predict(pinned_ensemble(self.model, version), data)
+        if answer.ok and isinstance(answer.body.get("version"), str):
+            self.labels[version] = answer.body["version"]
+        return answer
 
     def promote(self, version: str) -> None:
         self._load(self.names["ensemble"], self._pinned_ensemble(version, self.names["ensemble"]))
@@ -300,6 +304,10 @@ class TritonTarget(_ControlApi):
         return found
 
     def score_histogram(self, version: str) -> dict[float, float]:
-        """Not judged on Triton yet: its metrics name a version by its archive label ("2.0"), the rollout by
-        its classifier version ("2")."""
-        return {}
+        """The models' metrics name a version by the label its answers carry ("2.0"), the rollout by its
+        classifier version ("2"): the label is the one the version's own answers to the rollout's requests
+        (warm-up, shadow, probes) carried; none yet → no histogram (not judged)."""
+        label = self.labels.get(version)
+        if label is None:
+            return {}
+        return fake_probability_buckets(self._call("GET", self.metrics_url, 10).text, self.model, label)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from deepfake_serving.variants.recipes import Recipe
+
 if TYPE_CHECKING:  # the registry imports no torch: torch-free workers read it too
     from torch import Tensor, nn
 
@@ -82,6 +84,10 @@ class Variant:
     threshold: float = 0.5
     # Checkpoint keys that the reference format carries but the model does not use.
     ignored_checkpoint_prefixes: tuple[str, ...] = ()
+    # The pretrained feature extractor (a submodule's dotted name): what ImageNet weights initialise and a
+    # recipe freezes or trains at its own rate; everything else is the head.
+    backbone: str = ""
+    recipe: Recipe | None = field(default=None, hash=False, compare=False)  # how its source document trains it
 
     def build(self) -> "nn.Module":
         """A new torch module with random weights (imports torch and the architecture's module)."""

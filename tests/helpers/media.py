@@ -7,7 +7,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from deepfake_serving.media import samples
 
@@ -244,3 +244,12 @@ def tiled_faces_clip(frames: int = 8, size: tuple[int, int] = (1920, 1080), tile
     width, height = size
     frame = tiled_faces(max(width, height), tile)[:height, :width]
     return samples.encode_video([frame] * frames, "mp4")
+
+
+def degraded(data: bytes) -> bytes:
+    """The same photograph greyed, darker and low-quality: a shifted input stream for the drift alert."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = ImageEnhance.Color(ImageEnhance.Brightness(image).enhance(0.7)).enhance(0.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=30)
+    return out.getvalue()

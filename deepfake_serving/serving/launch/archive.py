@@ -57,7 +57,8 @@ def build_archive(
 ) -> Path:
     """Package a variant as ``{name}-v{version}.mar``: random weights when no checkpoint is given,
     several checkpoints of one variant averaged (as the DFDC winner did). ``quantization``:
-    write_bundle's ``quantize``, ``calibration`` and ``holdout``."""
+    write_bundle's ``quantize``, ``calibration`` and ``holdout`` (and ``training_run``, the MLflow run the
+    weights come from)."""
     # Every refusal before the build (15-20 s): names that become paths, the variant, the folders.
     get_variant(variant)
     check_name(version, "version")

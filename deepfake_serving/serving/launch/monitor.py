@@ -1,10 +1,17 @@
 """Prometheus and Alertmanager (Debian's ``prometheus`` and ``prometheus-alertmanager``, or the copies
 ``make install`` unpacks into the venv) on loopback: a generated scrape configuration for TorchServe,
 Triton and the job API, the repository's alert rules (monitoring/rules), and Alertmanager delivering to a
-webhook. Each runs in its own process group with its data in a 0700 work folder."""
+webhook. Each runs in its own process group with its data in a 0700 work folder.
+
+Both answer only with a password (basic auth through ``--web.config.file``, the password bcrypt-hashed):
+another local user could otherwise read every series and silence any alert through Alertmanager's API.
+A new password is drawn at every start and written to ``credentials.json`` (0600) in the work folder;
+Prometheus reads it from a 0600 file to reach Alertmanager."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -13,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+import bcrypt
 import requests
 import yaml
 
@@ -23,6 +31,7 @@ BUNDLED = Path(sys.prefix) / "monitoring"  # `make install` unpacks Debian's pac
 ALERTMANAGER_TEMPLATES = Path("/usr/share/prometheus/alertmanager/default.tmpl")
 RULES = Path(str(files("deepfake_serving.monitoring") / "rules" / "deepfake-alerts.yml"))
 JOBS = ("torchserve", "triton", "jobs")  # scrape jobs: the alert rules name them
+USER = "deepfake"
 
 
 def monitoring_binary(name: str) -> Path:
@@ -53,11 +62,13 @@ class Intervals:
     group_wait: str = "30s"  # Alertmanager waits this long to group a new alert's first notification
 
 
-def prometheus_config(targets: Targets, alertmanager: str, rules: Path, intervals: Intervals) -> dict:
+def prometheus_config(targets: Targets, alertmanager: str, rules: Path, intervals: Intervals,
+                      password_file: Path) -> dict:
     return {
         "global": {"scrape_interval": intervals.scrape, "evaluation_interval": intervals.evaluation},
         "rule_files": [str(rules)],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}],
+                                        "basic_auth": {"username": USER, "password_file": str(password_file)}}]},
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(getattr(targets, job))}]}
                            for job in JOBS if getattr(targets, job)],
     }
@@ -91,6 +102,23 @@ class Monitor:
     def alertmanager_url(self) -> str:
         return f"http://127.0.0.1:{self.ports[1]}"
 
+    @property
+    def auth(self) -> tuple[str, str]:
+        """(user, password) of this start, for requests' ``auth=``."""
+        return USER, json.loads((self.workdir / "credentials.json").read_text())["password"]
+
+    def _write_credentials(self) -> Path:
+        """A new password: in credentials.json and password (for Prometheus), hashed in web.yml (for both)."""
+        password = secrets.token_urlsafe(24)
+        digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+        for name, text in (("credentials.json", json.dumps({"username": USER, "password": password})),
+                           ("password", password), ("web.yml", yaml.safe_dump({"basic_auth_users": {USER: digest}}))):
+            path = self.workdir / name
+            path.unlink(missing_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(text)
+        return self.workdir / "web.yml"
+
     @classmethod
     def on_free_ports(cls, workdir: Path, targets: Targets, **options) -> "Monitor":
         return cls(Path(workdir), targets, ports=tuple(free_ports(2)), **options)  # type: ignore[arg-type]
@@ -101,13 +129,15 @@ class Monitor:
         self.workdir.chmod(0o700)
         prometheus, alertmanager = self.workdir / "prometheus.yml", self.workdir / "alertmanager.yml"
         am_address = f"127.0.0.1:{self.ports[1]}"
-        prometheus.write_text(yaml.safe_dump(prometheus_config(self.targets, am_address, self.rules, self.intervals)))
+        web = f"--web.config.file={self._write_credentials()}"
+        prometheus.write_text(yaml.safe_dump(prometheus_config(self.targets, am_address, self.rules, self.intervals,
+                                                               self.workdir / "password")))
         alertmanager.write_text(yaml.safe_dump(alertmanager_config(self.webhook, self.intervals)))
         self._spawn("alertmanager", [str(monitoring_binary("prometheus-alertmanager")), f"--config.file={alertmanager}",
                                      f"--storage.path={self.workdir / 'alertmanager'}", f"--web.listen-address={am_address}",
-                                     "--cluster.listen-address="])  # no gossip port: one Alertmanager
+                                     web, "--cluster.listen-address="])  # no gossip port: one Alertmanager
         self._spawn("prometheus", [str(monitoring_binary("prometheus")), f"--config.file={prometheus}",
-                                   f"--storage.tsdb.path={self.workdir / 'prometheus'}",
+                                   f"--storage.tsdb.path={self.workdir / 'prometheus'}", web,
                                    f"--web.listen-address=127.0.0.1:{self.ports[0]}", "--storage.tsdb.retention.time=15d"])
         try:
             for url in (self.alertmanager_url, self.prometheus_url):
@@ -130,7 +160,7 @@ class Monitor:
                 if process.poll() is not None:
                     raise RuntimeError(f"{name} exited with {process.returncode}: see {self.workdir}/{name}.log")
             try:
-                if requests.get(f"{url}/-/ready", timeout=2).ok:
+                if requests.get(f"{url}/-/ready", timeout=2, auth=self.auth).ok:
                     return
             except requests.RequestException:
                 pass
@@ -144,7 +174,15 @@ class Monitor:
 
     def alerts(self) -> list[dict]:
         """Prometheus' alerts (pending and firing)."""
-        return requests.get(f"{self.prometheus_url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return requests.get(f"{self.prometheus_url}/api/v1/alerts", timeout=10, auth=self.auth).json()["data"]["alerts"]
+
+    def query(self, expression: str) -> dict:
+        """An instant query's answer (``data``), through Prometheus' HTTP API."""
+        answer = requests.get(f"{self.prometheus_url}/api/v1/query", params={"query": expression}, timeout=10,
+                              auth=self.auth).json()
+        if answer.get("status") != "success":
+            raise RuntimeError(f"{expression}: {answer.get('error')}")
+        return answer["data"]
 
     def stop(self) -> None:
         for process in reversed(self.processes):

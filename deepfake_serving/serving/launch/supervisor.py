@@ -9,9 +9,10 @@ server); newer releases dropped the restart (server#7347). So the supervisor loo
 - **Triton's stubs**: a model with fewer live stubs than it started with → reloaded through the repository
   API (its stubs start anew); a reload that fails or does not finish within ``reload_within_s``, or after
   which a probe still gets no answer → the server restarted;
-- **a real inference** of each probed model (Triton's health endpoint is not enough): no answer within
-  ``answer_within_s`` → the server restarted (a hang that no dead stub explains cannot be healed by one
-  model's reload).
+- **a real inference** of each probed model, every ``probe_every_s`` (Triton's health endpoint is not
+  enough): no answer within the probe's own bound → the server restarted (a hang that no dead stub explains
+  cannot be healed by one model's reload). A probe waits in the model's queue like any request, so its bound
+  is set above the longest request the model accepts (``Probe``).
 
 Model control is shared with the rollout through one file lock beside the server's key file
 (``model_control``): the supervisor never reloads while a rollout registers or removes a version, and a
@@ -22,6 +23,7 @@ rollout waits while the supervisor heals. The project's clients retry ``server_u
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import threading
 import time
@@ -29,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+
+from deepfake_serving.media import samples
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,29 @@ def model_control(key_file: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A real request to one model: ``ask(within_s)`` is True when it answered in time."""
+
+    ask: Callable[[float], bool]
+    within_s: float
+
+    def answered(self) -> bool:
+        return self.ask(self.within_s)
+
+
+@functools.cache
+def probe_image() -> bytes:
+    """What a probe sends an image model: a real face (MTCNN and the classifier both run)."""
+    return samples.astronaut_jpeg()
+
+
+@functools.cache
+def probe_clip() -> bytes:
+    """What a probe sends a video model: four small frames of the moving face (decode, detect, classify)."""
+    return samples.encode_video(samples.moving_face_frames(count=4, size=(320, 240)))
+
+
 @dataclass
 class Healing:
     """What the supervisor did, for the log, the tests and the benchmark."""
@@ -63,12 +90,13 @@ class Healing:
 @dataclass
 class Supervisor:
     """``server``: a started ``TorchServe`` or ``Triton`` (its ``process``, ``start``, ``stop``, ``key_file``).
-    ``probes``: model → a call that answers True when the model answered a real inference in time."""
+    ``probes``: model → its Probe. The process and the stubs are looked at every ``interval_s`` (cheap),
+    the probes sent every ``probe_every_s``."""
 
     server: object
-    probes: dict[str, Callable[[float], bool]] = field(default_factory=dict)
+    probes: dict[str, Probe] = field(default_factory=dict)
     interval_s: float = 1.0
-    answer_within_s: float = 10.0
+    probe_every_s: float = 15.0
     reload_within_s: float = 60.0
     reload: Callable[[str, float], None] | None = None  # model, timeout → reload it (Triton's repository API)
     stubs: Callable[[], dict[str, int]] | None = None  # model → live stubs (Triton)
@@ -78,6 +106,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._expected: dict[str, int] = {}
+        self._probed = 0.0  # monotonic time of the last probes
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -113,11 +142,14 @@ class Supervisor:
                 if live.get(model, 0) < expected:
                     self.heal(model, f"{expected - live.get(model, 0)} of its {expected} stub(s) died")
                     return
+        if time.monotonic() - self._probed < self.probe_every_s:
+            return
+        self._probed = time.monotonic()
         for model, probe in self.probes.items():
             if self._stop.is_set():
                 return
-            if not probe(self.answer_within_s):
-                self.restart(f"{model}: no answer to a real inference within {self.answer_within_s} s")
+            if not probe.answered():
+                self.restart(f"{model}: no answer to a real inference within {probe.within_s} s")
                 return
 
     def heal(self, model: str, reason: str) -> None:
@@ -132,7 +164,7 @@ class Supervisor:
         except Exception as err:  # noqa: BLE001 - a reload that fails or hangs: the server goes
             self.restart(f"{model}: {reason}; its reload failed ({type(err).__name__}: {err})")
             return
-        answered = all(probe(self.answer_within_s) for probe in self.probes.values())
+        answered = all(probe.answered() for probe in self.probes.values())
         if not answered:
             self.restart(f"{model}: {reason}; still no answer after its reload")
             return

@@ -212,3 +212,19 @@ class TorchServe:
 
     def worker_pids(self, name: str, version: str | None = None) -> list[int]:
         return [int(w["pid"]) for d in self.describe(name, version) for w in d.get("workers", []) if w.get("pid")]
+
+
+def torchserve_supervisor(server: TorchServe, within_s: float = 30.0, **options):
+    """A Supervisor (serving.launch.supervisor) for ``server``: TorchServe restarts its own workers, so the
+    supervisor restarts the frontend when its process is gone or its /ping gives no answer within
+    ``within_s`` (any status: "Partial Healthy" while a worker restarts is TorchServe healing itself)."""
+    from deepfake_serving.serving.launch.supervisor import Probe, Supervisor
+
+    def ask(timeout: float) -> bool:
+        try:
+            requests.get(f"{server.inference_url}/ping", headers=server.keys.headers("inference"), timeout=timeout)
+            return True
+        except requests.RequestException:
+            return False
+
+    return Supervisor(server, {"frontend": Probe(ask, within_s)}, **options)

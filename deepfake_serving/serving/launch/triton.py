@@ -105,7 +105,11 @@ class Triton:
         threads: int | None = None,
         workers: int | None = None,
         env: dict[str, str] | None = None,
+        server_root: str | Path | None = None,
     ):
+        """``server_root``: a Triton install to run (its ``bin/tritonserver`` and ``backends/``, with the
+        python backend's stub for this Python) instead of the server the nvidia-pytriton wheel bundles."""
+        self.server_root = Path(server_root) if server_root else None
         self.workdir = Path(workdir).resolve()
         self.repository = Path(repository).resolve()
         self.models = models
@@ -135,6 +139,8 @@ class Triton:
 
     # -- life cycle -------------------------------------------------------------
     def backend_directory(self) -> Path:
+        if self.server_root is not None:
+            return self.server_root / "backends"
         paths = pytriton_paths()
         python = self.workdir / "backends" / "python"
         python.mkdir(parents=True, exist_ok=True)
@@ -150,7 +156,7 @@ class Triton:
         requests that carry the key: the repository API (a load request can carry model files, i.e. code),
         system and CUDA shared memory (registering a stub's own region and aiming an output at it aborts
         tritonserver), logging and trace settings, statistics and model configurations."""
-        binary = pytriton_paths()["binary"]
+        binary = self.server_root / "bin" / "tritonserver" if self.server_root else pytriton_paths()["binary"]
         restricted = f"{','.join(RESTRICTED_APIS)}:authorization=Bearer {key}"
         return [
             str(binary), f"--model-repository={self.repository}",
@@ -182,7 +188,7 @@ class Triton:
     def start(self, timeout: float = 240.0) -> "Triton":
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self._start_front()
-        libs = str(pytriton_paths()["libs"])
+        libs = None if self.server_root else str(pytriton_paths()["libs"])
         env = {
             **os.environ,
             "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libs, os.environ.get("LD_LIBRARY_PATH")])),
@@ -318,21 +324,26 @@ class Triton:
         return counts
 
 
-def triton_supervisor(triton: Triton, probes: dict[str, tuple[str, bytes]], **options):
+def triton_supervisor(triton: Triton, image_within_s: float = 30.0, video_within_s: float = 120.0, **options):
     """A Supervisor (serving.launch.supervisor) for ``triton``: its stubs counted, a model whose stub died
-    reloaded through the repository API, and ``probes`` (model → (client model name, its input bytes))
-    answered as real inferences with no retry."""
+    reloaded through the repository API, and a real inference sent with no retry to each served image model
+    (the astronaut) and video model (a four-frame clip), answered within ``image_within_s`` /
+    ``video_within_s`` (a video model's queue may hold a long clip). Explanation models are watched by their
+    stubs alone: a probe there is a Grad-CAM, seconds of CPU every ``probe_every_s``."""
     from deepfake_serving.serving.client.clients import NO_RETRY, TritonClient
-    from deepfake_serving.serving.launch.supervisor import Supervisor
+    from deepfake_serving.serving.launch.supervisor import Probe, Supervisor, probe_clip, probe_image
 
-    def probe(name: str, data: bytes):
-        def answered(within_s: float) -> bool:
-            client = TritonClient(triton.http_url, "http", timeout=within_s, retry=NO_RETRY)
+    def probe(name: str, data: bytes, within_s: float) -> Probe:
+        def ask(timeout: float) -> bool:
+            client = TritonClient(triton.http_url, "http", timeout=timeout, retry=NO_RETRY)
             try:
                 return client.predict(name, data).ok
             finally:
                 client.close()
-        return answered
+        return Probe(ask, within_s)
 
-    return Supervisor(triton, {model: probe(*call) for model, call in probes.items()},
-                      reload=lambda model, timeout: triton.load(model, timeout), stubs=triton.stub_counts, **options)
+    probes = {model: probe(model, probe_clip(), video_within_s) if model.endswith("_video")
+              else probe(model, probe_image(), image_within_s)
+              for model in triton.models if not model.endswith("_explain")}
+    return Supervisor(triton, probes, reload=lambda model, timeout: triton.load(model, timeout),
+                      stubs=triton.stub_counts, **options)

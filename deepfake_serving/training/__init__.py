@@ -1,0 +1,1 @@
+"""Training a variant with its recipe: faces from labelled data, the loop, checkpoints, tracking."""
