@@ -62,11 +62,14 @@ def trainable(model: nn.Module) -> nn.Module:
 
 
 def set_train_mode(model: nn.Module, variant: Variant, phase: Phase) -> None:
-    """Training mode, but a frozen backbone's BatchNorm keeps its statistics (seed 002's phase 2 and any
-    frozen backbone: nothing there learns, so nothing there should drift)."""
+    """Training mode, but a frozen backbone runs as at inference, and ``frozen_batchnorm`` keeps the
+    backbone's BatchNorm statistics (seed 002's phase 2): nothing there learns, so nothing there drifts."""
     model.train()
-    if phase.frozen_batchnorm or phase.trains == "head":
-        for module in backbone_of(model, variant).modules():
+    backbone = backbone_of(model, variant)
+    if phase.trains == "head":  # a frozen feature extractor: no batch statistics, dropout nor stochastic depth
+        backbone.eval()
+    elif phase.frozen_batchnorm:
+        for module in backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 

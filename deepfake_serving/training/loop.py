@@ -65,6 +65,7 @@ class TrainOptions:
     device: str = "auto"
     threads: int | None = None
     shuffle_labels: bool = False  # a control: labels permuted among the training files
+    augment: bool = True  # the recipe's augmentations (off: a network far from any pretraining, tiny data)
     progress: bool = True
 
     def resolved_recipe(self) -> Recipe:
@@ -220,7 +221,8 @@ class Trainer:
                     self.log(f"phase {index + 1}: no better validation loss for {stale} epochs: stopping early")
                     break
                 rng = _seeded(self.options.seed, epoch)
-                augment = build.augmentation_for(self.recipe, int(rng.integers(2**31)))
+                seed = int(rng.integers(2**31))
+                augment = build.augmentation_for(self.recipe, seed) if self.options.augment else (lambda crop: crop)
                 started = time.perf_counter()
                 train_loss = self._epoch(model, phase, train, optimizer, scheduler, loss_fn, weights, augment, rng, epoch)
                 seconds = time.perf_counter() - started

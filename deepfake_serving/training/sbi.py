@@ -14,13 +14,16 @@ import cv2
 import numpy as np
 
 
-def _colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _colour(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    def around(centre: float, spread: float) -> float:
+        return centre + rng.uniform(-spread, spread) * strength
+
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-10, 10)) % 180
-    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.7, 1.3), 0, 255)
-    hsv[..., 2] = np.clip(hsv[..., 2] * rng.uniform(0.8, 1.2), 0, 255)
+    hsv[..., 0] = (hsv[..., 0] + around(0, 10)) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * around(1, 0.3), 0, 255)
+    hsv[..., 2] = np.clip(hsv[..., 2] * around(1, 0.2), 0, 255)
     out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-    out = (out - out.mean()) * rng.uniform(0.8, 1.2) + out.mean() + rng.uniform(-20, 20, size=3)
+    out = (out - out.mean()) * around(1, 0.2) + out.mean() + rng.uniform(-20, 20, size=3) * strength
     return np.clip(out, 0, 255)
 
 
@@ -49,10 +52,13 @@ def face_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(mask, (0, 0), sigma)
 
 
-def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A self-blended fake of an HxWx3 uint8 RGB face crop (same size and type)."""
+def self_blend(face: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """A self-blended fake of an HxWx3 uint8 RGB face crop (same size and type). ``strength`` scales the
+    colour shift (1: the paper's ranges as we read them); above 1 the copy is also blended in whole (ratio 1),
+    a cruder fake."""
     target = face.astype(np.float32)
-    source = _move(_sharpness(_colour(face, rng), rng), rng)
-    mask = face_mask(face.shape[0], face.shape[1], rng) * rng.choice([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    source = _move(_sharpness(_colour(face, rng, strength), rng), rng)
+    ratio = 1.0 if strength > 1 else rng.choice([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    mask = face_mask(face.shape[0], face.shape[1], rng) * ratio
     blended = mask[..., None] * source + (1 - mask[..., None]) * target
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

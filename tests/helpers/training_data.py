@@ -13,6 +13,8 @@ from deepfake_serving.media.image import decode_image
 from deepfake_serving.training.sbi import self_blend
 from deepfake_serving.variants import FaceSettings
 
+STRENGTH = 2.0  # cruder fakes than the paper's: a CI-sized run must learn them in a few epochs
+
 
 def blend_faces(image: np.ndarray, detector: FaceDetector, rng: np.random.Generator) -> np.ndarray:
     """The image with every detected face self-blended in a square around it."""
@@ -22,7 +24,7 @@ def blend_faces(image: np.ndarray, detector: FaceDetector, rng: np.random.Genera
         pad = (x2 - x1) // 4
         x1, y1 = max(0, x1 - pad), max(0, y1 - pad)
         x2, y2 = min(image.shape[1], x2 + pad), min(image.shape[0], y2 + pad)
-        out[y1:y2, x1:x2] = self_blend(np.ascontiguousarray(image[y1:y2, x1:x2]), rng)
+        out[y1:y2, x1:x2] = self_blend(np.ascontiguousarray(image[y1:y2, x1:x2]), rng, STRENGTH)
     return out
 
 
