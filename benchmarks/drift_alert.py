@@ -60,15 +60,15 @@ class Paced:
 
     def __init__(self, client: RestClient, pool: list[bytes], rate: float, seed: int = 0):
         self.client, self.pool, self.rate, self.random = client, pool, rate, random.Random(seed)
-        self.answers, self.failed = 0, 0
+        self.answers, self.failed, self.started = 0, 0, None
 
     def run_for(self, seconds: float, until=lambda: False) -> bool:
         start = time.monotonic()
+        self.started = self.started or start
         while time.monotonic() - start < seconds:
             if until():
                 return True
-            due = start + self.answers / self.rate if self.answers else start
-            time.sleep(max(0.0, due - time.monotonic()))
+            time.sleep(max(0.0, self.started + self.answers / self.rate - time.monotonic()))
             answer = self.client.predict(MODEL, self.random.choice(self.pool))
             self.answers += 1
             self.failed += 0 if answer.ok else 1

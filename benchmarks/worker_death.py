@@ -83,9 +83,13 @@ def main() -> int:
             supervisor.stop()
         with open(f"{reports}_stats.csv") as handle:
             total = next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+        with open(f"{reports}_failures.csv") as handle:
+            failures = [f"{row['Occurrences']}x {row['Name']}: {row['Error']}" for row in csv.DictReader(handle)]
     retries = next((line for line in output.splitlines() if line.startswith("client retries")), "client retries: ?")
     print(f"\n{args.backend}: {len(recoveries)} kills in {args.seconds} s, {total['Request Count']} requests, "
           f"{total['Failure Count']} failed at the client; {retries}")
+    for failure in failures:
+        print(f"failed: {failure}")
     print("recovery (new process / answering), s: " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in recoveries))
     for healing in healings:
         print(f"supervisor: {healing.action} {healing.target} after {healing.reason} ({healing.seconds:.1f} s)")

@@ -128,7 +128,7 @@ def cmd_evaluate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="bundle-") as bundle:
         try:
             extract_bundle(Path(args.archive), Path(bundle))
-            reports, table = evaluate_datasets(bundle, args.data, args.out, args.cache or DEFAULT_CACHE, args.threads)
+            _, table = evaluate_datasets(bundle, args.data, args.out, args.cache or DEFAULT_CACHE, args.threads)
         except (CheckpointError, ValueError) as err:  # DataError is a ValueError
             raise CommandError(str(err)) from None
     print(table)

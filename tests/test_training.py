@@ -152,3 +152,13 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(labelled, t
     losses = [[round(row["val_loss"], 4) for row in json.loads((tmp_path / name / "history.json").read_text())]
               for name in ("whole", "cut")]
     assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+def test_a_face_cache_it_creates_only_its_owner_can_enter(tmp_path):
+    import stat
+
+    from deepfake_serving.training.data import FaceExtractor
+    from deepfake_serving.variants import get_variant
+
+    FaceExtractor(get_variant(MODEL), tmp_path / "new" / "faces")
+    assert stat.S_IMODE((tmp_path / "new" / "faces").stat().st_mode) == 0o700

@@ -128,11 +128,14 @@ def _digest(path: Path) -> str:
 class FaceExtractor:
     """The serving face stage over files: an image's faces as the image model cuts them, a video's sampled
     frames' faces as the video model cuts them (``sampling``, the serving default). Crops are cached under
-    ``cache/<settings>/<sha256 of the file>/`` (PNG, lossless) with a ``faces.json`` of their frames."""
+    ``cache/<settings>/<sha256 of the file>/`` (PNG, lossless) with a ``faces.json`` of their frames; a cache
+    folder this creates is 0700 (the crops are people's faces)."""
 
     def __init__(self, variant: Variant, cache: str | Path, sampling: Sampling = Sampling(), threads: int | None = None):
         self.variant = variant
         self.sampling = sampling
+        if not Path(cache).exists():  # faces of people: a cache only its owner can enter
+            Path(cache).mkdir(mode=0o700, parents=True)
         self.root = Path(cache) / cache_key(variant, sampling)
         self.images = ImagePreprocessor(variant, threads=threads)
         self.detector = FaceDetector(variant.preprocessing.faces, threads)

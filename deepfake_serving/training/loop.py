@@ -98,7 +98,6 @@ class TrainResult:
     report: dict
     history: list[dict]
     run_id: str
-    resumed_from: int = 0
 
 
 def _seeded(seed: int, epoch: int) -> np.random.Generator:
@@ -377,5 +376,4 @@ class Trainer:
         if self.out.exists():
             self.out.rmdir()  # empty (checked before training)
         self.partial.rename(self.out)
-        return TrainResult(self.out, self.out / "checkpoint.pt", report, history, tracker.run_id,
-                           resumed_from=0)
+        return TrainResult(self.out, self.out / "checkpoint.pt", report, history, tracker.run_id)

@@ -84,8 +84,12 @@ def compute_instances(models: list[str]) -> int:
 def live_stubs(server_pid: int) -> dict[int, Path]:
     """pid → model file (<model>/<version>/model.py) of every live python-backend stub under Triton's
     process (a killed stub not yet reaped is a zombie: not live)."""
-    found = {}
-    for child in psutil.Process(server_pid).children(recursive=True):
+    found: dict[int, Path] = {}
+    try:
+        children = psutil.Process(server_pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # the server is gone (a restart replaces it)
+        return found
+    for child in children:
         try:
             command = child.cmdline()
             if child.status() != psutil.STATUS_ZOMBIE and command and "triton_python_backend_stub" in command[0]:

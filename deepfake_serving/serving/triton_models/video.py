@@ -11,6 +11,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from deepfake_serving.core.errors import RequestError
 from deepfake_serving.core.limits import MAX_VIDEO_FACES
 from deepfake_serving.core.naming import ANSWERED_BY
 from deepfake_serving.media.video import Sampling
@@ -36,8 +37,8 @@ class TritonClassifier:
                 model_name=self.model_name, requested_output_names=["FAKE_PROBABILITY", ANSWERED_BY],
                 inputs=[pb_utils.Tensor("FACES", faces[start:start + self.max_batch])],
             ).exec()
-            if response.has_error():
-                raise RuntimeError(f"{self.model_name}: {response.error().message()}")
+            if response.has_error():  # the classifier could not answer (a stub that died, a reload): retryable
+                raise RequestError("worker_failed", f"{self.model_name}: {response.error().message()}")
             parts.append(pb_utils.get_output_tensor_by_name(response, "FAKE_PROBABILITY").as_numpy())
             self.answered_by = json.loads(pb_utils.get_output_tensor_by_name(response, ANSWERED_BY).as_numpy().flat[0])
         return np.concatenate(parts)[:len(crops)].T.astype(np.float64)  # (checkpoints, faces)
