@@ -217,11 +217,11 @@ def _wait_forever(server, message: str | None = None, supervisor=None) -> int:
     instead of ending the command."""
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _interrupt)
-    print(message or f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). "
-                     "Ctrl-C stops it.", flush=True)
-    if supervisor is not None:
-        supervisor.start()
-    try:
+    try:  # from here a Ctrl-C stops everything, however early it comes
+        if supervisor is not None:
+            supervisor.start()
+        print(message or f"TorchServe is serving on {server.inference_url} (REST) and {server.grpc_target} (gRPC). "
+                         "Ctrl-C stops it.", flush=True)
         while supervisor is not None or server.process.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from deepfake_serving.media import samples
 
 logger = logging.getLogger(__name__)
@@ -64,16 +66,24 @@ class Probe:
         return self.ask(self.within_s)
 
 
+def _probe_frame(i: int = 0) -> np.ndarray:
+    """A 160x120 colour gradient: no face, so nothing but the package's own dependencies makes it (a Triton
+    box has no scikit-image). A faceless answer still runs every model: decode, detection, and the classifier
+    on its placeholder face (the answer names the version that classified)."""
+    y, x = np.mgrid[0:120, 0:160]
+    return np.stack([(x + 8 * i) % 256, (y + 4 * i) % 256, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+
+
 @functools.cache
 def probe_image() -> bytes:
-    """What a probe sends an image model: a real face (MTCNN and the classifier both run)."""
-    return samples.astronaut_jpeg()
+    """What a probe sends an image model."""
+    return samples.encode(_probe_frame())
 
 
 @functools.cache
 def probe_clip() -> bytes:
-    """What a probe sends a video model: four small frames of the moving face (decode, detect, classify)."""
-    return samples.encode_video(samples.moving_face_frames(count=4, size=(320, 240)))
+    """What a probe sends a video model: four frames (decode, detect and classify, per frame)."""
+    return samples.encode_video([_probe_frame(i) for i in range(4)])
 
 
 @dataclass

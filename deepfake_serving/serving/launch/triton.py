@@ -331,7 +331,7 @@ class Triton:
 def triton_supervisor(triton: Triton, image_within_s: float = 30.0, video_within_s: float = 120.0, **options):
     """A Supervisor (serving.launch.supervisor) for ``triton``: its stubs counted, a model whose stub died
     reloaded through the repository API, and a real inference sent with no retry to each served image model
-    (the astronaut) and video model (a four-frame clip), answered within ``image_within_s`` /
+    (a faceless image) and video model (a four-frame clip), answered within ``image_within_s`` /
     ``video_within_s`` (a video model's queue may hold a long clip). Explanation models are watched by their
     stubs alone: a probe there is a Grad-CAM, seconds of CPU every ``probe_every_s``."""
     from deepfake_serving.serving.client.clients import NO_RETRY, TritonClient
