@@ -325,11 +325,12 @@ def cmd_triton_serve(args) -> int:
     models = [names["ensemble"], names["video"], names["explain"], *ensembles, *(f"{e}_video" for e in ensembles)]
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     server = Triton(args.workdir, models, repository=args.repository, threads=args.threads,
-                    ports=_ports(TritonPorts, args), server_root=args.tritonserver).start()
+                    ports=_ports(TritonPorts, args), server_root=args.tritonserver)
+    supervisor = None if args.no_supervisor else triton_supervisor(server)  # before the start: nothing left behind
+    server.start()
     return _wait_forever(server, f"Triton is serving {', '.join(models)} on "
                                  f"{server.http_url} (HTTP) and {server.grpc_target} (gRPC), metrics on "
-                                 f"{server.metrics_url}. Ctrl-C stops it.",
-                         None if args.no_supervisor else triton_supervisor(server))
+                                 f"{server.metrics_url}. Ctrl-C stops it.", supervisor)
 
 
 def cmd_triton_ensemble(args) -> int:
