@@ -185,12 +185,18 @@ class Extracted:
     no_face: list[str]
 
 
-def extract(sources: Sequence[Source], extractor: FaceExtractor, root: Path | None = None,
+def source_name(source: Source, data: Path) -> str:
+    """How reports name a file: relative to the data folder (or the CSV's folder) when inside it."""
+    root = data if data.is_dir() else data.parent
+    return str(source.path.relative_to(root)) if source.path.is_relative_to(root) else str(source.path)
+
+
+def extract(sources: Sequence[Source], extractor: FaceExtractor, data: Path,
             progress: Callable[[int, int], None] | None = None) -> Extracted:
     """Every source's faces; a file that fails is listed, not fatal."""
     result = Extracted([], [], [])
     for i, source in enumerate(sources):
-        name = str(source.path.relative_to(root)) if root and source.path.is_relative_to(root) else str(source.path)
+        name = source_name(source, data)
         try:
             faces = extractor.faces(source, name)
         except RequestError as err:

@@ -13,7 +13,7 @@ import numpy as np
 
 from deepfake_serving.bundle import Bundle
 from deepfake_serving.evaluation.report import Scored, cross_dataset_table, write_report
-from deepfake_serving.training.data import FaceExtractor, discover, extract
+from deepfake_serving.training.data import FaceExtractor, discover, extract, source_name
 
 BATCH = 32
 
@@ -22,22 +22,20 @@ def dataset_name(data: Path) -> str:
     return data.stem if data.is_file() else data.name
 
 
-def evaluate_bundle(bundle_dir: str | Path, data: str | Path, out: str | Path, cache: str | Path,
+def evaluate_bundle(bundle: Bundle, scorer, data: str | Path, out: str | Path, cache: str | Path,
                     threads: int | None = None) -> dict:
-    """The report of one dataset, written into ``out`` (report.json, scores.jsonl, plots)."""
-    bundle = Bundle.open(bundle_dir)
-    scorer = bundle.scorer(threads=threads)
+    """The report of one dataset, written into ``out`` (report.json, scores.jsonl, plots); ``scorer``: the
+    bundle's (opened once for every dataset)."""
     data = Path(data)
     sources, skipped = discover(data)
-    extracted = extract(sources, FaceExtractor(bundle.variant, cache, threads=threads), data if data.is_dir() else data.parent)
+    extracted = extract(sources, FaceExtractor(bundle.variant, cache, threads=threads), data)
     faces = extracted.faces
     scores: list[float] = []
     for i in range(0, len(faces), BATCH):
         scores += np.asarray(scorer.scores([f.pixels() for f in faces[i:i + BATCH]])).mean(axis=0).tolist()
-    label_of = {str(s.path.relative_to(data)) if data.is_dir() and s.path.is_relative_to(data) else str(s.path): s.label
-                for s in sources}
+    label_of = {source_name(s, data): s.label for s in sources}
     items = [Scored(f.source, f.label, s, f.frame) for f, s in zip(faces, scores)]
-    items += [Scored(name, label_of.get(name, 0), None) for name in extracted.no_face]
+    items += [Scored(name, label_of[name], None) for name in extracted.no_face]
     unreadable = [f"{name}: {why}" for name, why in [*skipped, *extracted.unreadable]]
     report = write_report(items, out, bundle.manifest.threshold, dataset_name(data), unreadable)
     report.update({"variant": bundle.variant.name, "version": bundle.version, "trained": bundle.trained,
@@ -53,8 +51,9 @@ def evaluate_datasets(bundle_dir: str | Path, datasets: Sequence[str | Path], ou
     names = [dataset_name(Path(d)) for d in datasets]
     if len(set(names)) != len(names):
         raise ValueError(f"two datasets share a name ({', '.join(names)}): their reports would overwrite each other")
-    reports = [evaluate_bundle(bundle_dir, data, out / name, cache, threads) for data, name in zip(datasets, names)]
     bundle = Bundle.open(bundle_dir)
+    scorer = bundle.scorer(threads=threads)
+    reports = [evaluate_bundle(bundle, scorer, data, out / name, cache, threads) for data, name in zip(datasets, names)]
     table = cross_dataset_table(reports, f"{bundle.variant.name} {bundle.version}")
     (out / "cross-dataset.md").write_text(table + "\n")
     return reports, table

@@ -139,9 +139,9 @@ class Trainer:
         """The faces of the data, split by file: both classes must have files with a face."""
         sources, skipped = discover(self.options.data, (0,) if self.options.synthesize else (0, 1))
         extractor = FaceExtractor(self.variant, self.options.cache, threads=self.options.threads)
-        root = Path(self.options.data) if Path(self.options.data).is_dir() else Path(self.options.data).parent
         progress = self._bar(len(sources), "file", "faces") if self.options.progress else None
-        extracted = extract(sources, extractor, root, (lambda done, total: progress.update(1)) if progress else None)
+        extracted = extract(sources, extractor, Path(self.options.data),
+                            (lambda done, total: progress.update(1)) if progress else None)
         if progress:
             progress.close()
         extracted.unreadable = skipped + extracted.unreadable
