@@ -16,6 +16,7 @@ from pathlib import Path
 from deepfake_serving.core.limits import DEFAULT_FRAMES
 from deepfake_serving.core.naming import MODEL_STORE as DEFAULT_MODEL_STORE
 from deepfake_serving.core.naming import TRITON_REPOSITORY
+from deepfake_serving.evaluation import GATE_METRICS
 
 DEFAULT_WORKDIR = "runtime/torchserve"  # deepfake_serving.serving.client.auth looks for key files here
 DEFAULT_TRITON_WORKDIR = "runtime/triton"
@@ -769,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelled", help="folder with Real/ and Fake/ for the promotion gate")
     p.add_argument("--weight", type=float, default=10.0, help="canary share of keys, percent")
     p.add_argument("--watch", type=float, default=60.0, help="seconds the canary is watched")
-    p.add_argument("--gate-metric", default="f1", choices=["f1", "accuracy", "roc_auc", "recall", "precision"])
+    p.add_argument("--gate-metric", default="f1", choices=GATE_METRICS)
     p.add_argument("--gate-tolerance", type=float, default=0.02)
     p.add_argument("--max-latency-ratio", type=float, default=2.0)
     p.add_argument("--max-score-psi", type=float, help="roll back when the canary's P(fake) distribution moves "

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from deepfake_serving.evaluation.metrics import expected_calibration_error
-from deepfake_serving.evaluation.report import Scored, cross_dataset_table, equal_error_rate, report, write_report
+from deepfake_serving.evaluation.metrics import equal_error_rate, expected_calibration_error
+from deepfake_serving.evaluation.report import Scored, cross_dataset_table, report, write_report
 
 
 def test_equal_error_rate_where_false_positives_and_misses_are_equal():

@@ -18,7 +18,7 @@ import pytest
 import requests
 import torch
 
-from deepfake_serving.evaluation.metrics import evaluate, labelled_files
+from deepfake_serving.evaluation.metrics import evaluate, labelled_files, worse
 from deepfake_serving.media import samples
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
@@ -56,6 +56,14 @@ def test_evaluation_metrics_and_confusion():
     assert result.confusion == [[1, 1], [0, 2]] and result.no_verdict == 1
     assert (result.accuracy, result.recall, result.specificity) == (0.75, 1.0, 0.5)
     assert result.precision == pytest.approx(2 / 3) and result.roc_auc == 1.0
+    assert result.average_precision == 1.0 and result.eer == 0.0
+    assert result.ece == pytest.approx((0.1 + 0.7 + 0.2 + 0.1) / 4)  # one item per bin: |label - score|
+
+
+def test_the_gate_knows_which_way_each_metric_improves():
+    assert worse("f1", 0.80, 0.85, 0.02) and not worse("f1", 0.84, 0.85, 0.02)
+    assert worse("eer", 0.20, 0.15, 0.02) and not worse("eer", 0.10, 0.15, 0.02)  # a lower EER is better
+    assert worse("ece", 0.10, 0.05, 0.02) and not worse("roc_auc", 0.5, None, 0.02)
 
 
 def test_the_gate_labels_as_the_server_does():

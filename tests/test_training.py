@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,8 @@ def test_the_split_keeps_every_file_on_one_side(labelled, tmp_path, cache):
     trainer = Trainer(options(labelled, tmp_path, cache, validation=0.34), log=lambda line: None)
     train, validation, extracted = trainer.prepare()
     assert {f.source for f in train}.isdisjoint({f.source for f in validation})
+    # Real/photoN.jpg and its self-blend Fake/photoN.jpg on one side: apart, who is in the photograph decides
+    assert {Path(f.source).stem for f in train}.isdisjoint({Path(f.source).stem for f in validation})
     assert {f.label for f in validation} == {0, 1} and {f.label for f in train} == {0, 1}
     clips = {f.source for f in extracted.faces if f.frame is not None}
     assert clips and all(len({f.frame for f in extracted.faces if f.source == c}) > 1 for c in clips)

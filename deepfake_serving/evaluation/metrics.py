@@ -15,6 +15,7 @@ import numpy as np
 from sklearn import metrics
 
 from deepfake_serving.core.aggregation import label_for
+from deepfake_serving.evaluation import LOWER_IS_BETTER
 
 CLASSES = {"real": 0, "fake": 1}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -50,7 +51,10 @@ class Evaluation:
     recall: float
     f1: float
     specificity: float
-    roc_auc: float | None
+    roc_auc: float | None  # None without both classes, as the three below
+    average_precision: float | None
+    eer: float | None  # equal error rate: lower is better
+    ece: float | None  # expected calibration error: lower is better
     confusion: list[list[int]]  # [[TN, FP], [FN, TP]]
 
     def to_dict(self) -> dict:
@@ -78,8 +82,34 @@ def evaluate(labels: list[int], scores: list[float | None], thresholds: float | 
         f1=float(metrics.f1_score(y_true, y_pred, zero_division=0)),
         specificity=float(tn / (tn + fp)) if tn + fp else 0.0,
         roc_auc=float(metrics.roc_auc_score(y_true, y_score)) if both else None,
+        average_precision=float(metrics.average_precision_score(y_true, y_score)) if both else None,
+        eer=equal_error_rate(y_true, y_score) if both else None,
+        ece=expected_calibration_error(y_true, y_score) if len(pairs) else None,
         confusion=[[int(tn), int(fp)], [int(fn), int(tp)]],
     )
+
+
+def equal_error_rate(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """EER: where the false positive rate equals the false negative rate on the ROC curve, linearly
+    interpolated between the two operating points around the crossing."""
+    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    i = int(np.argmax(fnr <= fpr))  # the first point past the crossing (fnr falls, fpr rises)
+    if i == 0:
+        return float(fpr[0])
+    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
+    t = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def worse(metric: str, candidate: float, serving: float | None, tolerance: float) -> bool:
+    """Whether the candidate's ``metric`` is worse than the serving version's by more than ``tolerance``
+    (lower is better for EER and ECE, higher for the rest); nothing to compare with is not worse."""
+    if serving is None:
+        return False
+    if metric in LOWER_IS_BETTER:
+        return candidate > serving + tolerance
+    return candidate < serving - tolerance
 
 
 class Answer(Protocol):

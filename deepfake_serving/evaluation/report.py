@@ -30,19 +30,6 @@ class Scored:
     frame: int | None = None  # a video's frame index; None for an image
 
 
-def equal_error_rate(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """EER: where the false positive rate equals the false negative rate on the ROC curve, linearly
-    interpolated between the two operating points around the crossing."""
-    fpr, tpr, _ = metrics.roc_curve(labels, scores)
-    fnr = 1.0 - tpr
-    i = int(np.argmax(fnr <= fpr))  # the first point past the crossing (fnr falls, fpr rises)
-    if i == 0:
-        return float(fpr[0])
-    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
-    t = d0 / (d0 - d1) if d0 != d1 else 0.0
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
-
-
 def video_scores(items: Sequence[Scored]) -> tuple[list[int], list[float]]:
     """(label, mean of its frames' P(fake)) per video with at least one scored frame (DeepfakeBench's
     video-level score)."""
@@ -77,7 +64,6 @@ def report(items: Sequence[Scored], threshold: float = 0.5, name: str = "data", 
     y, p = [s[0] for s in scored], [s[1] for s in scored]
     gate = evaluate(labels, scores, threshold)
     video_y, video_p = video_scores(items)
-    both = _both_classes(y)
     return {
         "dataset": name,
         "threshold": threshold,
@@ -85,10 +71,7 @@ def report(items: Sequence[Scored], threshold: float = 0.5, name: str = "data", 
         "sources": len({i.source for i in items}),
         "unreadable": list(failed),
         **{k: v for k, v in gate.to_dict().items() if k not in ("files", "failed", "roc_auc")},
-        "frame_auc": float(metrics.roc_auc_score(y, p)) if both else None,
-        "average_precision": float(metrics.average_precision_score(y, p)) if both else None,
-        "eer": equal_error_rate(y, p) if both else None,
-        "ece": expected_calibration_error(y, p) if scored else None,
+        "frame_auc": gate.roc_auc,
         "videos": len(video_y),
         "video_auc": float(metrics.roc_auc_score(video_y, video_p)) if _both_classes(video_y) else None,
         "reliability": reliability(y, p) if scored else [],

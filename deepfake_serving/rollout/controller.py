@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from deepfake_serving.evaluation.metrics import Evaluation, confusion_png, evaluate_folder, labelled_files
+from deepfake_serving.evaluation.metrics import Evaluation, confusion_png, evaluate_folder, labelled_files, worse
 from deepfake_serving.monitoring.drift import psi
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.lease import Lease, LeaseFile, LeaseHeld
@@ -309,10 +309,10 @@ class Rollout:
         metric = self.policy.gate_metric
         serving, candidate = getattr(results["serving"], metric), getattr(results["candidate"], metric)
         figures = {role: r.to_dict() for role, r in results.items()}
-        if results["candidate"].failed or candidate is None or (serving is not None
-                                                               and candidate < serving - self.policy.gate_tolerance):
-            message = (f"candidate {metric} {candidate} < serving {serving} - {self.policy.gate_tolerance}"
-                       f" ({results['candidate'].failed} failed requests)")
+        if results["candidate"].failed or candidate is None or worse(metric, candidate, serving,
+                                                                     self.policy.gate_tolerance):
+            message = (f"candidate {metric} {candidate} worse than serving {serving} beyond "
+                       f"{self.policy.gate_tolerance} ({results['candidate'].failed} failed requests)")
             self._log("gate", "failed", message, **figures)
             raise RolloutError("gate", message)
         self._log("gate", "ok", f"candidate {metric} {candidate} vs serving {serving}", **figures)

@@ -212,21 +212,42 @@ def extract(sources: Sequence[Source], extractor: FaceExtractor, data: Path,
     return result
 
 
+def source_group(source: str) -> str:
+    """The files that go to one side of the split together: a file's name without its folder and extension,
+    so ``Real/x.mp4`` and ``Fake/x.mp4`` (a fake named after the real it was made from, as self-blends are)
+    stay together; apart, a model that learnt who is in ``x`` would answer the opposite on its fake."""
+    return Path(source).stem
+
+
 def split_by_source(faces: Sequence[Face], validation: float = 0.2, seed: int = 0) -> tuple[list[Face], list[Face]]:
-    """(train, validation): whole source files to one side, ``validation`` of each class's files (at least
-    one each) to validation, chosen by ``seed``."""
-    by_label: dict[int, list[str]] = {}
+    """(train, validation): whole source files (and the files sharing their name, ``source_group``) to one
+    side; groups go to validation, in an order chosen by ``seed``, until each class has ``validation`` of its
+    files there (at least one)."""
+    files: dict[int, set[str]] = {}
+    groups: dict[str, set[tuple[int, str]]] = {}
     for face in faces:
-        names = by_label.setdefault(face.label, [])
-        if face.source not in names:
-            names.append(face.source)
-    held: set[str] = set()
-    rng = random.Random(seed)
-    for label, names in sorted(by_label.items()):
+        files.setdefault(face.label, set()).add(face.source)
+        groups.setdefault(source_group(face.source), set()).add((face.label, face.source))
+    for label, names in sorted(files.items()):
         if len(names) < 2:
-            raise DataError(f"{'Fake' if label else 'Real'} has faces from {len(names)} file(s): the split by "
-                            "file needs at least 2 per class")
-        names = sorted(names)
-        rng.shuffle(names)
-        held.update(names[: max(1, round(len(names) * validation))])
-    return [f for f in faces if f.source not in held], [f for f in faces if f.source in held]
+            raise DataError(f"{_class_name(label)} has faces from {len(names)} file(s): the split by file needs "
+                            "at least 2 per class")
+    wanted = {label: max(1, round(len(names) * validation)) for label, names in files.items()}
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    held: set[str] = set()
+    for group in order:
+        if any(wanted[label] > 0 for label, _ in groups[group]):
+            for label, source in groups[group]:
+                held.add(source)
+                wanted[label] -= 1
+    train = [f for f in faces if f.source not in held]
+    missing = set(files) - {f.label for f in train}
+    if missing:
+        raise DataError(f"{', '.join(_class_name(label) for label in sorted(missing))} has no file left to train "
+                        "on once its name-sharing files went to validation: add files or lower --validation")
+    return train, [f for f in faces if f.source in held]
+
+
+def _class_name(label: int) -> str:
+    return "Fake" if label else "Real"

@@ -225,6 +225,7 @@ class Trainer:
                 started = time.perf_counter()
                 train_loss = self._epoch(model, phase, train, optimizer, scheduler, loss_fn, weights, augment, rng, epoch)
                 seconds = time.perf_counter() - started
+                self.recompute_batchnorm(model, phase, train)
                 scores = self.scores(model, validation)
                 val_loss = float(loss_fn(torch.tensor(scores, dtype=torch.float32),
                                          torch.tensor([f.label for f in validation], dtype=torch.float32)))
@@ -309,6 +310,27 @@ class Trainer:
         if bar:
             bar.close()
         return total / max(count, 1)
+
+    @torch.no_grad()
+    def recompute_batchnorm(self, model: nn.Module, phase: Phase, train: Sequence[Face]) -> None:
+        """The statistics of every BatchNorm layer that trained, measured again on the training faces with the
+        epoch's final weights (precise BatchNorm, Wu & Johnson 2021; ``torch.optim.swa_utils.update_bn``).
+        The running averages trail weights that move fast (a network far from any pretraining): evaluated
+        with them, validation and serving see activations the network never trained on."""
+        build.set_train_mode(model, self.variant, phase)
+        training = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        if not training:
+            return
+        saved = {m: m.momentum for m in training}
+        for m in training:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        for i in range(0, len(train), self.recipe.batch_size):
+            batch = train[i:i + self.recipe.batch_size]
+            if len(batch) > 1:
+                model(torch.from_numpy(self.variant.preprocessing.tensor([f.pixels() for f in batch])).to(self.device))
+        for m, momentum in saved.items():
+            m.momentum = momentum
 
     @torch.no_grad()
     def scores(self, model: nn.Module, faces: Sequence[Face]) -> list[float]:
