@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deepfake_serving.evaluation.metrics import equal_error_rate, expected_calibration_error
-from deepfake_serving.evaluation.report import Scored, cross_dataset_table, report, write_report
+from deepfake_serving.evaluation.report import Scored, cross_dataset_table, per_picture, report, video_scores, write_report
 
 
 def test_equal_error_rate_where_false_positives_and_misses_are_equal():
@@ -51,3 +51,11 @@ def test_the_report_files_and_the_cross_dataset_table(tmp_path):
     table = cross_dataset_table([data, {**data, "dataset": "set-b", "frame_auc": 0.5, "video_auc": None}], "b4-mobile 2.0")
     assert "| frame_auc | set-a | set-b | avg |" in table and "| b4-mobile 2.0 | 1.0000 | 0.5000 | 0.7500 |" in table
     assert "| b4-mobile 2.0 | n/a | n/a | n/a |" in table  # no videos in either
+
+
+def test_a_picture_is_scored_by_its_most_suspicious_face_as_the_server_scores_it():
+    items = per_picture([("a.jpg", 1, None, 0.2), ("a.jpg", 1, None, 0.9), ("v.mp4", 0, 0, 0.1), ("v.mp4", 0, 0, 0.3),
+                         ("v.mp4", 0, 4, 0.4)])
+    assert sorted((i.source, i.frame, i.score) for i in items) == [("a.jpg", None, 0.9), ("v.mp4", 0, 0.3),
+                                                                   ("v.mp4", 4, 0.4)]
+    assert video_scores(items) == ([0], [pytest.approx(0.35)])

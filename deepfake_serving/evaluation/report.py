@@ -3,8 +3,9 @@
 reliability diagram) and plots. DeepfakeBench is non-commercial: its protocol and figures are compared
 with, its code is not used. ``mlflow.evaluate`` has neither EER nor calibration error; these are ours.
 
-A scored item is one image, or one frame of a video (``source`` names the file, ``frame`` the frame):
-frame-level metrics count every item, video-level ones average each video's frames first.
+A scored item is one image, or one frame of a video (``source`` names the file, ``frame`` the frame),
+scored by its most suspicious face as the server scores an image: frame-level metrics count every item,
+video-level ones average each video's frames first.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from sklearn import metrics
 
+from deepfake_serving.core.aggregation import image_score
 from deepfake_serving.evaluation.metrics import evaluate, expected_calibration_error
 
 BINS = 10
@@ -28,6 +30,16 @@ class Scored:
     label: int  # 1 fake, 0 real
     score: float | None  # P(fake); None: no face
     frame: int | None = None  # a video's frame index; None for an image
+
+
+def per_picture(faces: Iterable[tuple[str, int, int | None, float]]) -> list[Scored]:
+    """One item per image or video frame from its faces' (source, label, frame, P(fake)): the most
+    suspicious face's score, as the server scores an image (``aggregation.image_score``), so a gate's
+    figures over served answers are a report's."""
+    grouped: dict[tuple[str, int, int | None], list[float]] = {}
+    for source, label, frame, score in faces:
+        grouped.setdefault((source, label, frame), []).append(score)
+    return [Scored(source, label, image_score(scores), frame) for (source, label, frame), scores in grouped.items()]
 
 
 def video_scores(items: Sequence[Scored]) -> tuple[list[int], list[float]]:

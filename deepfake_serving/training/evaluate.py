@@ -1,7 +1,8 @@
 """``deepfake-serving evaluate``: a bundle (an archive's, unpacked) on labelled data, with the serving face
 stage (the crops the server cuts) and the bundle's own engine, into the report of evaluation.report; several
-datasets give DeepfakeBench's cross-dataset table. An item is a face: an image's faces, or a video's
-sampled frames' faces (its video-level score is the mean of them)."""
+datasets give DeepfakeBench's cross-dataset table. An item is an image or a video's sampled frame, scored
+as the server scores an image (its most suspicious face: ``aggregation.image_score``), so the gate's figures
+over served answers are these; a video's score is the mean of its frames' (DeepfakeBench's video level)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from deepfake_serving.bundle import Bundle
-from deepfake_serving.evaluation.report import Scored, cross_dataset_table, write_report
+from deepfake_serving.evaluation.report import Scored, cross_dataset_table, per_picture, write_report
 from deepfake_serving.training.data import FaceExtractor, discover, extract, source_name
 
 BATCH = 32
@@ -34,7 +35,7 @@ def evaluate_bundle(bundle: Bundle, scorer, data: str | Path, out: str | Path, c
     for i in range(0, len(faces), BATCH):
         scores += np.asarray(scorer.scores([f.pixels() for f in faces[i:i + BATCH]])).mean(axis=0).tolist()
     label_of = {source_name(s, data): s.label for s in sources}
-    items = [Scored(f.source, f.label, s, f.frame) for f, s in zip(faces, scores)]
+    items = per_picture((f.source, f.label, f.frame, s) for f, s in zip(faces, scores))
     items += [Scored(name, label_of[name], None) for name in extracted.no_face]
     unreadable = [f"{name}: {why}" for name, why in [*skipped, *extracted.unreadable]]
     report = write_report(items, out, bundle.manifest.threshold, dataset_name(data), unreadable)

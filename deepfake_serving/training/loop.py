@@ -25,7 +25,7 @@ import torch
 from sklearn import metrics
 from torch import nn
 
-from deepfake_serving.evaluation.report import Scored, write_report
+from deepfake_serving.evaluation.report import per_picture, write_report
 from deepfake_serving.training import build
 from deepfake_serving.training.data import (
     DataError,
@@ -375,7 +375,7 @@ class Trainer:
         checkpoint = self.partial / "checkpoint.pt"
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, checkpoint)
         scores = self.scores(model, validation)
-        items = [Scored(f.source, f.label, s, f.frame) for f, s in zip(validation, scores)]
+        items = per_picture((f.source, f.label, f.frame, s) for f, s in zip(validation, scores))
         report = write_report(items, self.partial / "report", self.variant.threshold, f"{Path(self.options.data).name} "
                               "(validation files)", [f"{name}: {why}" for name, why in extracted.unreadable])
         report.update({"initial_weights": initial, "best_epoch": best["epoch"], "no_face": extracted.no_face,
