@@ -106,7 +106,7 @@ def cmd_train(args) -> int:
                            init_weights=Path(args.init_weights) if args.init_weights else None, seed=args.seed,
                            validation=args.validation, synthesize=args.synthesize_fakes,
                            cache=Path(args.cache) if args.cache else DEFAULT_CACHE, tracking_uri=args.tracking_uri,
-                           device=args.device, threads=args.threads, progress=not args.no_progress,
+                           device=args.device, precision=args.precision, threads=args.threads, progress=not args.no_progress,
                            augment=not args.no_augmentation)
     try:
         result = Trainer(options, log=lambda line: print(line, file=sys.stderr, flush=True)).run()
@@ -666,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow: sqlite:///PATH, file:PATH or http(s)://HOST (default "
                                           "./mlruns/mlflow.db)")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32"],
+                   help="auto: mixed precision (fp16 on a GPU, bf16 on a CPU with bf16 units); fp32")
     p.add_argument("--threads", type=int, help="torch's threads on the CPU")
     p.add_argument("--no-augmentation", action="store_true",
                    help="train without the recipe's augmentations (a network far from any pretraining on tiny data)")

@@ -15,6 +15,7 @@ import mlflow
 import pytest
 import torch
 
+from deepfake_serving.builder.engine_choice import has_bf16_units
 from deepfake_serving.rollout.audit import AuditLog
 from deepfake_serving.rollout.controller import Rollout, RolloutError, RolloutPolicy
 from deepfake_serving.rollout.targets import TorchServeTarget
@@ -58,6 +59,7 @@ def test_the_run_is_tracked_and_its_report_written(workdir, trained):
     assert run.info.status == "FINISHED" and run.data.params["variant"] == MODEL
     assert run.data.params["initial_weights"] == "the whole model from init.pt"
     assert run.data.params["recipe.optimizer"] == "adamw" and "final_frame_auc" in run.data.metrics
+    assert run.data.params["autocast"] == ("bfloat16" if has_bf16_units() else "none")
     report = json.loads((trained.out / "report" / "report.json").read_text())
     assert [row["epoch"] for row in trained.history] == [1, 2] and all(row["val_loss"] < 5 for row in trained.history)
     for key in ("accuracy", "precision", "recall", "f1", "specificity", "frame_auc", "video_auc", "eer",

@@ -165,3 +165,14 @@ def test_a_face_cache_it_creates_only_its_owner_can_enter(tmp_path):
 
     FaceExtractor(get_variant(MODEL), tmp_path / "new" / "faces")
     assert stat.S_IMODE((tmp_path / "new" / "faces").stat().st_mode) == 0o700
+
+
+def test_mixed_precision_where_the_hardware_has_it():
+    from deepfake_serving.builder.engine_choice import has_bf16_units
+    from deepfake_serving.training.loop import _autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert _autocast_dtype(cpu, "auto") == (torch.bfloat16 if has_bf16_units() else None)
+    assert _autocast_dtype(torch.device("cuda"), "auto") == torch.float16 and _autocast_dtype(cpu, "fp32") is None
+    with pytest.raises(DataError, match="auto or fp32"):
+        _autocast_dtype(cpu, "fp8")

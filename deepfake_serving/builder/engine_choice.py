@@ -24,20 +24,32 @@ class Cpu:
 
 
 @lru_cache(maxsize=1)
-def this_cpu() -> Cpu:
-    model, flags = "unknown", set()
+def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
+    """This CPU's model name and flags, from /proc/cpuinfo ("unknown" and none where it cannot be read)."""
+    model, flags = "unknown", frozenset[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
             elif key.strip() == "flags":
-                flags = set(value.split())
+                flags = frozenset(value.split())
                 break
     except OSError:
         pass
+    return model, flags
+
+
+def has_bf16_units() -> bool:
+    """AVX512-BF16 or AMX: bf16 arithmetic in hardware (torch's bf16 autocast pays off)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_model_and_flags()[1])
+
+
+@lru_cache(maxsize=1)
+def this_cpu() -> Cpu:
     import openvino as ov
 
+    model, flags = cpu_model_and_flags()
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return Cpu(model, [flag for flag in CPU_FLAGS if flag in flags], bf16)
 

@@ -25,6 +25,7 @@ import torch
 from sklearn import metrics
 from torch import nn
 
+from deepfake_serving.builder.engine_choice import has_bf16_units
 from deepfake_serving.evaluation.report import per_picture, write_report
 from deepfake_serving.training import build
 from deepfake_serving.training.data import (
@@ -63,6 +64,7 @@ class TrainOptions:
     cache: Path = DEFAULT_CACHE
     tracking_uri: str | None = None  # default: ./mlruns/mlflow.db
     device: str = "auto"
+    precision: str = "auto"  # "auto": mixed (fp16 on CUDA, bf16 on a CPU with bf16 units), else "fp32"
     threads: int | None = None
     shuffle_labels: bool = False  # a control: labels permuted among the training files
     augment: bool = True  # the recipe's augmentations (off: a network far from any pretraining, tiny data)
@@ -112,6 +114,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The mixed-precision type training runs its forward pass in (weights and optimiser stay fp32)."""
+    if precision == "fp32":
+        return None
+    if precision != "auto":
+        raise DataError(f"precision {precision!r}: auto or fp32")
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and has_bf16_units() else None
+
+
 def _save_atomically(obj: object, path: Path) -> None:
     staging = path.with_name(path.name + ".tmp")
     torch.save(obj, staging)
@@ -127,6 +140,7 @@ class Trainer:
         self.out = Path(options.out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.device = _device(options.device)
+        self.autocast = _autocast_dtype(self.device, options.precision)
         self.tracking_uri = options.tracking_uri or default_uri()
 
     # -- preparing -----------------------------------------------------------------------------------
@@ -271,7 +285,7 @@ class Trainer:
         else:
             order = rng.permutation(len(train))
         build.set_train_mode(model, self.variant, phase)
-        scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
+        scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
         total, count = 0.0, 0
         batches = [order[i:i + self.recipe.batch_size] for i in range(0, len(order), self.recipe.batch_size)]
         bar = self._bar(len(batches), "batch", f"epoch {epoch + 1}") if self.options.progress else None
@@ -285,7 +299,7 @@ class Trainer:
             w = torch.tensor([weights[int(v)] for v in labels[batch]], dtype=torch.float32, device=self.device) \
                 if self.recipe.balance == "loss" else None
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=scaler is not None):
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
                 p_fake = self.variant.fake_probability(model(x)).float()
             loss = loss_fn(p_fake, y, w)
             if scaler is not None:
@@ -366,6 +380,7 @@ class Trainer:
                 "train_faces": len(train), "validation_faces": len(validation),
                 "train_files": len({f.source for f in train}), "validation_files": len({f.source for f in validation}),
                 "shuffled_labels": self.options.shuffle_labels, "device": str(self.device),
+                "autocast": str(self.autocast).removeprefix("torch.") if self.autocast else "none",
                 **{f"recipe.{k}": v for k, v in recipe.items()}}
 
     def _finish(self, model, validation, extracted: Extracted, history, best, tracker: Tracker, initial: str) -> TrainResult:
