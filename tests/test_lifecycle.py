@@ -1,10 +1,11 @@
 """The model lifecycle end to end on a small labelled set (real photographs and clips, their self-blended
-versions as fakes): a CI-sized training run is tracked in MLflow with its report; the checkpoint is archived
-from its run, evaluated, served, and judged by the rollout gate against the untrained version with the
-evaluation's own metrics.
+versions as fakes): training learns (and does not on shuffled labels); a run is tracked in MLflow with its
+report; its checkpoint is archived from the run, evaluated, served, and judged by the rollout gate against
+the untrained version with the evaluation's own metrics.
 
-Not here: that such a run *learns* (validation AUC above 0.9). From random weights, on two CPU cores, no
-CI-sized run of these B4s did (docs/training.md, "What a CI-sized run learns")."""
+Learning is shown on ``helpers.ci_variant`` (EfficientNet-B0 at 128 with seed 000's recipe): from random
+weights on two CPU cores no CI-sized run of the product's B4s learns (docs/training.md, "What a CI-sized
+run learns"); the lifecycle after it runs b4-mobile, which serves."""
 
 import contextlib
 import json
@@ -23,10 +24,11 @@ from deepfake_serving.serving.launch.archive import build_archive
 from deepfake_serving.serving.launch.torchserve import Ports, TorchServe
 from deepfake_serving.training.loop import Trainer, TrainOptions
 from helpers.calibrated import calibrated_b4_mobile
+from helpers.ci_variant import ci_variant
 from helpers.training_data import write_training_set
 
 MODEL = "b4-mobile"
-EPOCHS, LR, BATCH = 2, 1e-3, 16
+EPOCHS, LR, BATCH = 1, 1e-3, 16
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +38,37 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labelled(workdir, face_folders):
-    data = write_training_set(workdir / "data", photos=16, clips=2, frames=8)
+    data = write_training_set(workdir / "data", photos=64, clips=3, frames=8)
     # "test-trained" initial weights: a random b4-mobile made well-conditioned on faces (no hub here)
     torch.save(calibrated_b4_mobile(face_folders).state_dict(), workdir / "init.pt")
     return data
 
 
 def train(workdir, labelled, name: str, **kwargs):
-    options = TrainOptions(MODEL, labelled, workdir / name, init_weights=workdir / "init.pt", epochs=EPOCHS, lr=LR,
-                           batch_size=BATCH, validation=0.34, cache=workdir / "faces", progress=False, threads=2,
-                           tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db", **kwargs)
+    settings = {"variant": MODEL, "init_weights": workdir / "init.pt", "epochs": EPOCHS, "lr": LR, "batch_size": BATCH,
+                **kwargs}
+    options = TrainOptions(data=labelled, out=workdir / name, validation=0.34, cache=workdir / "faces",
+                           progress=False, threads=2, tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db", **settings)
     return Trainer(options, log=lambda line: print(f"{name}: {line}")).run()
 
 
 @pytest.fixture(scope="module")
 def trained(workdir, labelled):
     return train(workdir, labelled, "run")
+
+
+def test_learning_happens_and_does_not_on_shuffled_labels(workdir, labelled):
+    learner = dict(variant=ci_variant().name, init_weights=None, epochs=20, lr=1e-3, batch_size=16)
+    learnt = train(workdir, labelled, "learnt", **learner)
+    losses = [row["train_loss"] for row in learnt.history]
+    print("curves:", [(r["epoch"], round(r["train_loss"], 3), round(r["val_loss"], 3), round(r["val_auc"], 3))
+                      for r in learnt.history], "report AUC", learnt.report["frame_auc"])
+    assert min(losses[-5:]) < losses[0] / 3
+    assert learnt.report["frame_auc"] > 0.9, learnt.report
+    control = train(workdir, labelled, "shuffled", shuffle_labels=True, **learner)
+    print("shuffled:", [(r["epoch"], round(r["train_loss"], 3), round(r["val_auc"], 3)) for r in control.history],
+          "report AUC", control.report["frame_auc"])
+    assert abs(control.report["frame_auc"] - 0.5) < 0.2, control.report
 
 
 def test_the_run_is_tracked_and_its_report_written(workdir, trained):
@@ -61,7 +78,7 @@ def test_the_run_is_tracked_and_its_report_written(workdir, trained):
     assert run.data.params["recipe.optimizer"] == "adamw" and "final_frame_auc" in run.data.metrics
     assert run.data.params["autocast"] == ("bfloat16" if has_bf16_units() else "none")
     report = json.loads((trained.out / "report" / "report.json").read_text())
-    assert [row["epoch"] for row in trained.history] == [1, 2] and all(row["val_loss"] < 5 for row in trained.history)
+    assert [row["epoch"] for row in trained.history] == [1] and trained.history[0]["val_loss"] < 5
     for key in ("accuracy", "precision", "recall", "f1", "specificity", "frame_auc", "video_auc", "eer",
                 "average_precision", "ece", "confusion", "reliability"):
         assert report[key] is not None, key
