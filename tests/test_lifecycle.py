@@ -58,8 +58,10 @@ def trained(workdir, labelled):
 
 
 def test_learning_happens_and_does_not_on_shuffled_labels(workdir, labelled):
-    learner = dict(variant=ci_variant().name, init_weights=None, epochs=20, lr=1e-3, batch_size=16)
-    learnt = train(workdir, labelled, "learnt", **learner)
+    with ci_variant() as variant:
+        learner = dict(variant=variant.name, init_weights=None, epochs=20, lr=1e-3, batch_size=16)
+        learnt = train(workdir, labelled, "learnt", **learner)
+        control = train(workdir, labelled, "shuffled", shuffle_labels=True, **learner)
     losses = [row["train_loss"] for row in learnt.history]
     print("curves:", [(r["epoch"], round(r["train_loss"], 3), round(r["val_loss"], 3), round(r["val_auc"], 3))
                       for r in learnt.history])
@@ -67,7 +69,6 @@ def test_learning_happens_and_does_not_on_shuffled_labels(workdir, labelled):
                                                     "accuracy", "f1", "confusion", "items", "best_epoch")})
     assert min(losses[-5:]) < losses[0] / 3
     assert learnt.report["frame_auc"] > 0.9, learnt.report
-    control = train(workdir, labelled, "shuffled", shuffle_labels=True, **learner)
     print("shuffled:", [(r["epoch"], round(r["train_loss"], 3), round(r["val_auc"], 3)) for r in control.history],
           "report AUC", control.report["frame_auc"])
     assert abs(control.report["frame_auc"] - 0.5) < 0.2, control.report

@@ -4,10 +4,13 @@ The product's B4 variants do not learn the tests' self-blends from random weight
 cores give in CI (docs/training.md, "What a CI-sized run learns"); this network, about fifteen times
 cheaper a face, does, through the same face stage, split, recipe objects and training loop."""
 
+import contextlib
+from typing import Iterator
+
 import timm
 from torch import nn
 
-from deepfake_serving.variants import get_variant
+from deepfake_serving.variants import get_variant, registry
 from deepfake_serving.variants.registry import Preprocessing, Variant, register_variant
 
 NAME = "ci-b0"
@@ -23,12 +26,15 @@ class CiB0(nn.Module):
         return self.head(self.backbone(x))
 
 
-def ci_variant() -> Variant:
-    """The variant, registered once (with seed 000's recipe, b4-mobile's)."""
+@contextlib.contextmanager
+def ci_variant() -> Iterator[Variant]:
+    """The variant, registered (with seed 000's recipe, b4-mobile's) for the ``with`` block only: tests that
+    follow see the product's five variants."""
+    variant = register_variant(Variant(
+        name=NAME, source_document="tests", description="EfficientNet-B0 at 128, one logit (tests only)",
+        architecture="helpers.ci_variant:CiB0", output="logit_fake", cam_layer="backbone.bn2",
+        preprocessing=Preprocessing(input_size=128), backbone="backbone", recipe=get_variant("b4-mobile").recipe))
     try:
-        return get_variant(NAME)
-    except KeyError:
-        return register_variant(Variant(
-            name=NAME, source_document="tests", description="EfficientNet-B0 at 128, one logit (tests only)",
-            architecture="helpers.ci_variant:CiB0", output="logit_fake", cam_layer="backbone.bn2",
-            preprocessing=Preprocessing(input_size=128), backbone="backbone", recipe=get_variant("b4-mobile").recipe))
+        yield variant
+    finally:
+        registry._REGISTRY.pop(NAME)  # the registry has no removal: only a test needs one
