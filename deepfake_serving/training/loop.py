@@ -294,7 +294,7 @@ class Trainer:
                                       for m in model.modules()):
                 continue  # BatchNorm cannot train on one face
             crops = [augment(train[i].pixels(rng)) for i in batch]
-            x = torch.from_numpy(self.variant.preprocessing.tensor(crops)).to(self.device)
+            x = self._input(crops)
             y = torch.tensor(labels[batch], dtype=torch.float32, device=self.device)
             w = torch.tensor([weights[int(v)] for v in labels[batch]], dtype=torch.float32, device=self.device) \
                 if self.recipe.balance == "loss" else None
@@ -325,12 +325,16 @@ class Trainer:
             bar.close()
         return total / max(count, 1)
 
+    def _input(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(self.variant.preprocessing.tensor(crops)).to(self.device)
+
     @torch.no_grad()
     def recompute_batchnorm(self, model: nn.Module, phase: Phase, train: Sequence[Face]) -> None:
         """The statistics of every BatchNorm layer that trained, measured again on the training faces with the
-        epoch's final weights (precise BatchNorm, Wu & Johnson 2021; ``torch.optim.swa_utils.update_bn``).
-        The running averages trail weights that move fast (a network far from any pretraining): evaluated
-        with them, validation and serving see activations the network never trained on."""
+        epoch's final weights (precise BatchNorm, Wu & Johnson 2021). Not ``torch.optim.swa_utils.update_bn``:
+        it resets every BatchNorm, a frozen backbone's too, whose statistics must stay. The running averages
+        trail weights that move fast (a network far from any pretraining): evaluated with them, validation and
+        serving see activations the network never trained on."""
         build.set_train_mode(model, self.variant, phase)
         training = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
         if not training:
@@ -342,7 +346,7 @@ class Trainer:
         for i in range(0, len(train), self.recipe.batch_size):
             batch = train[i:i + self.recipe.batch_size]
             if len(batch) > 1:
-                model(torch.from_numpy(self.variant.preprocessing.tensor([f.pixels() for f in batch])).to(self.device))
+                model(self._input([f.pixels() for f in batch]))
         for m, momentum in saved.items():
             m.momentum = momentum
 
@@ -352,8 +356,7 @@ class Trainer:
         model.eval()
         out: list[float] = []
         for i in range(0, len(faces), EVAL_BATCH):
-            crops = [f.pixels() for f in faces[i:i + EVAL_BATCH]]
-            x = torch.from_numpy(self.variant.preprocessing.tensor(crops)).to(self.device)
+            x = self._input([f.pixels() for f in faces[i:i + EVAL_BATCH]])
             out += self.variant.fake_probability(model(x)).float().cpu().tolist()
         return out
 
