@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -9,6 +11,41 @@ from deepfake_serving.media import samples
 from deepfake_serving.serving.client.clients import GrpcClient, RestClient
 
 torch.set_num_threads(2)
+
+
+# Disk: the suite writes ~15 GB of archives, repositories and checkpoints. A passing test's ``tmp_path``
+# goes at its end (``tmp_path_retention_policy = "failed"`` in pyproject.toml); what a module's fixtures
+# made with ``tmp_path_factory`` goes at the module's end, unless a test in it failed or a session-scoped
+# fixture made it (those are shared by later modules).
+_basetemp: list[Path] = []
+_session_dirs: set[Path] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_basetemp(tmp_path_factory):
+    _basetemp.append(tmp_path_factory.getbasetemp())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    if fixturedef.scope != "session" or not _basetemp:
+        return (yield)
+    before = set(_basetemp[0].iterdir())
+    try:
+        return (yield)
+    finally:
+        _session_dirs.update(set(_basetemp[0].iterdir()) - before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_dirs(request):
+    """Set up before, and torn down after, every other module-scoped fixture: servers have stopped."""
+    before, failed = set(_basetemp[0].iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(_basetemp[0].iterdir()) - before - _session_dirs:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
