@@ -15,35 +15,25 @@ torch.set_num_threads(2)
 
 # Disk: the suite writes ~15 GB of archives, repositories and checkpoints. A passing test's ``tmp_path``
 # goes at its end (``tmp_path_retention_policy = "failed"`` in pyproject.toml); what a module's fixtures
-# made with ``tmp_path_factory`` goes at the module's end, unless a test in it failed or a session-scoped
-# fixture made it (those are shared by later modules).
-_basetemp: list[Path] = []
+# made with ``tmp_path_factory`` goes at the module's end, unless a test in it failed. A session-scoped
+# fixture, shared by later modules, makes its folder with ``session_dir``.
 _session_dirs: set[Path] = set()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _record_basetemp(tmp_path_factory):
-    _basetemp.append(tmp_path_factory.getbasetemp())
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(fixturedef, request):
-    if fixturedef.scope != "session" or not _basetemp:
-        return (yield)
-    before = set(_basetemp[0].iterdir())
-    try:
-        return (yield)
-    finally:
-        _session_dirs.update(set(_basetemp[0].iterdir()) - before)
+def session_dir(tmp_path_factory, name: str) -> Path:
+    path = tmp_path_factory.mktemp(name)
+    _session_dirs.add(path)
+    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _remove_module_dirs(request):
+def _remove_module_dirs(request, tmp_path_factory):
     """Set up before, and torn down after, every other module-scoped fixture: servers have stopped."""
-    before, failed = set(_basetemp[0].iterdir()), request.session.testsfailed
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
     yield
     if request.session.testsfailed == failed:
-        for path in set(_basetemp[0].iterdir()) - before - _session_dirs:
+        for path in set(base.iterdir()) - before - _session_dirs:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -67,7 +57,7 @@ def no_face_jpeg() -> bytes:
 def face_folders(tmp_path_factory):
     from helpers.calibrated import write_face_folders
 
-    return write_face_folders(tmp_path_factory.mktemp("faces"))
+    return write_face_folders(session_dir(tmp_path_factory, "faces"))
 
 
 def pytest_collection_modifyitems(items):
