@@ -121,7 +121,7 @@ def test_the_trained_run_archives_serves_and_is_judged_by_the_gate_as_evaluate_j
                                canary_weight=10, min_canary_requests=0)
         rollout = Rollout(target, AuditLog(tmp_path / "audit.jsonl"), tmp_path / "split.json", policy=policy,
                           labelled_folder=gate, probes=[(gate / "Real" / "photo0.jpg").read_bytes()])
-        with contextlib.suppress(RolloutError):  # the verdict depends on what two epochs learnt; the figures do not
+        with contextlib.suppress(RolloutError):  # the verdict depends on what one epoch learnt; the figures do not
             rollout.run(store / f"{MODEL}-v2.0.mar")
     gate_entry = next(e for e in AuditLog(tmp_path / "audit.jsonl").entries() if e["step"] == "gate")
     print("gate:", gate_entry["outcome"], gate_entry["message"], judged.stdout.strip().splitlines()[-1])

@@ -105,7 +105,7 @@ def discover(data: str | Path, classes: tuple[int, ...] = (0, 1)) -> tuple[list[
 
 def check_classes(labels: Iterable[int], what: str, classes: tuple[int, ...] = (0, 1)) -> None:
     present = set(labels)
-    missing = [("Real", "Fake")[c] for c in classes if c not in present]
+    missing = [_class_name(c) for c in classes if c not in present]
     if missing:
         raise DataError(f"{what}: no {' and no '.join(missing)} files" +
                         (" (only one class)" if present else ""))
