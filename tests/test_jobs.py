@@ -128,6 +128,17 @@ def wait(jobs, job_id: str, states=("done", "failed", "cancelled"), timeout: flo
     raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
 
 
+def audit_of(jobs, job_id: str, timeout: float = 30.0) -> list[dict]:
+    """The job's audit lines once its ending is there: the worker writes it just after the job shows as ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(line) for line in jobs.settings.audit_log.read_text().splitlines()]
+        mine = [e for e in lines if e["job"] == job_id]
+        if any(e["event"] != "submitted" for e in mine) or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.1)
+
+
 def test_an_image_job_answers_the_synchronous_answer(jobs, server, astronaut_jpeg):
     accepted = submit(jobs, astronaut_jpeg, model=MODEL)
     assert accepted.status_code == 202, accepted.text
@@ -417,8 +428,7 @@ def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_
     assert [(e["status"], e["error"], e["model"]) for e in predicted] == [(200, None, MODEL), (400, "corrupt_image", MODEL)]
     assert predicted[0]["version"] == "1.0" and predicted[0]["bytes_in"] == len(astronaut_jpeg) and predicted[0]["latency_ms"] > 0
     assert any(e["status"] == 401 and e["error"] == "unauthorized" and e["key"] is None for e in lines)
-    audit = [json.loads(line) for line in jobs.settings.audit_log.read_text().splitlines()]
-    submitted, ended = [e for e in audit if e["job"] == job_id]
+    submitted, ended = audit_of(jobs, job_id)
     assert (submitted["event"], submitted["key"], submitted["digest"]) == ("submitted", "tester", hashlib.sha256(
         astronaut_jpeg).hexdigest())
     assert (ended["event"], ended["version"], ended["attempts"]) == ("done", "1.0", 1)
@@ -472,8 +482,8 @@ def test_the_rollouts_split_routes_predictions_and_jobs_through_the_front(jobs, 
     lines = [json.loads(line) for line in jobs.settings.access_log.read_text().splitlines()]
     arms = [(e["arm"], e["version"]) for e in lines if e["route"] == f"/v1/predictions/{MODEL}"][-3:]
     assert arms == [("candidate", "2.0"), ("serving", "1.0"), ("pinned", "1.0")]
-    ended = [json.loads(line) for line in jobs.settings.audit_log.read_text().splitlines()][-1]
-    assert ended["job"] == job["id"] and ended["arm"] == ("candidate" if split.version_for("tester") == "2.0" else "serving")
+    ended = audit_of(jobs, job["id"])[-1]
+    assert ended["event"] == "done" and ended["arm"] == ("candidate" if split.version_for("tester") == "2.0" else "serving")
 
 
 def test_an_image_job_can_ask_for_heatmaps(jobs, server, astronaut_jpeg):

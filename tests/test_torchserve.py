@@ -167,15 +167,20 @@ def test_prometheus_metrics(server, rest, astronaut_jpeg, no_face_jpeg):
     faces = rest.predict(MODEL, astronaut_jpeg).body
     rest.predict(MODEL, no_face_jpeg)
     rest.predict(MODEL, media.truncated_jpeg())
-    time.sleep(1)  # the frontend reads the worker's metric lines as they are logged
-    after = metric_samples(f"{server.metrics_url}/metrics")
+    expected = [1, 1, 1, faces["face_count"], 2, 1]
+    deadline = time.monotonic() + 30
+    while True:  # the frontend reads the worker's metric lines as they are logged, after the answers
+        after = metric_samples(f"{server.metrics_url}/metrics")
+        grew = [grown(before, after, name, model=MODEL, version="1.0", **labels) for name, labels in [
+            ("deepfake_predictions_total", {"label": faces["label"]}), ("deepfake_predictions_total", {"label": "NO_FACE"}),
+            ("deepfake_fake_probability_count", {}), ("deepfake_faces_per_request_sum", {}),
+            ("deepfake_stage_duration_seconds_count", {"stage": "detect"}),
+            ("deepfake_request_errors_total", {"code": "corrupt_image"})]]
+        if grew == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert grew == expected
     assert any(name == "ts_inference_requests_total" and dict(labels).get("model_name") == MODEL for name, labels in after)
-    grew = [grown(before, after, name, model=MODEL, version="1.0", **labels) for name, labels in [
-        ("deepfake_predictions_total", {"label": faces["label"]}), ("deepfake_predictions_total", {"label": "NO_FACE"}),
-        ("deepfake_fake_probability_count", {}), ("deepfake_faces_per_request_sum", {}),
-        ("deepfake_stage_duration_seconds_count", {"stage": "detect"}),
-        ("deepfake_request_errors_total", {"code": "corrupt_image"})]]
-    assert grew == [1, 1, 1, faces["face_count"], 2, 1]
     from deepfake_serving.rollout.targets import TorchServeTarget  # what the canary's score guard rail reads
 
     target = TorchServeTarget(MODEL, server.inference_url, server.management_url, f"{server.metrics_url}/metrics",

@@ -178,19 +178,28 @@ class Gate:
                                                       f"({key.rate_per_minute}/min) or its quota ({key.faces_per_day} "
                                                       "faces/day)"), status_code=429, headers={"Retry-After": str(wait)})
 
-        async def logged(message):
-            if message["type"] == "http.response.start":
-                entry["status"] = message["status"]
-            elif message["type"] == "http.response.body":
-                entry["bytes_out"] += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await (self.app if refusal is None else refusal)(scope, receive, logged)
-        finally:
+        def log_once():
+            """Log and count the request once: before its last byte is sent, so a client that has its answer
+            finds it in the log and the metrics; or when it ends without one."""
+            if "latency_ms" in entry:
+                return
             seconds = time.perf_counter() - start
             entry.update(latency_ms=round(seconds * 1000, 2),
                          **{k: state.get(k) for k in ("model", "version", "arm", "error", "job")})
             append_line(self.access_log, entry, fsync=False)
             if self.metrics is not None:
                 self.metrics.request(scope["path"], entry["status"], seconds)
+
+        async def logged(message):
+            if message["type"] == "http.response.start":
+                entry["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                entry["bytes_out"] += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    log_once()
+            await send(message)
+
+        try:
+            await (self.app if refusal is None else refusal)(scope, receive, logged)
+        finally:
+            log_once()

@@ -6,8 +6,8 @@
   so neither job ids nor made-up model names grow the series.
 - ``deepfake_jobs_submitted_total{media}``: jobs accepted by this API process.
 - ``deepfake_jobs_queued`` (gauge) and ``deepfake_jobs_finished_total{state}`` (done, failed): read from
-  Redis at each scrape: the queue's length, and the counts the workers keep there (shared by every API
-  replica: take ``max`` across instances, not ``sum``).
+  Redis at each scrape: the queue's length, and the counts kept there as each job ends (jobs.store; shared
+  by every API replica: take ``max`` across instances, not ``sum``).
 
 The prediction metrics of jobs and synchronous predictions are the model servers' own (monitoring/).
 """
@@ -19,9 +19,9 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from deepfake_serving.jobs.store import FINISHED
 from deepfake_serving.monitoring.catalogue import SECONDS_BUCKETS
 
-FINISHED = "deepfake:metrics:jobs-finished"  # a Redis hash: state → jobs ended so far (the workers count)
 ROUTES = [(re.compile(r"^/v1/jobs/[^/]+/events$"), "/v1/jobs/{id}/events"), (re.compile(r"^/v1/jobs/[^/]+$"), "/v1/jobs/{id}"),
           (re.compile(r"^/v1/predictions/[^/]+$"), "/v1/predictions/{model}")]
 KNOWN = {"/", "/v1/jobs", "/v1/health"}
@@ -72,8 +72,3 @@ class FrontMetrics:
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="127.0.0.1", registry=self.registry)
-
-
-def count_finished(redis, state: str) -> None:
-    """A worker's count of a job that ended (the collector above exports it)."""
-    redis.hincrby(FINISHED, state, 1)

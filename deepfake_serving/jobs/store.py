@@ -87,15 +87,18 @@ class UploadStore:
         return removed
 
 
-# KEYS[1] the job hash, KEYS[2] its events; ARGV[1] the attempt's token, ARGV[2] the answer's JSON field
-# ("result" or "error"), ARGV[3] its JSON, ARGV[4] the final state, ARGV[5] now, ARGV[6] the retention in s.
-# Only the attempt that holds the lease writes, and only once: a redelivered task's second attempt finds
-# the job ended and writes nothing. An ended job's record expires after the retention.
+FINISHED = "deepfake:metrics:jobs-finished"  # a Redis hash: state → jobs ended so far (jobs.metrics exports it)
+# KEYS[1] the job hash, KEYS[2] its events, KEYS[3] FINISHED; ARGV[1] the attempt's token, ARGV[2] the
+# answer's JSON field ("result" or "error"), ARGV[3] its JSON, ARGV[4] the final state, ARGV[5] now, ARGV[6]
+# the retention in s. Only the attempt that holds the lease writes, and only once: a redelivered task's
+# second attempt finds the job ended and writes nothing. The job is counted as it ends (whoever sees it
+# ended sees it counted). An ended job's record expires after the retention.
 FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'state', ARGV[4], 'updated', ARGV[5], 'lease', '')
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 1
@@ -171,7 +174,7 @@ class JobRecords:
         return bool(self._renew(keys=[self.key(job_id)], args=[token, time.time(), self.lease_s]))
 
     def finish(self, job_id: str, token: str, field: str, value: dict, state: str) -> bool:
-        return bool(self._finish(keys=[self.key(job_id), f"{self.key(job_id)}:events"],
+        return bool(self._finish(keys=[self.key(job_id), f"{self.key(job_id)}:events", FINISHED],
                                  args=[token, field, json.dumps(value), state, time.time(), self.retention_s]))
 
     def release(self, job_id: str, token: str, error: dict) -> None:

@@ -30,7 +30,6 @@ from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import video_model
 from deepfake_serving.jobs.analysis import Stop, make_analyser
 from deepfake_serving.jobs.front import KeyRing, charge, routed_version
-from deepfake_serving.jobs.metrics import count_finished
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import DONE, FAILED, JobRecords, UploadStore, redis_client
 from deepfake_serving.monitoring.recorder import faces_classified
@@ -121,13 +120,11 @@ class JobRunner:
         return None
 
     def _ended(self, job_id: str, job: dict, body: dict, **audit) -> None:
-        """The job's audit line (which version answered, on which A/B arm, or the error), its count for the
-        job API's metrics, then its callback."""
+        """The job's audit line (which version answered, on which A/B arm, or the error), then its callback."""
         append_line(self.settings.audit_log, {"time": time.time(), "event": body["state"], "job": job_id,
                                               "key": job.get("owner"), "digest": job.get("digest"),
                                               "model": job.get("model"), "attempts": int(job.get("attempts", 0)),
                                               "worker": self.worker, **audit})
-        count_finished(self.records.redis, body["state"])
         self._callback(job_id, job, body)
 
     def _heartbeat(self, job_id: str, token: str, lost: threading.Event) -> None:
