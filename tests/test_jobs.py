@@ -21,10 +21,10 @@ import pytest
 import requests
 from redis import Redis
 
+from deepfake_serving.jobs.callbacks import SIGNATURE_HEADER
 from deepfake_serving.jobs.front import KeyRing
 from deepfake_serving.jobs.launch import JobSystem
 from deepfake_serving.jobs.settings import JobSettings
-from deepfake_serving.jobs.worker import SIGNATURE_HEADER
 from deepfake_serving.media import samples
 from deepfake_serving.serving.client.clients import RestClient
 from deepfake_serving.serving.launch.archive import build_archive
@@ -35,7 +35,7 @@ MODEL = "b4-mobile"
 # Short bounds so that a redelivery after SIGKILL happens within the test: the visibility timeout still
 # exceeds the longest job plus a lease, as JobSettings.check requires.
 SETTINGS = JobSettings(models=MODEL, max_job_s=20, lease_s=5, visibility_timeout_s=30, retry_backoff_s=1.0,
-                       max_upload_bytes=8 * 1024 * 1024)
+                       max_upload_bytes=8 * 1024 * 1024, callback_allow="127.0.0.1/32")
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def get(jobs, path: str, key: str | None = None, method: str = "GET", **options)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _module_key(key):
-    KEY["secret"] = key
+def _module_key(key, keys):
+    KEY["secret"], KEY["id"] = key, keys.id_of("tester")  # a job belongs to its key's id
 
 
 def wait(jobs, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 180.0) -> dict:
@@ -231,7 +231,7 @@ def test_a_job_past_its_time_limit_fails_with_a_clear_reason(jobs):
     digest, _, size = UploadStore(settings.store).save(io.BytesIO(clip), settings.max_upload_bytes)
     records = JobRecords(Redis.from_url(settings.redis_url), settings.lease_s, settings.retention_s)
     job_id = records.create(model=MODEL, version="", media="video", digest=digest, size=size,
-                            options={"sampling": "all"}, callback_url="", owner="tester")
+                            options={"sampling": "all"}, callback_url="", owner=KEY["id"])
     assert JobRunner(settings).run(job_id, 0) is None  # not retried
     job = get(jobs, f"/v1/jobs/{job_id}").json()
     assert job["state"] == "failed" and job["error"]["code"] == "job_too_long" and job["error"]["status"] == 504
@@ -248,7 +248,7 @@ def test_a_job_whose_server_is_down_is_retried_then_fails_with_the_attempts(jobs
     digest, _, size = UploadStore(settings.store).save(io.BytesIO(astronaut_jpeg), settings.max_upload_bytes)
     records = JobRecords(Redis.from_url(settings.redis_url), settings.lease_s, settings.retention_s)
     job_id = records.create(model=MODEL, version="", media="image", digest=digest, size=size, options={},
-                            callback_url="", owner="tester")
+                            callback_url="", owner=KEY["id"])
     runner = JobRunner(settings)
     assert runner.run(job_id, 0) == settings.retry_backoff_s  # retried after the backoff
     queued = get(jobs, f"/v1/jobs/{job_id}").json()
@@ -295,7 +295,7 @@ def test_a_worker_killed_mid_job_is_redelivered_and_the_job_completes_once(jobs,
     time.sleep(2)
     assert len(Callbacks.received) == 1
     headers, body = Callbacks.received[0]
-    secret = keys.callback_secret("tester")  # the submitting key's own secret
+    secret = keys.callback_secret(keys.id_of("tester"))  # the submitting key's own secret
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     assert secret.startswith("dcs_")
     assert headers[SIGNATURE_HEADER] == f"sha256={expected}"
@@ -511,7 +511,7 @@ def test_an_in_process_worker_answers_as_torchserve(jobs, server, archives, keys
     def run(data: bytes, media_kind: str, version: str = "", **options) -> dict:
         digest, _, size = store.save(io.BytesIO(data), settings.max_upload_bytes)
         job_id = records.create(model=MODEL, version=version, media=media_kind, digest=digest, size=size,
-                                options=options, callback_url="", owner="tester")
+                                options=options, callback_url="", owner=KEY["id"])
         assert runner.run(job_id, 0) is None
         return get(jobs, f"/v1/jobs/{job_id}").json() | {"events": records.events(job_id)}
 
@@ -627,7 +627,7 @@ def test_workers_on_two_hosts_share_the_jobs_and_survive_one_hosts_worker_killed
             for host in hosts.hosts:
                 jobs.start_worker(host.name, host.run_here, server_url=f"http://{here}:{server_port}",
                                   redis_url=f"redis://:{jobs.redis.password}@{here}:{redis_port}/0")
-            hook = f"http://{here}:{hosts.relay(int(callback_url.split(':')[2].split('/')[0]))}/hook"
+            hook = callback_url  # callbacks are sent by the callback worker on this host, not by the hosts' workers
             clips = [samples.encode_video(samples.moving_face_frames(12 + i, (320, 240), faces=1), "mp4") for i in range(6)]
             accepted = [submit(jobs, c, model=MODEL, sampling="all").json()["id"] for c in clips]
             done = [wait(jobs, job_id, timeout=240) for job_id in accepted]

@@ -70,6 +70,8 @@ CATALOGUE: dict[str, ErrorKind] = {
                               "default); it is not retried"),
     "rate_limited": ErrorKind(429, "job", "the API key is over its requests per minute or its faces per day "
                               "(`Retry-After` says when to come back); checked before the body is read"),
+    "too_many_streams": ErrorKind(429, "job", "the API key (or the job) already has as many event streams open "
+                                  "as the API allows; close one (a client reconnects with `Last-Event-ID`)"),
     # -- outside our handler: normalised by the clients and the nginx front
     "request_too_large": ErrorKind(413, "server", "body over the server's `max_request_size` (100 MB), answered "
                                    "by TorchServe's transport, gRPC or nginx before any handler"),

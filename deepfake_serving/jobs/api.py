@@ -18,32 +18,36 @@ JSON (core.errors) with its status.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import time
 from importlib.resources import files
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
 from deepfake_serving.core.errors import RequestError, error_body
 from deepfake_serving.core.formats import video_container
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name, video_model
+from deepfake_serving.jobs.callbacks import Destination, allowed_networks
+from deepfake_serving.jobs.events import EventHub, StreamLimits, sse
 from deepfake_serving.jobs.front import Gate, charge, routed_version
 from deepfake_serving.jobs.metrics import FrontMetrics
 from deepfake_serving.jobs.settings import JobSettings
-from deepfake_serving.jobs.store import ENDED, JobRecords, UploadStore, async_redis_client, redis_client
+from deepfake_serving.jobs.store import JobRecords, UploadStore, async_redis_client, redis_client
 from deepfake_serving.jobs.worker import QUEUE, TASK, make_app
+from deepfake_serving.media.image import ImageLimits
 from deepfake_serving.media.video import Sampling, VideoLimits
 from deepfake_serving.monitoring.recorder import faces_classified
 from deepfake_serving.serving.client.clients import make_client
 
+REDIS_DOWN = RequestError("server_unavailable", "the job system's store is not answering: try again shortly")
 MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and boundaries, on top of the file's limit
 
 
@@ -76,6 +80,30 @@ class BodyLimit:
             await too_large(self.limit)(scope, receive, send)
 
 
+async def media_body(request: Request, video_limit: int) -> bytes:
+    """A prediction's body, refused with 413 ``body_too_large`` as soon as its ``Content-Length`` or its bytes
+    pass its media's own limit (an image's 20 MB, known from its first bytes), not the video limit."""
+    image_limit = min(ImageLimits().max_bytes, video_limit)
+    declared = request.headers.get("content-length", "")
+    chunks: list[bytes] = []
+    size, limit = 0, None  # the limit is known once the first 64 bytes tell an image from a clip
+
+    def check(limit: int) -> None:
+        if size > limit or (declared.isdigit() and int(declared) > limit):
+            kind = "video" if limit == video_limit else "image"
+            raise RequestError("body_too_large", f"the {kind} is over its limit of {limit} bytes")
+
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if limit is None and size >= 64:
+            limit = video_limit if video_container(b"".join(chunks)[:64]) else image_limit
+        check(limit or video_limit)
+    body = b"".join(chunks)
+    check(video_limit if video_container(body[:64]) else image_limit)
+    return body
+
+
 def too_large(limit: int) -> JSONResponse:
     body = error_body("body_too_large", f"the request is over the job limit of {limit} bytes")
     return JSONResponse(body, status_code=413, headers={"Connection": "close"})
@@ -97,25 +125,31 @@ def job_view(job_id: str, record: dict) -> dict:
     return view
 
 
-def checked_options(settings: JobSettings, model: str, version: str | None, sampling: str | None, frames: str | None,
-                    every: str | None, callback_url: str | None, explain: str | None) -> dict:
-    if model not in settings.model_names:
-        raise RequestError("bad_option", f"unknown model {model!r}; this job API serves {', '.join(settings.model_names)}")
+def checked_version(version: str | None) -> str | None:
+    """A version a client names (a job's ``version``, ``X-Model-Version``): one safe name or bad_option, before
+    it goes anywhere near a server's URL."""
     if version:
         try:
             check_name(version, "version")
         except ValueError as err:
             raise RequestError("bad_option", str(err)) from None
+    return version or None
+
+
+def checked_options(settings: JobSettings, model: str, version: str | None, sampling: str | None, frames: str | None,
+                    every: str | None, callback_url: str | None, explain: str | None) -> dict:
+    if model not in settings.model_names:
+        raise RequestError("bad_option", f"unknown model {model!r}; this job API serves {', '.join(settings.model_names)}")
+    checked_version(version)
     options = {k: v for k, v in {"sampling": sampling, "frames": frames, "every": every}.items() if v not in (None, "")}
     Sampling.from_options(options).validate(VideoLimits())  # bad_sampling, before anything is stored
     if (explain or "false").lower() not in ("true", "false"):
         raise RequestError("bad_option", "explain is true or false")
     if explain and explain.lower() == "true":
         options["explain"] = "true"  # the answer carries each face's heatmap (docs/explanations.md)
-    if callback_url:
-        parts = urlsplit(callback_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or len(callback_url) > 2048:
-            raise RequestError("bad_option", "callback_url must be an http(s) URL of at most 2048 characters")
+    if callback_url and Destination.parse(callback_url).literal_refused(allowed_networks(settings.callback_allow)):
+        raise RequestError("bad_option", "callback_url names a loopback, private or reserved address: callbacks "
+                           "go to public addresses (or the networks this deployment allows)")
     return options
 
 
@@ -135,7 +169,17 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
     redis = redis_client(settings.redis_url)
     records, store = JobRecords(redis, settings.lease_s, settings.retention_s), UploadStore(settings.store)
     celery = make_app(settings)
-    app = FastAPI(title="deepfake-serving jobs", version="1")
+    hub = EventHub(settings.redis_url, StreamLimits(max_s=float(settings.max_job_s + settings.lease_s)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await hub.close()
+
+    # The OpenAPI document and its pages describe every route to whoever asks: served only when asked for.
+    docs = "/docs" if settings.api_docs else None
+    app = FastAPI(title="deepfake-serving jobs", version="1", lifespan=lifespan, docs_url=docs,
+                  redoc_url=docs and "/redoc", openapi_url=docs and "/openapi.json")
 
     client = None if settings.backend == "in-process" else make_client(
         "rest", settings.server_url, settings.max_job_s, settings.backend, settings.key_file or None)
@@ -144,6 +188,10 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
         request.state.error = err.code
         return JSONResponse(err.to_dict(), status_code=err.status)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request: Request, err: RedisError) -> JSONResponse:
+        return await request_error(request, REDIS_DOWN)
 
     @app.post("/v1/jobs", status_code=202)
     def submit(request: Request, file: UploadFile | None = File(None), model: str = Form("b4-mobile"),
@@ -157,11 +205,12 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         digest, path, size = store.save(file.file, settings.max_upload_bytes)
         with open(path, "rb") as upload:
             media = "video" if video_container(upload.read(64)) else "image"
-        owner = request.state.api_key
+        owner, owner_name = request.state.api_key, request.state.api_key_name
         job_id = records.create(model=model, version=version or "", media=media, digest=digest, size=size,
-                                options=options, callback_url=callback_url or "", owner=owner)
+                                options=options, callback_url=callback_url or "", owner=owner, owner_name=owner_name)
         request.state.job = job_id
-        append_line(settings.audit_log, {"time": time.time(), "event": "submitted", "job": job_id, "key": owner,
+        append_line(settings.audit_log, {"time": time.time(), "event": "submitted", "job": job_id, "key": owner_name,
+                                         "key_id": owner,
                                          "digest": digest, "bytes": size, "media": media, "model": model,
                                          "version_asked": version})
         celery.send_task(TASK, args=[job_id], task_id=job_id)
@@ -187,13 +236,21 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         record = found(request, job_id)
         if not records.cancel(job_id):
             raise RequestError("job_finished", f"job {job_id} has already ended ({record['state']})")
-        records.event(job_id, {"event": "cancelled"})
+        records.drop_upload(job_id, store)
         return job_view(job_id, found(request, job_id))
 
     @app.get("/v1/jobs/{job_id}/events")
     async def events(request: Request, job_id: str) -> EventSourceResponse:
-        found(request, job_id)
-        return EventSourceResponse(event_stream(settings, job_id, request))
+        """The job's events from the start (or after ``Last-Event-ID``), each with its id, then its end state."""
+        await run_in_threadpool(found, request, job_id)
+        entries = hub.follow(JobRecords.stream(job_id), request.state.api_key, request.headers.get("last-event-id"))
+
+        async def stream():
+            async for entry_id, fields in entries:
+                view = job_view(job_id, await hub.record(JobRecords.key(job_id))) if "end" in fields else None
+                yield sse(entry_id, fields, view)
+
+        return EventSourceResponse(stream())
 
     @app.post("/v1/predictions/{model}")
     async def predict(request: Request, model: str) -> JSONResponse:
@@ -206,9 +263,10 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         if client is None:
             raise RequestError("server_unavailable", "this job API analyses in its workers only (the in-process "
                                "backend): submit a job")
-        body = await request.body()
+        pinned = checked_version(request.headers.get("x-model-version"))
+        body = await media_body(request, settings.max_upload_bytes)
         served = video_model(model) if video_container(body[:64]) else model
-        version, request.state.arm = routed_version(settings.rollout_dir, served, request.headers.get("x-model-version"),
+        version, request.state.arm = routed_version(settings.rollout_dir, served, pinned,
                                                     request.headers.get("x-user-id") or request.state.api_key)
         answer = await run_in_threadpool(client.predict, served, body, version)
         if answer.ok:
@@ -231,29 +289,6 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         return {"redis": "ok", "time": time.time()}
 
     return app
-
-
-async def event_stream(settings: JobSettings, job_id: str, request: Request):
-    """The events stored so far, then each as it is published, then the job's end state."""
-    client = async_redis_client(settings.redis_url, decode_responses=True)
-    key = JobRecords.key(job_id)
-    pubsub = client.pubsub()
-    await pubsub.subscribe(f"{key}:events")
-    try:
-        for raw in await client.lrange(f"{key}:events", 0, -1):
-            yield {"event": "progress", "data": raw}
-        while not await request.is_disconnected():
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                yield {"event": "progress", "data": message["data"]}
-            state = await client.hget(key, "state")
-            if state in ENDED:
-                yield {"event": state, "data": json.dumps(job_view(job_id, await client.hgetall(key)))}
-                return
-            await asyncio.sleep(0)
-    finally:
-        await pubsub.aclose()
-        await client.aclose()
 
 
 def build() -> Gate:

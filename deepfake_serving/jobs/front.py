@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from deepfake_serving.core.errors import error_body
 from deepfake_serving.core.jsonlines import append_line
@@ -35,12 +36,14 @@ from deepfake_serving.rollout.routing import Split, split_file
 
 KEYS = "deepfake:apikey:"
 NAMES = "deepfake:apikey-names"
-CALLBACK_SECRETS = "deepfake:callback-secrets"  # key name -> the secret its jobs' callbacks are signed with
+CALLBACK_SECRETS = "deepfake:callback-secrets"  # key id -> the secret its jobs' callbacks are signed with
+KEY_IDS = "deepfake:apikey-ids"  # key name -> the id of the key that holds the name now
 OPEN_PATHS = ("/", "/v1/health")  # what answers without a key: the analyst page (it asks for one) and liveness
 
 
 @dataclass(frozen=True)
 class ApiKey:
+    id: str  # what jobs, rates and quotas belong to: a key added again under a revoked key's name inherits nothing
     name: str
     rate_per_minute: int
     faces_per_day: int
@@ -63,22 +66,29 @@ class KeyRing:
             raise ValueError("a key's rate and quota are at least 1")
         if not self.redis.sadd(NAMES, name):
             raise ValueError(f"a key named {name!r} exists: revoke it first")
-        secret = f"dfk_{secrets.token_urlsafe(32)}"
-        self.redis.hset(KEYS + key_hash(secret), mapping={"name": name, "rate_per_minute": rate_per_minute,
+        secret, key_id = f"dfk_{secrets.token_urlsafe(32)}", f"key_{secrets.token_hex(8)}"
+        self.redis.hset(KEYS + key_hash(secret), mapping={"id": key_id, "name": name, "rate_per_minute": rate_per_minute,
                                                           "faces_per_day": faces_per_day, "created": time.time()})
         callback_secret = f"dcs_{secrets.token_urlsafe(32)}"
-        self.redis.hset(CALLBACK_SECRETS, name, callback_secret)
+        self.redis.hset(CALLBACK_SECRETS, key_id, callback_secret)
+        self.redis.hset(KEY_IDS, name, key_id)
         return secret, callback_secret
 
     def revoke(self, name: str) -> bool:
         for key in self.redis.scan_iter(f"{KEYS}*"):
             if self.redis.hget(key, "name") == name.encode():
                 self.redis.delete(key)
-        self.redis.hdel(CALLBACK_SECRETS, name)
+        self.redis.hdel(CALLBACK_SECRETS, self.id_of(name) or name)
+        self.redis.hdel(KEY_IDS, name)
         return bool(self.redis.srem(NAMES, name))
 
-    def callback_secret(self, name: str) -> str | None:
-        secret = self.redis.hget(CALLBACK_SECRETS, name)
+    def id_of(self, name: str) -> str | None:
+        """The id of the key that holds ``name`` now."""
+        key_id = self.redis.hget(KEY_IDS, name)
+        return key_id.decode() if key_id else None
+
+    def callback_secret(self, key_id: str) -> str | None:
+        secret = self.redis.hget(CALLBACK_SECRETS, key_id)
         return secret.decode() if secret else None
 
     def names(self) -> list[str]:
@@ -86,7 +96,9 @@ class KeyRing:
 
 
 def parse_key(record: dict) -> ApiKey:
-    return ApiKey(record["name"], int(record["rate_per_minute"]), int(record["faces_per_day"]))
+    # a key added before keys had ids is known by its name, as it was then
+    return ApiKey(record.get("id") or record["name"], record["name"], int(record["rate_per_minute"]),
+                  int(record["faces_per_day"]))
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
@@ -98,8 +110,8 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     return key.decode("latin-1").strip() if key else None
 
 
-def day_key(name: str, now: float) -> str:
-    return f"deepfake:quota:{name}:{_dt.datetime.fromtimestamp(now, _dt.timezone.utc):%Y%m%d}"
+def day_key(key_id: str, now: float) -> str:
+    return f"deepfake:quota:{key_id}:{_dt.datetime.fromtimestamp(now, _dt.timezone.utc):%Y%m%d}"
 
 
 def seconds_to_midnight(now: float) -> int:
@@ -111,17 +123,17 @@ def seconds_to_midnight(now: float) -> int:
 async def admit(redis, key: ApiKey, now: float, spends_work: bool) -> int | None:
     """None when the key may go on; else the seconds to wait (the async client: inside the gate). The quota
     refuses requests that spend work (POST) only: a key over it can still read its jobs."""
-    if spends_work and int(await redis.get(day_key(key.name, now)) or 0) >= key.faces_per_day:
+    if spends_work and int(await redis.get(day_key(key.id, now)) or 0) >= key.faces_per_day:
         return seconds_to_midnight(now)
-    window = f"deepfake:rate:{key.name}:{int(now // 60)}"
+    window = f"deepfake:rate:{key.id}:{int(now // 60)}"
     async with redis.pipeline(transaction=True) as pipe:
         count, _ = await pipe.incr(window).expire(window, 120).execute()
     return None if count <= key.rate_per_minute else max(1, 60 - int(now % 60))
 
 
-def charge(redis, name: str, faces: int) -> None:
+def charge(redis, key_id: str, faces: int) -> None:
     """Count ``faces`` classified (at least 1 per answered request) against today's quota (sync client)."""
-    key = day_key(name, time.time())
+    key = day_key(key_id, time.time())
     with redis.pipeline() as pipe:
         pipe.incrby(key, max(1, int(faces))).expire(key, 2 * 86400).execute()
 
@@ -149,6 +161,30 @@ class Gate:
     def __init__(self, app, redis, access_log: Path, metrics=None):
         self.app, self.redis, self.access_log, self.metrics = app, redis, access_log, metrics
 
+    async def _refusal(self, headers: dict, state: dict, entry: dict, now: float, spends_work: bool):
+        """None when the presented key may go on; else the answer: 401, 429 (rate or quota) or 503 (Redis is
+        not answering: the key cannot be checked)."""
+        secret = presented_key(headers)
+        try:
+            record = await self.redis.hgetall(KEYS + key_hash(secret)) if secret else None
+            if not record:
+                state["error"] = "unauthorized"
+                return JSONResponse(error_body("unauthorized", "send an API key as `Authorization: Bearer <key>` "
+                                               "(deepfake-serving api-key add NAME)"), status_code=401)
+            key = parse_key({k.decode(): v.decode() for k, v in record.items()})
+            state["api_key"], state["api_key_name"] = entry["key_id"], entry["key"] = key.id, key.name
+            wait = await admit(self.redis, key, now, spends_work)
+        except RedisError:
+            state["error"] = "server_unavailable"
+            return JSONResponse(error_body("server_unavailable", "the job system's store is not answering: try again "
+                                           "shortly"), status_code=503, headers={"Retry-After": "5"})
+        if wait is None:
+            return None
+        state["error"] = "rate_limited"
+        return JSONResponse(error_body("rate_limited", f"key {key.name} is over its rate ({key.rate_per_minute}/min) "
+                                       f"or its quota ({key.faces_per_day} faces/day)"), status_code=429,
+                            headers={"Retry-After": str(wait)})
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -160,23 +196,8 @@ class Gate:
                  "request_id": state["request_id"], "method": scope["method"], "route": scope["path"], "key": None,
                  "status": None, "error": None, "bytes_in": int(headers.get(b"content-length", b"0") or 0),
                  "bytes_out": 0}
-        refusal = None
-        if scope["path"] not in OPEN_PATHS:
-            secret = presented_key(headers)
-            record = await self.redis.hgetall(KEYS + key_hash(secret)) if secret else None
-            if not record:
-                state["error"] = "unauthorized"
-                refusal = JSONResponse(error_body("unauthorized", "send an API key as `Authorization: Bearer <key>` "
-                                                  "(deepfake-serving jobs key add NAME)"), status_code=401)
-            else:
-                key = parse_key({k.decode(): v.decode() for k, v in record.items()})
-                state["api_key"] = entry["key"] = key.name
-                wait = await admit(self.redis, key, now, scope["method"] == "POST")
-                if wait is not None:
-                    state["error"] = "rate_limited"
-                    refusal = JSONResponse(error_body("rate_limited", f"key {key.name} is over its rate "
-                                                      f"({key.rate_per_minute}/min) or its quota ({key.faces_per_day} "
-                                                      "faces/day)"), status_code=429, headers={"Retry-After": str(wait)})
+        refusal = None if scope["path"] in OPEN_PATHS else await self._refusal(headers, state, entry, now,
+                                                                               scope["method"] == "POST")
 
         def log_once():
             """Log and count the request once: before its last byte is sent, so a client that has its answer

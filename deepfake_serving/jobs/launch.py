@@ -23,7 +23,7 @@ import requests
 from redis import Redis
 
 from deepfake_serving.jobs.settings import JobSettings
-from deepfake_serving.jobs.worker import QUEUE
+from deepfake_serving.jobs.worker import CALLBACK_QUEUE, QUEUE
 from deepfake_serving.serving.launch.processes import free_ports, stop_group
 
 BUNDLED = Path(sys.prefix) / "redis"  # `make install` unpacks Debian's redis-tools (and its libraries) here
@@ -104,6 +104,7 @@ class JobSystem:
         self.metrics_url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"  # the API's (jobs.metrics)
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
+        self.callback_worker: subprocess.Popen | None = None
 
     def _spawn(self, name: str, command: list[str], settings: JobSettings | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
@@ -122,6 +123,15 @@ class JobSystem:
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"], replace(self.settings, **reached_at))
         self.workers.append(worker)
         return worker
+
+    def start_callback_worker(self) -> subprocess.Popen:
+        """The worker that sends callbacks (a pool of threads on the callback queue: each attempt is bounded
+        by its own deadline, so a slow receiver holds one thread for ``callback_timeout_s`` at most)."""
+        self.callback_worker = self._spawn("callbacks", [
+            sys.executable, "-m", "celery", "-A", "deepfake_serving.jobs.worker", "worker", "--pool", "threads",
+            "--concurrency", str(self.settings.callback_workers), "-Q", CALLBACK_QUEUE, "--hostname",
+            f"callbacks-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
+        return self.callback_worker
 
     def start_api(self, port: int, timeout: float = 60.0, metrics_port: int = 0) -> subprocess.Popen:
         """One API process (a front replica) on ``port`` (its metrics on ``metrics_port``, 0: none), answering
@@ -147,6 +157,7 @@ class JobSystem:
         (self.workdir / "redis.url").write_text(self.redis.url)
         for _ in range(self.worker_count):
             self.start_worker()
+        self.start_callback_worker()
         try:
             self.api = self.start_api(self.api_port, metrics_port=self.settings.metrics_port)
         except BaseException:
@@ -160,10 +171,10 @@ class JobSystem:
         return self.api
 
     def stop(self) -> None:
-        for process in [*self.workers, self.api]:
+        for process in [*self.workers, self.callback_worker, self.api]:
             if process is not None and process.poll() is None:
                 stop_group(process, 30.0)  # Celery's warm shutdown: the running task finishes or is requeued
-        self.workers, self.api = [], None
+        self.workers, self.api, self.callback_worker = [], None, None
         self.redis.stop()
 
     def __enter__(self) -> "JobSystem":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from deepfake_serving.media.video import VideoLimits
 
@@ -35,16 +36,25 @@ class JobSettings:
     lease_s: int = 60  # an attempt renews its lease while it works; a killed worker's lease lapses after this
     attempts: int = 3  # server errors are retried with backoff; after the last, the job fails (dead letter)
     retry_backoff_s: float = 5.0
+    api_docs: bool = False  # serve FastAPI's /docs, /redoc and /openapi.json (off: they map the API for anyone)
     metrics_port: int = 0  # the API's Prometheus metrics on this loopback port (jobs.metrics); 0: none
     callback_attempts: int = 5  # signed with the submitting key's own secret (jobs.front.KeyRing)
+    callback_timeout_s: float = 10.0  # one attempt in all: resolving, connecting, sending, the status line
+    callback_per_key: int = 2  # a key's callbacks being sent at once (the callback workers are shared)
+    callback_workers: int = 8  # threads of the callback worker (jobs.callbacks)
+    # Networks callbacks may reach besides public addresses (comma-separated CIDRs): loopback, private and
+    # link-local destinations are refused unless listed here.
+    callback_allow: str = ""
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "JobSettings":
-        values = {}
+        values: dict[str, Any] = {}
         for spec in fields(cls):
             raw = environ.get(f"{PREFIX}{spec.name.upper()}")
             if raw is not None:
-                values[spec.name] = type(getattr(cls, spec.name))(raw)  # str, int, float or Path
+                kind = type(getattr(cls, spec.name))
+                # str, int, float, Path, or a bool written as environment.str() writes it ("True"/"False")
+                values[spec.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         return cls(**values).check()
 
     def check(self) -> "JobSettings":
@@ -59,6 +69,11 @@ class JobSettings:
         if self.rollout_dir and self.backend != "torchserve":
             raise ValueError("the rollout's split is applied to TorchServe's versions (rollout_dir needs the "
                              "torchserve backend)")
+        if self.callback_timeout_s <= 0 or self.callback_per_key < 1 or self.callback_workers < 1:
+            raise ValueError("callbacks need a positive timeout, at least one per key and one worker thread")
+        from deepfake_serving.jobs.callbacks import allowed_networks
+
+        allowed_networks(self.callback_allow)  # ValueError for a network that does not parse
         if (self.backend == "in-process") != bool(self.archive):
             raise ValueError("the in-process backend, and it alone, takes an archive (DEEPFAKE_JOBS_ARCHIVE)")
         return self

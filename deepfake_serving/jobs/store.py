@@ -31,12 +31,18 @@ def redis_client(url: str, **options) -> Redis:
     return Redis.from_url(url, retry=Retry(ExponentialBackoff(), 3), retry_on_error=RETRIED, **options)
 
 
-def async_redis_client(url: str, **options) -> aioredis.Redis:
-    """The asyncio client (the API's gate and event streams): it does not reconnect by itself after a restart."""
-    return aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(), 3), retry_on_error=RETRIED, **options)
+def async_redis_client(url: str, max_connections: int = 32, **options) -> aioredis.Redis:
+    """The asyncio client (the API's gate): at most ``max_connections`` to Redis, however many requests come at
+    once (a request waits up to 5 s for one, then answers 503): a burst cannot take Redis' clients."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
+                                                    retry=AsyncRetry(ExponentialBackoff(), 3), retry_on_error=RETRIED,
+                                                    **options)
+    return aioredis.Redis(connection_pool=pool)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ENDED = (DONE, FAILED, CANCELLED)
-EVENTS_KEPT = 200  # progress events kept per job for a late reader of /events
+# Progress events kept per job (a Redis stream, ``deepfake:job:<id>:stream``) for a late or reconnecting
+# reader of /events: a clip sends about one a second, so the longest job's fit; the end is always the last.
+EVENTS_KEPT = 2000
 
 
 class UploadStore:
@@ -88,7 +94,7 @@ class UploadStore:
 
 
 FINISHED = "deepfake:metrics:jobs-finished"  # a Redis hash: state → jobs ended so far (jobs.metrics exports it)
-# KEYS[1] the job hash, KEYS[2] its events, KEYS[3] FINISHED; ARGV[1] the attempt's token, ARGV[2] the
+# KEYS[1] the job hash, KEYS[2] its event stream, KEYS[3] FINISHED; ARGV[1] the attempt's token, ARGV[2] the
 # answer's JSON field ("result" or "error"), ARGV[3] its JSON, ARGV[4] the final state, ARGV[5] now, ARGV[6]
 # the retention in s. Only the attempt that holds the lease writes, and only once: a redelivered task's
 # second attempt finds the job ended and writes nothing. The job is counted as it ends (whoever sees it
@@ -98,6 +104,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'state', ARGV[4], 'updated', ARGV[5], 'lease', '')
+redis.call('XADD', KEYS[2], '*', 'end', ARGV[4])
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -125,29 +132,47 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[2]) + tonumber(ARGV[3]), 'updated', ARGV[2])
 return 1
 """
-# KEYS[1] the job hash, KEYS[2] its events; ARGV[1] now, ARGV[2] the retention. Queued or running →
-# cancelled; 1, or 0 when it had ended.
+# KEYS[1] the job hash, KEYS[2] its event stream; ARGV[1] now, ARGV[2] the retention. Queued or running →
+# cancelled (its stream ends with it); 1, or 0 when it had ended.
 CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' and state ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated', ARGV[1], 'lease', '')
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated', ARGV[1], 'lease', '', 'progress', '{"event": "cancelled"}')
+redis.call('XADD', KEYS[2], '*', 'end', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS[1] the job hash, KEYS[2] its event stream; ARGV[1] the event's JSON, ARGV[2] how many are kept. Only a
+# queued or running job gets events: after its end marker nothing is added, and an expired job's stream is
+# never made again (it would have no expiry).
+EVENT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'event', ARGV[1])
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return 1
+"""
+
 
 class JobRecords:
-    """Job records in Redis (``deepfake:job:<id>``), their events (``…:events``, a capped list and a channel)."""
+    """Job records in Redis (``deepfake:job:<id>``) and their events (``…:stream``: a capped Redis stream whose
+    last entry, ``end``, is the job's end state, written in the same script as the state)."""
 
     def __init__(self, redis, lease_s: int, retention_s: int):
         self.redis, self.lease_s, self.retention_s = redis, lease_s, retention_s
         self._finish, self._claim = redis.register_script(FINISH), redis.register_script(CLAIM)
         self._renew, self._cancel = redis.register_script(RENEW), redis.register_script(CANCEL)
+        self._event = redis.register_script(EVENT)
 
     @staticmethod
     def key(job_id: str) -> str:
         return f"deepfake:job:{job_id}"
+
+    @staticmethod
+    def stream(job_id: str) -> str:
+        return f"deepfake:job:{job_id}:stream"
 
     def create(self, **fields) -> str:
         job_id = secrets.token_urlsafe(16)
@@ -156,7 +181,31 @@ class JobRecords:
         self.redis.hset(self.key(job_id), mapping={k: v if isinstance(v, (str, int, float)) else json.dumps(v)
                                                     for k, v in record.items()})
         self.redis.sadd("deepfake:jobs", job_id)
+        if fields.get("digest"):  # outlives the jobs it names by a retention at most (each job refreshes it)
+            self.redis.sadd(self.users(str(fields["digest"])), job_id)
+            self.redis.expire(self.users(str(fields["digest"])), 2 * self.retention_s)
         return job_id
+
+    @staticmethod
+    def users(digest: str) -> str:
+        """The jobs that name an upload (a set): one upload serves every job that sent the same bytes."""
+        return f"deepfake:upload-jobs:{digest}"
+
+    def drop_upload(self, job_id: str, store: "UploadStore") -> bool:
+        """A job that failed or was cancelled needs its upload no more: removed at once, unless another job
+        that has not failed or been cancelled names the same bytes. True when it was removed."""
+        digest = (self.redis.hget(self.key(job_id), "digest") or b"").decode()
+        if not digest:
+            return False
+        self.redis.srem(self.users(digest), job_id)
+        for other in self.redis.smembers(self.users(digest)):
+            state = self.redis.hget(self.key(other.decode()), "state")
+            if state is None:
+                self.redis.srem(self.users(digest), other)
+            elif state.decode() not in (FAILED, CANCELLED):
+                return False
+        store.path(digest).unlink(missing_ok=True)
+        return True
 
     def get(self, job_id: str) -> dict | None:
         if not job_id.replace("-", "").replace("_", "").isalnum() or len(job_id) > 64:
@@ -174,7 +223,7 @@ class JobRecords:
         return bool(self._renew(keys=[self.key(job_id)], args=[token, time.time(), self.lease_s]))
 
     def finish(self, job_id: str, token: str, field: str, value: dict, state: str) -> bool:
-        return bool(self._finish(keys=[self.key(job_id), f"{self.key(job_id)}:events", FINISHED],
+        return bool(self._finish(keys=[self.key(job_id), self.stream(job_id), FINISHED],
                                  args=[token, field, json.dumps(value), state, time.time(), self.retention_s]))
 
     def release(self, job_id: str, token: str, error: dict) -> None:
@@ -189,7 +238,7 @@ class JobRecords:
                 pipe.execute()
 
     def cancel(self, job_id: str) -> bool:
-        return bool(self._cancel(keys=[self.key(job_id), f"{self.key(job_id)}:events"], args=[time.time(), self.retention_s]))
+        return bool(self._cancel(keys=[self.key(job_id), self.stream(job_id)], args=[time.time(), self.retention_s]))
 
     def sweep(self, store: UploadStore) -> list[str]:
         """Forget jobs whose records expired, and remove uploads no remaining job names once they are older
@@ -205,15 +254,12 @@ class JobRecords:
         return store.remove_unused(keep, self.retention_s)
 
     def event(self, job_id: str, event: dict) -> None:
-        data = json.dumps(event)
-        key = f"{self.key(job_id)}:events"
-        with self.redis.pipeline() as pipe:
-            pipe.rpush(key, data).ltrim(key, -EVENTS_KEPT, -1).hset(self.key(job_id), "progress", data)
-            pipe.publish(key, data)
-            pipe.execute()
+        self._event(keys=[self.key(job_id), self.stream(job_id)], args=[json.dumps(event), EVENTS_KEPT])
 
     def events(self, job_id: str) -> list[dict]:
-        return [json.loads(e) for e in self.redis.lrange(f"{self.key(job_id)}:events", 0, -1)]
+        """The job's progress events so far (not its end marker)."""
+        return [json.loads(fields[b"event"]) for _, fields in self.redis.xrange(self.stream(job_id))
+                if b"event" in fields]
 
     def claim_callback(self, job_id: str) -> bool:
         """True once per job: the attempt that may send its callback."""

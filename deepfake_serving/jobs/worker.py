@@ -1,5 +1,7 @@
-"""The Celery app and its one task, ``deepfake_serving.jobs.analyze``: run a job's analysis (through the
-project's clients against TorchServe or Triton, or in process: jobs.analysis) and record it once.
+"""The Celery app and its two tasks: ``deepfake_serving.jobs.analyze`` runs a job's analysis (through the
+project's clients against TorchServe or Triton, or in process: jobs.analysis) and records it once;
+``deepfake_serving.jobs.deliver_callback``, on its own queue and workers, sends the job's callback
+(jobs.callbacks), so that no receiver, however slow, holds a worker that analyses.
 
 Delivery is at least once (Celery on Redis, late acknowledgement: a task whose worker dies is delivered
 again after the broker's visibility timeout). Exactly-once effects come from the job record, not the
@@ -9,19 +11,18 @@ the lease and only once (a Lua script), and the callback is claimed once per job
 retried with backoff (a new message each time) up to ``attempts``; then the job fails with the attempts
 and the last error: the dead-letter state. Only JSON crosses the broker: no pickle.
 
-Start a worker: ``celery -A deepfake_serving.jobs.worker worker --concurrency 1 -Q deepfake-jobs``
-(the job launcher does), with the ``DEEPFAKE_JOBS_*`` environment (jobs.settings).
+Start a worker: ``celery -A deepfake_serving.jobs.worker worker --concurrency 1 -Q deepfake-jobs``, and one
+for callbacks: ``celery -A deepfake_serving.jobs.worker worker --pool threads --concurrency 8 -Q
+deepfake-callbacks`` (the job launcher starts both), with the ``DEEPFAKE_JOBS_*`` environment (jobs.settings).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 import time
+from typing import Callable
 
-import requests
 from celery import Celery
 from redis import Redis
 
@@ -29,7 +30,8 @@ from deepfake_serving.core.errors import error_body
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import video_model
 from deepfake_serving.jobs.analysis import Stop, make_analyser
-from deepfake_serving.jobs.front import KeyRing, charge, routed_version
+from deepfake_serving.jobs.callbacks import CallbackSender
+from deepfake_serving.jobs.front import charge, routed_version
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import DONE, FAILED, JobRecords, UploadStore, redis_client
 from deepfake_serving.monitoring.recorder import faces_classified
@@ -37,8 +39,9 @@ from deepfake_serving.serving.client.clients import Prediction, retryable
 
 QUEUE = "deepfake-jobs"
 TASK = "deepfake_serving.jobs.analyze"
+CALLBACK_QUEUE = "deepfake-callbacks"  # served by the callback workers only: no analysis waits on a receiver
+CALLBACK_TASK = "deepfake_serving.jobs.deliver_callback"
 SWEEP_EVERY_S = 60.0  # expired jobs' uploads are looked for after a job, at most this often
-SIGNATURE_HEADER = "X-Deepfake-Signature"  # "sha256=" + hex HMAC-SHA256 of the body with the callback secret
 
 
 def make_app(settings: JobSettings) -> Celery:
@@ -46,6 +49,7 @@ def make_app(settings: JobSettings) -> Celery:
     app.conf.update(
         task_serializer="json", accept_content=["json"],  # never pickle: a broker message is not code
         task_ignore_result=True, task_default_queue=QUEUE,
+        task_routes={CALLBACK_TASK: {"queue": CALLBACK_QUEUE}},
         task_acks_late=True, task_reject_on_worker_lost=True,  # a killed worker's task is delivered again
         worker_prefetch_multiplier=1,  # a SIGKILLed worker loses at most the task it runs (celery#7924)
         # An unacknowledged task (its worker died) is delivered again once the visibility timeout has passed,
@@ -70,8 +74,10 @@ class TooLong(Stop):
 class JobRunner:
     """One attempt at one job (what the task runs; no Celery in here)."""
 
-    def __init__(self, settings: JobSettings, redis: Redis | None = None, worker: str = ""):
-        self.settings, self.worker = settings, worker
+    def __init__(self, settings: JobSettings, redis: Redis | None = None, worker: str = "",
+                 notify: Callable[[str], None] | None = None):
+        """``notify(job_id)``: queue a job's callback (the task sends it to the callback queue)."""
+        self.settings, self.worker, self.notify = settings, worker, notify
         self.records = JobRecords(redis or redis_client(settings.redis_url), settings.lease_s,
                                   settings.retention_s)
         self.store = UploadStore(settings.store)
@@ -116,16 +122,17 @@ class JobRunner:
             self.records.release(job_id, token, error)
             return self.settings.retry_backoff_s * 2 ** attempt
         if self.records.finish(job_id, token, "error", error, FAILED):
+            self.records.drop_upload(job_id, self.store)
             self._ended(job_id, job, {"id": job_id, "state": FAILED, "error": error}, error=error.get("code"), arm=arm)
         return None
 
     def _ended(self, job_id: str, job: dict, body: dict, **audit) -> None:
         """The job's audit line (which version answered, on which A/B arm, or the error), then its callback."""
         append_line(self.settings.audit_log, {"time": time.time(), "event": body["state"], "job": job_id,
-                                              "key": job.get("owner"), "digest": job.get("digest"),
+                                              "key": job.get("owner_name"), "key_id": job.get("owner"), "digest": job.get("digest"),
                                               "model": job.get("model"), "attempts": int(job.get("attempts", 0)),
                                               "worker": self.worker, **audit})
-        self._callback(job_id, job, body)
+        self._callback(job_id, job)
 
     def _heartbeat(self, job_id: str, token: str, lost: threading.Event) -> None:
         while not lost.wait(self.settings.lease_s / 3):
@@ -157,38 +164,38 @@ class JobRunner:
             raise Cancelled
         return prediction, arm
 
-    def _callback(self, job_id: str, job: dict, body: dict) -> None:
-        """POST the answer to the job's callback URL, signed with the submitting key's callback secret,
-        retried with backoff; claimed once per job (a revoked key's jobs call back no more)."""
-        url = job.get("callback_url")
-        secret = KeyRing(self.records.redis).callback_secret(job.get("owner", ""))
-        if not url or not secret or not self.records.claim_callback(job_id):
-            return
-        payload = json.dumps(body).encode()
-        signature = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: f"sha256={signature}",
-                   "X-Deepfake-Job": job_id}
-        for attempt in range(self.settings.callback_attempts):
-            try:
-                if requests.post(url, data=payload, headers=headers, timeout=30).status_code < 500:
-                    self.records.redis.hset(self.records.key(job_id), "callback", "delivered")
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(min(60.0, self.settings.retry_backoff_s * 2 ** attempt))
-        self.records.redis.hset(self.records.key(job_id), "callback", "failed")
+    def _callback(self, job_id: str, job: dict) -> None:
+        """Queue the job's callback for the callback workers (jobs.callbacks), claimed once per job."""
+        if job.get("callback_url") and self.records.claim_callback(job_id) and self.notify is not None:
+            self.records.redis.hset(self.records.key(job_id), "callback", "pending")
+            self.notify(job_id)
 
 
 SETTINGS = JobSettings.from_env()
 app = make_app(SETTINGS)
 _runner: JobRunner | None = None
+_sender: CallbackSender | None = None
+
+
+def queue_callback(job_id: str) -> None:
+    app.send_task(CALLBACK_TASK, args=[job_id], queue=CALLBACK_QUEUE)
 
 
 @app.task(name=TASK, bind=True, max_retries=None)
 def analyze(self, job_id: str) -> None:
     global _runner
-    _runner = _runner or JobRunner(SETTINGS, worker=self.request.hostname or "")
+    _runner = _runner or JobRunner(SETTINGS, worker=self.request.hostname or "", notify=queue_callback)
     delay = _runner.run(job_id, self.request.retries)
     if delay is not None:
         raise self.retry(countdown=delay)
 
+
+@app.task(name=CALLBACK_TASK, bind=True, max_retries=None, time_limit=SETTINGS.callback_timeout_s + 30)
+def deliver(self, job_id: str) -> None:
+    """One attempt at a job's callback, on the callback queue; a retry is a new message, not a sleep."""
+    global _sender
+    _sender = _sender or CallbackSender(SETTINGS, JobRecords(redis_client(SETTINGS.redis_url), SETTINGS.lease_s,
+                                                             SETTINGS.retention_s))
+    delay = _sender.deliver(job_id)
+    if delay is not None:
+        raise self.retry(countdown=delay, queue=CALLBACK_QUEUE)

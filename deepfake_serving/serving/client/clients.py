@@ -10,12 +10,13 @@ import re
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
+from urllib.parse import quote
 
 import grpc
 import requests
 
 from deepfake_serving.core.errors import CATALOGUE, RequestError, error_body
-from deepfake_serving.core.naming import explain_model, triton_model_name
+from deepfake_serving.core.naming import check_name, explain_model, triton_model_name
 from deepfake_serving.serving.client.auth import ServerKeys
 from deepfake_serving.serving.client.grpc_stubs import inference_pb2, inference_pb2_grpc
 
@@ -78,6 +79,17 @@ class ClientStats:
 EXPLAIN = "explain"  # the option (a gRPC input) that asks for an explanation
 
 
+def unsafe_names(model: str, version: str | None) -> None:
+    """RequestError bad_option when a model or version would not be one URL path segment (``../api-description``):
+    a name reaches a server's URL only after this check, whoever supplied it."""
+    try:
+        check_name(model, "model")
+        if version:
+            check_name(version, "version")
+    except ValueError as err:
+        raise RequestError("bad_option", str(err)) from None
+
+
 class Retrying:
     """``predict`` = ``_predict_once`` retried under ``retry``; what happened is counted in ``stats``.
     Whatever a transport raises becomes a ``Prediction`` (503 ``server_unavailable``); a 401 says
@@ -90,7 +102,10 @@ class Retrying:
 
     def _attempt(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
         try:
+            unsafe_names(model, version)
             prediction = self._predict_once(model, data, version, options)
+        except RequestError as err:
+            return Prediction(err.status, err.to_dict())
         except Exception as err:  # noqa: BLE001 - any transport's own exception (HTTPConnectionClosed, ...)
             return Prediction(503, error_body("server_unavailable", f"{type(err).__name__}: {err}"))
         error = prediction.body.get("error") if isinstance(prediction.body, dict) else None
@@ -189,7 +204,7 @@ class RestClient(Retrying):
     def _post(self, model: str, data: bytes | BinaryIO, version: str | None, options: dict | None, stream: bool):
         options = dict(options or {})
         api = "explanations" if options.pop(EXPLAIN, None) else "predictions"
-        path = f"{self.url}/{api}/{model}" + (f"/{version}" if version else "")
+        path = f"{self.url}/{api}/{quote(model, safe='')}" + (f"/{quote(version, safe='')}" if version else "")
         headers = {"Content-Type": "application/octet-stream", **self.keys.headers("inference")}
         # Per-request video options travel as X- headers: TorchServe does not pass query strings on.
         headers.update({f"X-{k.capitalize()}": str(v) for k, v in options.items()})
@@ -211,6 +226,11 @@ class RestClient(Retrying):
         or a ``stream_interrupted`` error when the stream ends without one (the worker died). ``data`` may be
         an open file: it is sent as it is read."""
         last = None
+        try:
+            unsafe_names(model, version)
+        except RequestError as err:
+            yield Prediction(err.status, err.to_dict())
+            return
         try:
             response = self._post(model, data, version, options, stream=True)
             for line in response.iter_lines():
@@ -279,6 +299,11 @@ class GrpcClient(Retrying):
                options: dict | None = None) -> Iterator[Prediction]:
         """StreamPredictions: progress events, then the result."""
         last = None
+        try:
+            unsafe_names(model, version)
+        except RequestError as err:
+            yield Prediction(err.status, err.to_dict())
+            return
         try:
             for response in self.stub.StreamPredictions(self._request(model, data, version, options, True),
                                                         timeout=self.timeout, metadata=self.keys.metadata("inference")):
