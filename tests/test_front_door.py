@@ -344,3 +344,50 @@ def test_a_prediction_body_over_the_image_limit_is_refused_as_it_arrives(jobs, k
 
     streamed = requests.post(f"{jobs.url}/v1/predictions/{MODEL}", data=chunks(), headers=auth(secret), timeout=30)
     assert (streamed.status_code, streamed.json()["error"]["code"]) == (413, "body_too_large"), streamed.text
+
+
+def test_a_one_face_quota_admits_one_request_however_many_come_at_once(jobs, keys):
+    """16 predictions and 20 jobs at once on a key with 1 face a day: one is admitted (its estimate reserved
+    as it is admitted), the rest 429; a refused job keeps no upload."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = jobs.settings.store / "uploads"
+    for kind in ("predictions", "jobs"):
+        secret = keys.add(f"one-face-{kind}", faces_per_day=1)[0]
+        bodies = [b"\xff\xd8\xff" + f"{kind} {i}".encode() * 20 for i in range(16 if kind == "predictions" else 20)]
+
+        def send(body: bytes) -> requests.Response:
+            if kind == "predictions":
+                return requests.post(f"{jobs.url}/v1/predictions/{MODEL}", data=body, headers=auth(secret), timeout=60)
+            return requests.post(f"{jobs.url}/v1/jobs", files={"file": ("a.jpg", body)}, data={"model": MODEL},
+                                 headers=auth(secret), timeout=60)
+
+        before = {p.name for p in uploads.iterdir()}
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(send, bodies))
+        admitted = [a for a in answers if a.status_code != 429]
+        assert len(admitted) == 1, [a.status_code for a in answers]
+        assert all(a.json()["error"]["code"] == "rate_limited" for a in answers if a.status_code == 429)
+        if kind == "jobs":
+            kept = {p.name for p in uploads.iterdir()} - before
+            assert kept <= {admitted[0].json()["digest"]}, "a refused job's upload was kept"
+
+
+def test_the_rate_is_a_sliding_window_with_no_double_at_a_minutes_edge(jobs):
+    """Three requests a minute: three at :59.9 and three at :00.1 of the next minute (the gate's own clock,
+    given here) admit three, not six; a minute after the first, one more."""
+    import asyncio
+
+    from deepfake_serving.jobs.front import ApiKey, admit
+    from deepfake_serving.jobs.store import async_redis_client
+
+    async def run() -> list:
+        redis = async_redis_client(jobs.settings.redis_url)
+        key, edge = ApiKey("key_edge", "edge", 3, 1000), (time.time() // 60 + 1) * 60
+        moments = [edge - 0.1] * 3 + [edge + 0.1] * 3 + [edge + 59.95]
+        waits = [await admit(redis, key, now, False, f"r{i}") for i, now in enumerate(moments)]
+        await redis.aclose()
+        return waits
+
+    waits = asyncio.run(run())
+    assert waits[:3] == [None] * 3 and all(w is not None and w >= 59 for w in waits[3:6]) and waits[6] is None, waits

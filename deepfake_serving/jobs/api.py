@@ -37,14 +37,13 @@ from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name, video_model
 from deepfake_serving.jobs.callbacks import Destination, allowed_networks
 from deepfake_serving.jobs.events import EventHub, StreamLimits, sse
-from deepfake_serving.jobs.front import Gate, charge, routed_version
+from deepfake_serving.jobs.front import Gate, Reservation, cost, reserve, routed_version, settle
 from deepfake_serving.jobs.metrics import FrontMetrics
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import JobRecords, UploadStore, async_redis_client, redis_client
 from deepfake_serving.jobs.worker import QUEUE, TASK, make_app
 from deepfake_serving.media.image import ImageLimits
 from deepfake_serving.media.video import Sampling, VideoLimits
-from deepfake_serving.monitoring.recorder import faces_classified
 from deepfake_serving.serving.client.clients import make_client
 
 REDIS_DOWN = RequestError("server_unavailable", "the job system's store is not answering: try again shortly")
@@ -184,6 +183,16 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
     client = None if settings.backend == "in-process" else make_client(
         "rest", settings.server_url, settings.max_job_s, settings.backend, settings.key_file or None)
 
+    def reserved(request: Request, video: bool, options: dict) -> Reservation:
+        """The work's estimate reserved against the key's quota for today, or 429 when the day is spent."""
+        sampling = Sampling.from_options(options)
+        estimate = (sampling.frames if sampling.strategy == "linspace" else VideoLimits().max_frames_analyzed) if video else 1
+        reservation = reserve(redis, request.state.api_key, request.state.api_key_quota, estimate)
+        if reservation is None:
+            raise RequestError("rate_limited", f"key {request.state.api_key_name} has spent its quota of "
+                               f"{request.state.api_key_quota} faces today")
+        return reservation
+
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
         request.state.error = err.code
@@ -205,9 +214,16 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         digest, path, size = store.save(file.file, settings.max_upload_bytes)
         with open(path, "rb") as upload:
             media = "video" if video_container(upload.read(64)) else "image"
+        try:
+            reservation = reserved(request, media == "video", options)
+        except RequestError:
+            if not records.redis.scard(records.users(digest)):
+                path.unlink(missing_ok=True)  # no job names these bytes: nothing is kept of a refused upload
+            raise
         owner, owner_name = request.state.api_key, request.state.api_key_name
         job_id = records.create(model=model, version=version or "", media=media, digest=digest, size=size,
-                                options=options, callback_url=callback_url or "", owner=owner, owner_name=owner_name)
+                                options=options, callback_url=callback_url or "", owner=owner, owner_name=owner_name,
+                                reserved=reservation.faces, reserved_day=reservation.day)
         request.state.job = job_id
         append_line(settings.audit_log, {"time": time.time(), "event": "submitted", "job": job_id, "key": owner_name,
                                          "key_id": owner,
@@ -237,6 +253,8 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         if not records.cancel(job_id):
             raise RequestError("job_finished", f"job {job_id} has already ended ({record['state']})")
         records.drop_upload(job_id, store)
+        if record.get("reserved_day") and record["state"] == "queued":  # it never ran: it cost nothing
+            settle(redis, Reservation(record["reserved_day"], int(record["reserved"])), 0)
         return job_view(job_id, found(request, job_id))
 
     @app.get("/v1/jobs/{job_id}/events")
@@ -267,13 +285,14 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         body = await media_body(request, settings.max_upload_bytes)
         served = video_model(model) if video_container(body[:64]) else model
         version, request.state.arm = routed_version(settings.rollout_dir, served, pinned,
-                                                    request.headers.get("x-user-id") or request.state.api_key)
+                                                    request.headers.get("x-user-id") or request.state.api_key_name)
+        reservation = await run_in_threadpool(reserved, request, served != model, {})
         answer = await run_in_threadpool(client.predict, served, body, version)
         if answer.ok:
             request.state.version = answer.body.get("version")
-            charge(redis, request.state.api_key, faces_classified(answer.body))
         else:
             request.state.error = answer.body.get("error", {}).get("code")
+        await run_in_threadpool(settle, redis, reservation, cost(answer.ok, answer.body))
         return JSONResponse(answer.body, status_code=answer.status)
 
     page, policy = analyst_page()

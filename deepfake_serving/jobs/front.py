@@ -7,11 +7,13 @@ process through Redis, and the structured access log.
 - **Callback secrets**: each key gets its own (``dcs_`` + 32 bytes), shown once beside the key; its jobs'
   callbacks are signed with it (HMAC-SHA256), so one client cannot forge another's. The worker must sign,
   so it is kept as it is, in the job system's password-protected Redis.
-- **Rate**: requests per minute per key, a fixed window counted in Redis (``INCR`` + ``EXPIRE``), so two
-  front replicas never double a client's allowance.
-- **Quota**: work per UTC day, counted in **faces classified** (an image's faces, at least 1; a video's
-  faces classified over its sampled frames) after each answer; a key over its quota is refused new work
-  (POST) until midnight UTC, and can still read its jobs.
+- **Rate**: requests per minute per key, a sliding window in Redis (a sorted set of request times), so two
+  front replicas never double a client's allowance, nor does a minute's edge.
+- **Quota**: work per UTC day, counted in **faces classified**. Work is admitted while the day has some
+  left and its estimate reserved at once (an image 1, a clip its sampled frames), then settled to what it
+  cost when it ends (the faces classified, at least 1 for an answer or a failure a server reached; nothing
+  for a job cancelled before it ran); a key over its quota is refused new work (POST) until midnight UTC,
+  and can still read its jobs.
 - The gate runs on the request's headers, **before any body is read**: a missing or unknown key is 401
   ``unauthorized``, a key over its rate or quota 429 ``rate_limited`` with ``Retry-After``.
 """
@@ -32,6 +34,7 @@ from redis.exceptions import RedisError
 from deepfake_serving.core.errors import error_body
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name
+from deepfake_serving.monitoring.recorder import faces_classified
 from deepfake_serving.rollout.routing import Split, split_file
 
 KEYS = "deepfake:apikey:"
@@ -120,22 +123,67 @@ def seconds_to_midnight(now: float) -> int:
     return max(1, int(midnight - now) + 1)
 
 
-async def admit(redis, key: ApiKey, now: float, spends_work: bool) -> int | None:
+# KEYS[1] the key's window (a sorted set of request times); ARGV[1] now (s), ARGV[2] the rate per minute,
+# ARGV[3] a unique member (the request id). A sliding window: at most the rate in any 60 s, never twice
+# the rate around a minute's edge. 0 when admitted, else the seconds until the oldest request leaves.
+SLIDING_WINDOW = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, math.ceil(tonumber(oldest[2]) + 60 - now))
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('EXPIRE', KEYS[1], 61)
+return 0
+"""
+# KEYS[1] the key's day counter; ARGV[1] the estimate, ARGV[2] the quota. Admits work while the day has
+# some left, reserving its estimate at once (so concurrent requests see each other): a key goes over its
+# quota by at most one request's estimate. 1 when reserved.
+RESERVE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 172800)
+return 1
+"""
+
+
+async def admit(redis, key: ApiKey, now: float, spends_work: bool, request_id: str) -> int | None:
     """None when the key may go on; else the seconds to wait (the async client: inside the gate). The quota
-    refuses requests that spend work (POST) only: a key over it can still read its jobs."""
+    refuses requests that spend work (POST) only: a key over it can still read its jobs. (Work is reserved
+    by ``reserve`` once its size is known.)"""
     if spends_work and int(await redis.get(day_key(key.id, now)) or 0) >= key.faces_per_day:
         return seconds_to_midnight(now)
-    window = f"deepfake:rate:{key.id}:{int(now // 60)}"
-    async with redis.pipeline(transaction=True) as pipe:
-        count, _ = await pipe.incr(window).expire(window, 120).execute()
-    return None if count <= key.rate_per_minute else max(1, 60 - int(now % 60))
+    wait = int(await redis.eval(SLIDING_WINDOW, 1, f"deepfake:rate:{key.id}", now, key.rate_per_minute, request_id))
+    return wait or None
 
 
-def charge(redis, key_id: str, faces: int) -> None:
-    """Count ``faces`` classified (at least 1 per answered request) against today's quota (sync client)."""
-    key = day_key(key_id, time.time())
-    with redis.pipeline() as pipe:
-        pipe.incrby(key, max(1, int(faces))).expire(key, 2 * 86400).execute()
+@dataclass(frozen=True)
+class Reservation:
+    """Faces reserved against a key's quota for one piece of work, on the day it was admitted."""
+    day: str
+    faces: int
+
+
+def reserve(redis, key_id: str, faces_per_day: int, estimate: int) -> Reservation | None:
+    """Reserve ``estimate`` faces (sync client), or None when the key's day is spent. Estimates: an image 1,
+    a clip its sampled frames (``frames``; 300, the most analysed, for ``every`` and ``all``)."""
+    day = day_key(key_id, time.time())
+    return Reservation(day, estimate) if redis.eval(RESERVE, 1, day, estimate, faces_per_day) else None
+
+
+def cost(ok: bool, body: dict) -> int:
+    """What an answer cost: its faces classified (at least 1); a failure a server reached, 1; a server that
+    could not be reached, nothing."""
+    if ok:
+        return max(1, faces_classified(body))
+    return 0 if (body.get("error") or {}).get("code") == "server_unavailable" else 1
+
+
+def settle(redis, reservation: Reservation, faces: int) -> None:
+    """Charge what the work cost instead of its estimate: the faces classified (at least 1 for work a server
+    answered, failures included; 0 for work that never ran), on the day it was reserved."""
+    redis.incrby(reservation.day, int(faces) - reservation.faces)
 
 
 def routed_version(rollout_dir: str, model: str, version: str | None, route_key: str) -> tuple[str | None, str | None]:
@@ -173,7 +221,8 @@ class Gate:
                                                "(deepfake-serving api-key add NAME)"), status_code=401)
             key = parse_key({k.decode(): v.decode() for k, v in record.items()})
             state["api_key"], state["api_key_name"] = entry["key_id"], entry["key"] = key.id, key.name
-            wait = await admit(self.redis, key, now, spends_work)
+            state["api_key_quota"] = key.faces_per_day
+            wait = await admit(self.redis, key, now, spends_work, state["request_id"])
         except RedisError:
             state["error"] = "server_unavailable"
             return JSONResponse(error_body("server_unavailable", "the job system's store is not answering: try again "

@@ -31,10 +31,9 @@ from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import video_model
 from deepfake_serving.jobs.analysis import Stop, make_analyser
 from deepfake_serving.jobs.callbacks import CallbackSender
-from deepfake_serving.jobs.front import charge, routed_version
+from deepfake_serving.jobs.front import Reservation, cost, routed_version, settle
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import DONE, FAILED, JobRecords, UploadStore, redis_client
-from deepfake_serving.monitoring.recorder import faces_classified
 from deepfake_serving.serving.client.clients import Prediction, retryable
 
 QUEUE = "deepfake-jobs"
@@ -113,7 +112,7 @@ class JobRunner:
             lost.set()
         if prediction.ok:
             if self.records.finish(job_id, token, "result", prediction.body, DONE):
-                charge(self.records.redis, job.get("owner", ""), faces_classified(prediction.body))
+                self._settle(job, cost(True, prediction.body))
                 self._ended(job_id, job, {"id": job_id, "state": DONE, "result": prediction.body},
                             version=prediction.body.get("version"), arm=arm)
             return None
@@ -123,8 +122,14 @@ class JobRunner:
             return self.settings.retry_backoff_s * 2 ** attempt
         if self.records.finish(job_id, token, "error", error, FAILED):
             self.records.drop_upload(job_id, self.store)
+            self._settle(job, cost(False, {"error": error}))
             self._ended(job_id, job, {"id": job_id, "state": FAILED, "error": error}, error=error.get("code"), arm=arm)
         return None
+
+    def _settle(self, job: dict, faces: int) -> None:
+        """The job's reserved estimate becomes what it cost (jobs.front.settle)."""
+        if job.get("reserved_day"):
+            settle(self.records.redis, Reservation(job["reserved_day"], int(job.get("reserved", 0))), faces)
 
     def _ended(self, job_id: str, job: dict, body: dict, **audit) -> None:
         """The job's audit line (which version answered, on which A/B arm, or the error), then its callback."""
@@ -146,7 +151,8 @@ class JobRunner:
         if not path.is_file():
             return Prediction(500, error_body("internal_error", "the job's upload is gone from the job store")), None
         served = video_model(job["model"]) if job.get("media") == "video" else job["model"]
-        version, arm = routed_version(self.settings.rollout_dir, served, job.get("version") or None, job.get("owner", ""))
+        version, arm = routed_version(self.settings.rollout_dir, served, job.get("version") or None,
+                                      job.get("owner_name") or job.get("owner", ""))  # sticky per key name, as the front
         deadline = time.monotonic() + self.settings.max_job_s
 
         def on_event(event: dict) -> None:
