@@ -391,3 +391,77 @@ def test_the_rate_is_a_sliding_window_with_no_double_at_a_minutes_edge(jobs):
 
     waits = asyncio.run(run())
     assert waits[:3] == [None] * 3 and all(w is not None and w >= 59 for w in waits[3:6]) and waits[6] is None, waits
+
+
+def test_twenty_thousand_half_open_connections_leave_the_api_answering(jobs, keys):
+    """20,000 connections from another address, each having sent one byte of its head: /v1/health and a keyed
+    request still answer within 1 s, and the edge closes the half-open ones after its header timeout."""
+    import resource
+
+    from deepfake_serving.jobs.edge import HEADER_TIMEOUT_S
+
+    secret = keys.add("patient")[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # root may raise its own hard limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 24_000), max(hard, 24_000)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    count = min(20_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1_000)
+    opened = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.bind(("127.0.0.2", 0))
+            try:
+                sock.connect(("127.0.0.1", jobs.api_port))
+            except BlockingIOError:
+                pass
+            opened.append(sock)
+        time.sleep(1.0)
+        for sock in opened:
+            try:
+                sock.send(b"G")
+            except OSError:
+                pass
+        for path, headers in (("/v1/health", {}), ("/v1/jobs/none", auth(secret))):
+            start = time.monotonic()
+            answer = requests.get(f"{jobs.url}{path}", headers=headers, timeout=5)
+            assert answer.status_code in (200, 404) and time.monotonic() - start <= 1.0, (path, time.monotonic() - start)
+        time.sleep(HEADER_TIMEOUT_S + 3)
+        closed = 0
+        for sock in opened[:200]:
+            sock.setblocking(True)
+            sock.settimeout(1)
+            try:
+                sock.recv(1024)  # nginx's 408 or the end of the stream: it has given up on the head
+                closed += 1
+            except socket.timeout:  # still waiting for the rest of its head
+                pass
+            except OSError:  # reset
+                closed += 1
+        assert closed == 200, f"{200 - closed} of 200 half-open connections still open"
+    finally:
+        for sock in opened:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_edges_workers_run_as_the_launcher_and_another_user_reads_nothing(jobs):
+    """nginx's workers run as the user that started the job system, never ``nobody``: another local account
+    (``nobody`` here) can neither read their memory nor reach the API's socket past nginx."""
+    import os
+    import shutil
+    import subprocess
+
+    import psutil
+
+    edge = jobs.edges[0]
+    workers = psutil.Process(edge.process.pid).children()
+    assert workers and all(w.uids().real == os.getuid() for w in workers), [w.username() for w in workers]
+    if os.getuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root and runuser to act as another user")
+    for target in [f"/proc/{workers[0].pid}/mem", f"/proc/{workers[0].pid}/environ", str(edge.socket),
+                   str(jobs.workdir / "redis" / "redis.secret")]:
+        read = subprocess.run(["runuser", "-u", "nobody", "--", "head", "-c", "1", target], capture_output=True)
+        assert read.returncode != 0 and read.stdout == b"", target

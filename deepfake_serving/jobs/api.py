@@ -47,7 +47,6 @@ from deepfake_serving.media.video import Sampling, VideoLimits
 from deepfake_serving.serving.client.clients import make_client
 
 REDIS_DOWN = RequestError("server_unavailable", "the job system's store is not answering: try again shortly")
-MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and boundaries, on top of the file's limit
 
 
 class BodyLimit:
@@ -317,5 +316,5 @@ def build() -> Gate:
     metrics = FrontMetrics(redis_client(settings.redis_url), QUEUE)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    limited = BodyLimit(create_app(settings, metrics), settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    limited = BodyLimit(create_app(settings, metrics), settings.max_request_bytes)
     return Gate(limited, async_redis_client(settings.redis_url), settings.access_log, metrics)

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Sequence
 import requests
 from redis import Redis
 
+from deepfake_serving.jobs.edge import Edge
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.worker import CALLBACK_QUEUE, QUEUE
 from deepfake_serving.serving.launch.processes import free_ports, stop_group
@@ -105,6 +107,7 @@ class JobSystem:
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.callback_worker: subprocess.Popen | None = None
+        self.edges: list[Edge] = []  # nginx in front of each API process
 
     def _spawn(self, name: str, command: list[str], settings: JobSettings | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
@@ -134,11 +137,22 @@ class JobSystem:
         return self.callback_worker
 
     def start_api(self, port: int, timeout: float = 60.0, metrics_port: int = 0) -> subprocess.Popen:
-        """One API process (a front replica) on ``port`` (its metrics on ``metrics_port``, 0: none), answering
-        once it is up."""
+        """One API process (a front replica): uvicorn on a Unix socket in the private work folder, nginx on
+        ``port`` in front of it (jobs.edge; its metrics on ``metrics_port``, 0: none), answering once it is
+        up. The API's process is returned; its nginx is stopped with the system."""
+        socket = self.workdir / f"api{port}.sock"
+        if len(str(socket)) > 100:  # a Unix socket's path has at most 107 bytes
+            socket = Path(tempfile.mkdtemp(prefix="deepfake-api-")) / f"api{port}.sock"
+        socket.unlink(missing_ok=True)
         api = self._spawn(f"api{port}", [sys.executable, "-m", "uvicorn", "--factory", "deepfake_serving.jobs.api:build",
-                                         "--host", self.host, "--port", str(port), "--log-level", "warning"],
+                                         "--uds", str(socket), "--log-level", "warning"],
                           replace(self.settings, metrics_port=metrics_port))
+        try:
+            edge = Edge(self.workdir / f"edge{port}", self.host, port, socket, self.settings.max_request_bytes).start()
+        except BaseException:
+            stop_group(api, 10.0)
+            raise
+        self.edges.append(edge)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if api.poll() is not None:
@@ -147,7 +161,8 @@ class JobSystem:
                 if requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).ok:
                     return api
             except requests.RequestException:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         stop_group(api, 10.0)
         raise TimeoutError(f"the job API is not answering after {timeout} s: see {self.workdir}/api{port}.log")
 
@@ -174,7 +189,9 @@ class JobSystem:
         for process in [*self.workers, self.callback_worker, self.api]:
             if process is not None and process.poll() is None:
                 stop_group(process, 30.0)  # Celery's warm shutdown: the running task finishes or is requeued
-        self.workers, self.api, self.callback_worker = [], None, None
+        for edge in self.edges:
+            edge.stop()
+        self.workers, self.api, self.callback_worker, self.edges = [], None, None, []
         self.redis.stop()
 
     def __enter__(self) -> "JobSystem":

@@ -11,6 +11,7 @@ from typing import Any
 from deepfake_serving.media.video import VideoLimits
 
 PREFIX = "DEEPFAKE_JOBS_"
+MULTIPART_OVERHEAD = 64 * 1024  # a job form's other fields and boundaries, on top of the upload's limit
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class JobSettings:
     def environment(self) -> dict[str, str]:
         """These settings as the environment variables every process of the job system reads."""
         return {f"{PREFIX}{spec.name.upper()}": str(getattr(self, spec.name)) for spec in fields(self)}
+
+    @property
+    def max_request_bytes(self) -> int:
+        """A job request's largest body: the upload's limit plus the form's other fields and boundaries."""
+        return self.max_upload_bytes + MULTIPART_OVERHEAD
 
     @property
     def model_names(self) -> list[str]:

@@ -4,7 +4,9 @@ finding the binary, the project's JSON error as an nginx response, and one nginx
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -29,6 +31,13 @@ def require_nginx() -> Path:
     if binary is None:
         raise FileNotFoundError("nginx is not installed (make install unpacks Debian's package into .venv/nginx)")
     return binary
+
+
+def worker_user() -> str:
+    """nginx's ``user`` line. Started as root, its workers would run as ``nobody``, an account other
+    processes share, and as ``nobody`` those could read the workers' memory (the keys they relay); so they
+    run as the user that started them. Not root: nginx runs its workers as that user anyway."""
+    return f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
 
 
 def json_error_location(where: str, code: str, message: str) -> str:
