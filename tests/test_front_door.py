@@ -465,3 +465,33 @@ def test_the_edges_workers_run_as_the_launcher_and_another_user_reads_nothing(jo
                    str(jobs.workdir / "redis" / "redis.secret")]:
         read = subprocess.run(["runuser", "-u", "nobody", "--", "head", "-c", "1", target], capture_output=True)
         assert read.returncode != 0 and read.stdout == b"", target
+
+
+def test_every_refusal_of_a_form_is_in_our_schema(jobs, keys):
+    """A chunked body over the limit, 1,001 form fields, a 5,000-character filename, a field of the wrong
+    kind and an unknown route: each a status and the project's JSON error, never Starlette's ``detail``."""
+    secret = keys.add("former")[0]
+    limit = jobs.settings.max_request_bytes
+
+    def chunks():  # a multipart form, sent chunked (no Content-Length), whose file runs past the limit
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n'
+        for _ in range(limit // (1 << 20) + 2):
+            yield bytes(1 << 20)
+
+    cases = {
+        "chunked over the limit": dict(data=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"}),
+        "1,001 fields": dict(data={f"f{i}": "x" for i in range(1001)}, files={"file": ("a.jpg", b"\xff\xd8\xff")}),
+        "a long filename": dict(files={"file": ("a" * 5000 + ".jpg", b"\xff\xd8\xff")}),
+        "a field of the wrong kind": dict(files={"file": ("a.jpg", b"\xff\xd8\xff"), "model": ("m.txt", b"x" * 10)}),
+    }
+    for case, options in cases.items():
+        answer = requests.post(f"{jobs.url}/v1/jobs", headers={**auth(secret), **options.pop("headers", {})},
+                               timeout=60, **options)
+        assert 400 <= answer.status_code < 500 and "detail" not in answer.json(), (case, answer.text[:300])
+        error = answer.json()["error"]
+        assert error["status"] == answer.status_code and error["code"] in ("body_too_large", "bad_request",
+                                                                           "bad_option", "missing_file"), case
+        if case == "chunked over the limit":
+            assert (answer.status_code, error["code"]) == (413, "body_too_large")
+    unknown = requests.get(f"{jobs.url}/v1/nothing-here", headers=auth(secret), timeout=10)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "bad_request")

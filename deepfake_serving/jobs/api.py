@@ -27,9 +27,11 @@ from importlib.resources import files
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepfake_serving.core.errors import RequestError, error_body
 from deepfake_serving.core.formats import video_container
@@ -69,6 +71,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
+                scope.setdefault("state", {})["body_too_large"] = True  # the form parser may wrap what we raise
                 raise RequestError("body_too_large", f"the request is over the job limit of {self.limit} bytes")
             return message
 
@@ -196,6 +199,24 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
         request.state.error = err.code
         return JSONResponse(err.to_dict(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Starlette's and FastAPI's own refusals (a form it cannot parse or over its 1,000 fields, a route or
+        method that does not exist) in the project's JSON: ``bad_request`` with their status, or 413
+        ``body_too_large`` when the body limit is what broke the form."""
+        if getattr(request.state, "body_too_large", False):
+            return await request_error(request, RequestError("body_too_large", "the request is over the job "
+                                                             f"limit of {settings.max_request_bytes} bytes"))
+        body = error_body("bad_request", str(err.detail)[:300])
+        body["error"]["status"] = err.status_code
+        request.state.error = "bad_request"
+        return JSONResponse(body, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_form(request: Request, err: RequestValidationError) -> JSONResponse:
+        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) for e in err.errors()[:5])
+        return await request_error(request, RequestError("bad_option", f"fields that are not allowed: {fields}"))
 
     @app.exception_handler(RedisError)
     async def redis_down(request: Request, err: RedisError) -> JSONResponse:
