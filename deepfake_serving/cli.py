@@ -357,7 +357,7 @@ def cmd_jobs(args) -> int:
         settings = replace(JobSettings.from_env(), backend=args.backend, server_url=server_url, models=args.models,
                            key_file=args.key_file or "", archive=args.archive or "",
                            rollout_dir=args.rollout_dir if args.backend == "torchserve" else "")
-        system = JobSystem(args.workdir, settings.check(), api_port=args.port, workers=args.workers).start()
+        system = JobSystem(args.workdir, settings.check(), api_port=args.port, workers=args.workers, heal=True).start()
     except (ValueError, OSError, RuntimeError, TimeoutError) as err:
         raise CommandError(str(err)) from None
     where = args.archive if args.backend == "in-process" else f"{args.backend} at {server_url}"

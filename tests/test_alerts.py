@@ -22,7 +22,7 @@ def promtool():
 
 def test_promtool_checks_the_rules(promtool):
     run = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert run.returncode == 0 and "SUCCESS: 8 rules found" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0 and "SUCCESS: 9 rules found" in run.stdout, run.stdout + run.stderr
 
 
 def test_promtool_unit_tests_of_the_rules_pass(promtool):
@@ -36,8 +36,7 @@ def test_promtool_unit_tests_of_the_rules_pass(promtool):
 
 def test_the_rules_use_the_catalogues_names_and_server_error_codes():
     text = RULES.read_text()
-    names = {spec.name for spec in METRICS} | {f"{spec.name}_{part}" for spec in METRICS if spec.kind == HISTOGRAM
-                                                for part in ("bucket", "sum", "count")}
+    names = known_names()  # the catalogue's and the job API's own
     expressions = "\n".join(rule["expr"] for group in yaml.safe_load(text)["groups"] for rule in group["rules"])
     used = set(re.findall(r"\bdeepfake_[a-z_]+", expressions))
     assert used and used <= names, used - names
@@ -55,6 +54,9 @@ def known_names() -> set[str]:
 
         def hgetall(self, key):
             return {b"done": b"1"}
+
+        def scan_iter(self, pattern, count=None):
+            return iter(())
 
     metrics = FrontMetrics(NoRedis(), "q")
     metrics.request("/v1/jobs", 202, 0.1)

@@ -278,3 +278,28 @@ def test_an_ensemble_installs_as_triton_models_and_keeps_its_members(ensemble_bu
     (swapped / ENSEMBLE_MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="a variant's models have that name"):
         install_ensemble(swapped, 1, repository)
+
+
+def test_an_ensemble_installs_only_what_its_members_list_and_no_link(ensemble_bundle, tmp_path):
+    """A member folder with a file its manifest does not list, then with a listed file that is a link to an
+    operator's file: the first is installed without the extra file, the second refused."""
+    import shutil
+
+    from deepfake_serving.bundle.manifest import BundleManifest
+    from deepfake_serving.serving.launch.triton_ensemble import install_ensemble
+
+    bundle = shutil.copytree(ensemble_bundle, tmp_path / "bundle")
+    member = Ensemble.open(bundle).members[0].directory
+    (member / "notes-of-the-operator.txt").write_text("not part of the model")
+    names = install_ensemble(bundle, 1, tmp_path / "repository")
+    installed = tmp_path / "repository" / names["members"][0] / "1"
+    assert not (installed / "notes-of-the-operator.txt").exists() and (installed / "deepfake_manifest.json").exists()
+
+    weights = member / BundleManifest.read(member).files[0]["file"]
+    secret = tmp_path / "operator-secret"
+    secret.write_bytes(weights.read_bytes())
+    weights.unlink()
+    weights.symlink_to(secret)
+    with pytest.raises(ValueError, match="no links"):
+        install_ensemble(bundle, 2, tmp_path / "repository")
+    assert not (tmp_path / "repository" / names["members"][0] / "2").exists()

@@ -495,3 +495,52 @@ def test_every_refusal_of_a_form_is_in_our_schema(jobs, keys):
             assert (answer.status_code, error["code"]) == (413, "body_too_large")
     unknown = requests.get(f"{jobs.url}/v1/nothing-here", headers=auth(secret), timeout=10)
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "bad_request")
+
+
+def test_a_killed_worker_and_a_killed_redis_are_started_again_and_health_tells_meanwhile(jobs, keys, tmp_path):
+    """SIGKILL of the only worker: health answers 503 (no worker alive) until the healer has started it again,
+    and a job queued meanwhile ends; SIGKILL of Redis: 503 in our schema, then Redis again with its jobs. The
+    healer is driven by hand here, so that the window in which nothing is alive is the test's to see."""
+    import psutil
+
+    from deepfake_serving.jobs.healing import Healer
+
+    secret = keys.add("healed")[0]
+    health = f"{jobs.url}/v1/health"
+    worker = jobs.workers[0]
+    for process in [*psutil.Process(worker.pid).children(recursive=True), psutil.Process(worker.pid)]:
+        process.kill()
+    worker.wait(timeout=10)
+    until(lambda: requests.get(health, timeout=10).status_code == 503, 20, "health to say no worker is alive")
+    assert requests.get(health, timeout=10).json()["workers"] == 0
+    queued = submit(jobs, secret).json()["id"]
+    healer = Healer(jobs.parts, tmp_path / "healing.jsonl")
+    healer.check(time.monotonic())
+    until(lambda: requests.get(health, timeout=10).status_code == 200, 60, "health once the worker is back")
+    until(lambda: job(jobs, secret, queued)["state"] in ("done", "failed"), 60, "the job queued meanwhile")
+
+    jobs.redis.process.kill()
+    jobs.redis.process.wait(timeout=10)
+    down = requests.get(f"{jobs.url}/v1/jobs/{queued}", headers=auth(secret), timeout=30)
+    assert (down.status_code, down.json()["error"]["code"]) == (503, "server_unavailable")
+    healer.check(time.monotonic())
+    until(lambda: requests.get(f"{jobs.url}/v1/jobs/{queued}", headers=auth(secret), timeout=30).status_code == 200,
+          30, "the job's record after Redis came back (append-only file)")
+    events = [json.loads(line) for line in (tmp_path / "healing.jsonl").read_text().splitlines()]
+    assert [(e["part"], e["event"]) for e in events] == [("worker0", "restarted"), ("redis", "restarted")]
+
+
+def test_restarts_back_off_and_stop_at_the_limit():
+    from deepfake_serving.jobs.healing import Restarts
+
+    record, now, started = Restarts(limit=3, window_s=600), 0.0, []
+    while now < 100:
+        due = record.due(now)
+        if due is None:
+            break
+        if due:
+            record.times.append(now)
+            started.append(now)
+        now += 0.5
+    assert started == [0.0, 1.0, 3.0] and record.due(now) is None  # 1 s, then 2 s between; then no more
+    assert record.due(700.0) is True  # the window has passed

@@ -176,3 +176,32 @@ def test_mixed_precision_where_the_hardware_has_it():
     assert _autocast_dtype(torch.device("cuda"), "auto") == torch.float16 and _autocast_dtype(cpu, "fp32") is None
     with pytest.raises(DataError, match="auto or fp32"):
         _autocast_dtype(cpu, "fp8")
+
+
+def test_a_file_whose_size_or_kind_is_wrong_is_refused_before_a_byte_is_read(tmp_path):
+    """A 3 GB sparse file named .jpg and a FIFO named .jpg (reading it would block for ever): each refused by
+    stat() alone, listed as unreadable, in well under a second."""
+    import os
+    import time
+
+    from deepfake_serving.training.data import FaceExtractor, Source, extract
+    from deepfake_serving.variants import get_variant
+
+    big, fifo = tmp_path / "big.jpg", tmp_path / "pipe.jpg"
+    with open(big, "wb") as handle:
+        handle.truncate(3 * 1024**3)
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    result = extract([Source(big, 0), Source(fifo, 1)], FaceExtractor(get_variant(MODEL), tmp_path / "faces"), tmp_path)
+    assert time.monotonic() - start < 5.0
+    reasons = dict(result.unreadable)
+    assert reasons["big.jpg"].startswith("body_too_large") and reasons["pipe.jpg"].startswith("unsupported_media")
+
+
+def test_the_tracking_store_it_creates_only_its_owner_can_enter(tmp_path):
+    import stat
+
+    from deepfake_serving.training.tracking import check_reachable
+
+    check_reachable(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert stat.S_IMODE((tmp_path / "mlruns").stat().st_mode) == 0o700

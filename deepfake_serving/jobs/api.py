@@ -42,8 +42,8 @@ from deepfake_serving.jobs.events import EventHub, StreamLimits, sse
 from deepfake_serving.jobs.front import Gate, Reservation, cost, reserve, routed_version, settle
 from deepfake_serving.jobs.metrics import FrontMetrics
 from deepfake_serving.jobs.settings import JobSettings
-from deepfake_serving.jobs.store import JobRecords, UploadStore, async_redis_client, redis_client
-from deepfake_serving.jobs.worker import QUEUE, TASK, make_app
+from deepfake_serving.jobs.store import Heartbeats, JobRecords, UploadStore, async_redis_client, redis_client
+from deepfake_serving.jobs.worker import CALLBACK_QUEUE, QUEUE, TASK, make_app
 from deepfake_serving.media.image import ImageLimits
 from deepfake_serving.media.video import Sampling, VideoLimits
 from deepfake_serving.serving.client.clients import make_client
@@ -323,9 +323,16 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
                                            "Referrer-Policy": "no-referrer"})
 
     @app.get("/v1/health")
-    def health() -> dict:
+    def health() -> JSONResponse:
+        """Redis answers and workers are alive (their heartbeats): 200; no analysis worker alive: 503
+        ``server_unavailable``, so that a balancer sends work elsewhere and an operator sees why."""
         redis.ping()
-        return {"redis": "ok", "time": time.time()}
+        workers = Heartbeats(redis).alive()
+        body = {"redis": "ok", "workers": workers.get(QUEUE, 0), "callback_workers": workers.get(CALLBACK_QUEUE, 0),
+                "time": time.time()}
+        if not body["workers"]:
+            return JSONResponse({**body, **error_body("server_unavailable", "no job worker is alive")}, status_code=503)
+        return JSONResponse(body)
 
     return app
 

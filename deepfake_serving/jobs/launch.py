@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,7 @@ import requests
 from redis import Redis
 
 from deepfake_serving.jobs.edge import Edge
+from deepfake_serving.jobs.healing import Healer, Part
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.worker import CALLBACK_QUEUE, QUEUE
 from deepfake_serving.serving.launch.processes import free_ports, stop_group
@@ -95,7 +97,9 @@ class JobSystem:
     """Redis, the API and ``workers`` Celery workers, sharing one ``JobSettings``."""
 
     def __init__(self, workdir: str | Path, settings: JobSettings = JobSettings(), api_port: int | None = None,
-                 workers: int = 1, host: str = "127.0.0.1"):
+                 workers: int = 1, host: str = "127.0.0.1", heal: bool = False):
+        """``heal``: start again whatever process of the system exits (jobs.healing; the command line's
+        ``jobs`` does)."""
         self.workdir = private_folder(Path(workdir).resolve())
         self.redis = RedisServer(self.workdir / "redis")
         self.settings = replace(settings, redis_url=self.redis.url, store=self.workdir / "store",
@@ -108,6 +112,10 @@ class JobSystem:
         self.workers: list[subprocess.Popen] = []
         self.callback_worker: subprocess.Popen | None = None
         self.edges: list[Edge] = []  # nginx in front of each API process
+        self.worker_specs: dict[int, tuple[str, tuple[str, ...], dict]] = {}  # how worker i was started
+        self.api_sockets: dict[int, tuple[Path, int]] = {}
+        self.heal = heal
+        self.healer: Healer | None = None
 
     def _spawn(self, name: str, command: list[str], settings: JobSettings | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
@@ -115,16 +123,23 @@ class JobSystem:
                                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 umask=0o077)
 
-    def start_worker(self, host: str = "%h", wrapper: Sequence[str] = (), **reached_at) -> subprocess.Popen:
+    def start_worker(self, host: str = "%h", wrapper: Sequence[str] = (), index: int | None = None,
+                     **reached_at) -> subprocess.Popen:
         """One Celery worker (concurrency 1), named ``deepfake<i>-<pid>@<host>``. ``wrapper`` runs it elsewhere
         (``ip netns exec NS``: another host), where Redis and the model server are ``reached_at`` other
-        addresses (``redis_url=``, ``server_url=``)."""
-        index = len(self.workers)
+        addresses (``redis_url=``, ``server_url=``). ``index``: start worker ``index`` again as it was."""
+        if index is None:
+            index = len(self.workers)
+            self.worker_specs[index] = (host, tuple(wrapper), reached_at)
+        host, wrapper, reached_at = self.worker_specs[index]
         worker = self._spawn(f"worker{index}", [
             *wrapper, sys.executable, "-m", "celery", "-A", "deepfake_serving.jobs.worker", "worker", "--concurrency",
             "1", "--pool", "prefork", "-Q", QUEUE, "--hostname", f"deepfake{index}-{os.getpid()}@{host}",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"], replace(self.settings, **reached_at))
-        self.workers.append(worker)
+        if index < len(self.workers):
+            self.workers[index] = worker
+        else:
+            self.workers.append(worker)
         return worker
 
     def start_callback_worker(self) -> subprocess.Popen:
@@ -143,10 +158,7 @@ class JobSystem:
         socket = self.workdir / f"api{port}.sock"
         if len(str(socket)) > 100:  # a Unix socket's path has at most 107 bytes
             socket = Path(tempfile.mkdtemp(prefix="deepfake-api-")) / f"api{port}.sock"
-        socket.unlink(missing_ok=True)
-        api = self._spawn(f"api{port}", [sys.executable, "-m", "uvicorn", "--factory", "deepfake_serving.jobs.api:build",
-                                         "--uds", str(socket), "--log-level", "warning"],
-                          replace(self.settings, metrics_port=metrics_port))
+        api = self._spawn_api(port, socket, metrics_port)
         try:
             edge = Edge(self.workdir / f"edge{port}", self.host, port, socket, self.settings.max_request_bytes).start()
         except BaseException:
@@ -166,6 +178,27 @@ class JobSystem:
         stop_group(api, 10.0)
         raise TimeoutError(f"the job API is not answering after {timeout} s: see {self.workdir}/api{port}.log")
 
+    def _spawn_api(self, port: int, socket: Path, metrics_port: int) -> subprocess.Popen:
+        socket.unlink(missing_ok=True)
+        self.api_sockets[port] = (socket, metrics_port)
+        return self._spawn(f"api{port}", [sys.executable, "-m", "uvicorn", "--factory", "deepfake_serving.jobs.api:build",
+                                          "--uds", str(socket), "--log-level", "warning"],
+                           replace(self.settings, metrics_port=metrics_port))
+
+    def _restart_api(self) -> None:
+        self.api = self._spawn_api(self.api_port, *self.api_sockets[self.api_port])
+
+    def parts(self) -> dict[str, Part]:
+        """What the healer watches (jobs.healing): every process of the system, and how to start it again."""
+        parts: dict[str, Part] = {"redis": (lambda: self.redis.process, self.redis.start),
+                                  "callbacks": (lambda: self.callback_worker, self.start_callback_worker),
+                                  "api": (lambda: self.api, self._restart_api)}
+        for index in range(len(self.workers)):
+            parts[f"worker{index}"] = (partial(self.workers.__getitem__, index), partial(self.start_worker, index=index))
+        for edge in self.edges:
+            parts[f"edge{edge.port}"] = (partial(getattr, edge, "process"), edge.start)
+        return parts
+
     def start(self) -> "JobSystem":
         self.redis.start()
         (self.workdir / "redis.url").touch(mode=0o600)  # for `deepfake-serving api-key`: it holds the password
@@ -178,6 +211,8 @@ class JobSystem:
         except BaseException:
             self.stop()
             raise
+        if self.heal:
+            self.healer = Healer(self.parts, self.workdir / "healing.jsonl").start()
         return self
 
     @property
@@ -186,12 +221,15 @@ class JobSystem:
         return self.api
 
     def stop(self) -> None:
+        if self.healer is not None:
+            self.healer.stop()  # first: nothing stopped on purpose is started again
+            self.healer = None
         for process in [*self.workers, self.callback_worker, self.api]:
             if process is not None and process.poll() is None:
                 stop_group(process, 30.0)  # Celery's warm shutdown: the running task finishes or is requeued
         for edge in self.edges:
             edge.stop()
-        self.workers, self.api, self.callback_worker, self.edges = [], None, None, []
+        self.workers, self.worker_specs, self.api, self.callback_worker, self.edges = [], {}, None, None, []
         self.redis.stop()
 
     def __enter__(self) -> "JobSystem":

@@ -5,9 +5,10 @@
   every request through the front (the gate's access-log entry), its route as a template (``/v1/jobs/{id}``),
   so neither job ids nor made-up model names grow the series.
 - ``deepfake_jobs_submitted_total{media}``: jobs accepted by this API process.
-- ``deepfake_jobs_queued`` (gauge) and ``deepfake_jobs_finished_total{state}`` (done, failed): read from
-  Redis at each scrape: the queue's length, and the counts kept there as each job ends (jobs.store; shared
-  by every API replica: take ``max`` across instances, not ``sum``).
+- ``deepfake_jobs_queued`` (gauge), ``deepfake_jobs_finished_total{state}`` (done, failed) and
+  ``deepfake_jobs_workers{queue}`` (workers alive by heartbeat): read from Redis at each scrape: the queue's
+  length, the counts kept there as each job ends and the heartbeats (jobs.store; shared by every API
+  replica: take ``max`` across instances, not ``sum``).
 
 The prediction metrics of jobs and synchronous predictions are the model servers' own (monitoring/).
 """
@@ -19,7 +20,7 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from deepfake_serving.jobs.store import FINISHED
+from deepfake_serving.jobs.store import FINISHED, Heartbeats
 from deepfake_serving.monitoring.catalogue import SECONDS_BUCKETS
 
 ROUTES = [(re.compile(r"^/v1/jobs/[^/]+/events$"), "/v1/jobs/{id}/events"), (re.compile(r"^/v1/jobs/[^/]+$"), "/v1/jobs/{id}"),
@@ -44,14 +45,18 @@ class JobQueueCollector:
         queued = GaugeMetricFamily("deepfake_jobs_queued", "Jobs waiting in the broker's queue.")
         finished = CounterMetricFamily("deepfake_jobs_finished", "Jobs ended, by state (counted by the workers).",
                                        labels=["state"])
+        workers = GaugeMetricFamily("deepfake_jobs_workers", "Workers alive (by heartbeat), by queue.", labels=["queue"])
         try:
             queued.add_metric([], self.redis.llen(self.queue))
+            for queue, count in sorted(Heartbeats(self.redis).alive().items()):
+                workers.add_metric([queue], count)
             for state, count in sorted(self.redis.hgetall(FINISHED).items()):
                 finished.add_metric([state.decode()], int(count))
         except Exception:  # noqa: BLE001 - Redis down: the scrape answers without these (DeepfakeTargetDown is up's)
             return
         yield queued
         yield finished
+        yield workers
 
 
 class FrontMetrics:

@@ -264,3 +264,30 @@ class JobRecords:
     def claim_callback(self, job_id: str) -> bool:
         """True once per job: the attempt that may send its callback."""
         return bool(self.redis.hsetnx(self.key(job_id), "callback_claimed", time.time()))
+
+
+class Heartbeats:
+    """Workers alive, by heartbeat: each writes ``deepfake:worker:<name>`` (its queues) every ``EVERY_S``,
+    expiring after ``TTL_S``; a worker that died is gone from the count within ``TTL_S``."""
+
+    EVERY_S, TTL_S = 2.0, 6
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def beat_forever(self, name: str, queues: str) -> None:
+        while True:
+            try:
+                self.redis.set(f"deepfake:worker:{name}", queues, ex=self.TTL_S)
+            except Exception:  # noqa: BLE001 - Redis restarting: the next beat tells again
+                pass
+            time.sleep(self.EVERY_S)
+
+    def alive(self) -> dict[str, int]:
+        """Live workers per queue."""
+        counts: dict[str, int] = {}
+        for key in self.redis.scan_iter("deepfake:worker:*", count=1000):
+            for queue in (self.redis.get(key) or b"").decode().split(","):
+                if queue:
+                    counts[queue] = counts.get(queue, 0) + 1
+        return counts

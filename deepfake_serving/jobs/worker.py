@@ -24,6 +24,7 @@ import time
 from typing import Callable
 
 from celery import Celery
+from celery.signals import worker_ready
 from redis import Redis
 
 from deepfake_serving.core.errors import error_body
@@ -33,7 +34,7 @@ from deepfake_serving.jobs.analysis import Stop, make_analyser
 from deepfake_serving.jobs.callbacks import CallbackSender
 from deepfake_serving.jobs.front import Reservation, cost, routed_version, settle
 from deepfake_serving.jobs.settings import JobSettings
-from deepfake_serving.jobs.store import DONE, FAILED, JobRecords, UploadStore, redis_client
+from deepfake_serving.jobs.store import DONE, FAILED, Heartbeats, JobRecords, UploadStore, redis_client
 from deepfake_serving.serving.client.clients import Prediction, retryable
 
 QUEUE = "deepfake-jobs"
@@ -181,6 +182,16 @@ SETTINGS = JobSettings.from_env()
 app = make_app(SETTINGS)
 _runner: JobRunner | None = None
 _sender: CallbackSender | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **_) -> None:
+    """The worker's heartbeat in Redis (jobs.store.Heartbeats), from its main process while it lives: what
+    the API's health and the launcher read to know a worker is alive, whatever its task is doing."""
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender is not None else []
+    beats = Heartbeats(redis_client(SETTINGS.redis_url))
+    name = sender.hostname if sender is not None else "worker"
+    threading.Thread(target=beats.beat_forever, args=(name, ",".join(queues)), daemon=True).start()
 
 
 def queue_callback(job_id: str) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from PIL import Image
 from deepfake_serving.core.errors import RequestError
 from deepfake_serving.evaluation.metrics import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from deepfake_serving.faces.detector import FaceDetector, check_detectable
+from deepfake_serving.media.image import ImageLimits
 from deepfake_serving.media.video import Sampling, VideoLimits, VideoStream
 from deepfake_serving.pipeline.image import ImagePreprocessor
 from deepfake_serving.training.sbi import self_blend
@@ -117,6 +119,16 @@ def cache_key(variant: Variant, sampling: Sampling) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def checked_file(path: Path, limit: int) -> None:
+    """A regular file (on its resolved path) within ``limit`` bytes, by ``stat()`` before a byte is read:
+    a 3 GB file named ``.jpg`` is refused at once, not read whole first. RequestError otherwise."""
+    info = path.resolve().stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise RequestError("unsupported_media", f"{path} is not a regular file")
+    if info.st_size > limit:
+        raise RequestError("body_too_large", f"{path} is {info.st_size} bytes; the limit is {limit}")
+
+
 def _digest(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -143,6 +155,7 @@ class FaceExtractor:
     def faces(self, source: Source, name: str) -> list[Face]:
         """The source's faces (none: no face found). Raises RequestError or OSError for a file that cannot
         be read or decoded."""
+        checked_file(source.path, VideoLimits().max_bytes if source.video else ImageLimits().max_bytes)
         entry = self.root / _digest(source.path)
         if not (entry / "faces.json").is_file():
             cut = self._cut_video(source.path) if source.video else self._cut_image(source.path)

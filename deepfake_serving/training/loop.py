@@ -197,6 +197,8 @@ class Trainer:
         train, validation, extracted = self.prepare()
         model.to(self.device)
         state = self._resume_state()
+        self.partial.mkdir(mode=0o700, parents=True, exist_ok=True)  # faces, scores naming every file: owner only
+        self.partial.chmod(0o700)
         (self.partial / "checkpoints").mkdir(parents=True, exist_ok=True)
         tracker = Tracker(self.tracking_uri, state.get("run_id"))
         tracker.params(self._params(train, validation, initial))

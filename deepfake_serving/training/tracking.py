@@ -35,8 +35,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         folder = Path(uri.removeprefix("file:").removeprefix("//"))
     else:
         raise TrackingError(f"unsupported tracking URI {uri!r}: use sqlite:///PATH, file:PATH or http(s)://HOST")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    try:  # runs, checkpoints and scores naming every training file: the owner's alone, as the face cache
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if folder.stat().st_uid == os.getuid():
+            folder.chmod(0o700)
     except OSError as err:
         raise TrackingError(f"the MLflow store {uri} cannot be written: {err}") from None
     if not os.access(folder, os.W_OK):

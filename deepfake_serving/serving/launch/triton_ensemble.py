@@ -24,6 +24,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from deepfake_serving.bundle.ensemble import ENSEMBLE_MANIFEST, Ensemble
+from deepfake_serving.bundle.manifest import MANIFEST_NAME, BundleManifest
 from deepfake_serving.core.limits import MAX_IMAGE_FACES, MAX_VIDEO_FACES
 from deepfake_serving.core.naming import ANSWERED_BY, model_names, triton_model_name
 from deepfake_serving.serving.launch.archive import extract_ensemble
@@ -126,15 +127,31 @@ def install_ensemble(source: str | Path, version: int, repository: str | Path = 
     return names
 
 
+def listed_files(bundle: Path) -> list[Path]:
+    """A member bundle's manifest and the files it lists, nothing else; each a regular file inside the bundle,
+    never a link (an installer that follows links would copy whatever they point at into the repository)."""
+    manifest = BundleManifest.read(bundle)
+    paths = [bundle / MANIFEST_NAME, *(bundle / entry["file"] for entry in manifest.files)]
+    for path in paths:
+        if path.is_symlink() or not path.is_file() or bundle.resolve() not in path.resolve().parents:
+            raise ValueError(f"{path}: a member's files are regular files inside its bundle (no links)")
+    return paths
+
+
 def _install_version(target: Path, bundle: Path | None, code: str, *files: Path) -> None:
-    """Version directory ``target``: a copy of ``bundle`` (or empty), ``files`` and model.py, swapped in whole."""
+    """Version directory ``target``: the files ``bundle`` lists (or none), ``files`` and model.py, swapped in
+    whole, each a new file of the repository's owner (the source's mode is not copied)."""
     staging = target.parent / f".{target.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
-    if bundle is not None:
-        shutil.copytree(bundle, staging)
     staging.mkdir(parents=True, exist_ok=True)
+    if bundle is not None:
+        for path in listed_files(bundle):
+            (staging / path.relative_to(bundle)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staging / path.relative_to(bundle))
     for path in files:
-        shutil.copy(path, staging / path.name)
+        if path.is_symlink():
+            raise ValueError(f"{path}: an ensemble's files are regular files (no links)")
+        shutil.copyfile(path, staging / path.name)
     (staging / "model.py").write_text(code)
     if target.exists():
         shutil.rmtree(target)
