@@ -32,7 +32,7 @@ def jobs(tmp_path_factory):
     (closed,) = free_ports(1)  # the model server is down: a job fails at its first attempt
     settings = JobSettings(models=MODEL, max_job_s=20, lease_s=5, visibility_timeout_s=30, attempts=1,
                            retry_backoff_s=0.5, server_url=f"http://127.0.0.1:{closed}", callback_attempts=2,
-                           callback_timeout_s=2.0, callback_allow="127.0.0.1/32")
+                           callback_timeout_s=2.0, callback_allow="127.0.0.1/32", jobs_in_flight_per_key=8)
     with JobSystem(tmp_path_factory.mktemp("front"), settings) as system:
         yield system
 
@@ -544,3 +544,56 @@ def test_restarts_back_off_and_stop_at_the_limit():
         now += 0.5
     assert started == [0.0, 1.0, 3.0] and record.due(now) is None  # 1 s, then 2 s between; then no more
     assert record.due(700.0) is True  # the window has passed
+
+
+def test_a_keyless_flood_with_long_paths_barely_grows_the_access_log(jobs, keys):
+    """2,000 keyless requests with 60 KB paths in a few seconds: refused (431 or 401 in our JSON) and
+    counted, a line a second at most, each naming the route's template, never the path it was sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = jobs.settings.access_log
+    before = log.stat().st_size if log.exists() else 0
+    start = time.monotonic()
+    path = "/v1/jobs/" + "x" * 60_000
+
+    def hit(_):
+        with requests.Session() as session:
+            answer = session.get(f"{jobs.url}{path}", timeout=30)
+            return answer.status_code, answer.json()["error"]["code"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = set(pool.map(hit, range(2000)))
+    assert answers <= {(401, "unauthorized"), (431, "headers_too_large")}, answers
+    grown = log.stat().st_size - before
+    lines = [json.loads(line) for line in log.read_text().splitlines()][-50:]
+    assert grown <= (time.monotonic() - start + 2) * 1000, f"{grown} bytes for 2,000 refusals"
+    assert all("x" * 100 not in line["route"] for line in lines)
+
+
+def test_the_access_log_rotates_at_its_cap(tmp_path):
+    from deepfake_serving.core.jsonlines import append_line
+
+    log = tmp_path / "access.jsonl"
+    for i in range(100):
+        append_line(log, {"i": i, "pad": "x" * 100}, fsync=False, max_bytes=1000, keep=2)
+    assert log.stat().st_size <= 1000 and (tmp_path / "access.jsonl.1").stat().st_size <= 1000
+    assert (tmp_path / "access.jsonl.2").exists() and not (tmp_path / "access.jsonl.3").exists()
+    assert json.loads(log.read_text().splitlines()[-1])["i"] == 99
+
+
+def test_a_key_has_at_most_its_bound_of_jobs_in_flight(jobs, keys):
+    """12 jobs at once from one key whose bound is 8: 8 accepted, 4 refused (429) keeping nothing; once they
+    have ended the key submits again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    secret = keys.add("eager")[0]
+    bodies = [b"\xff\xd8\xff eager " + bytes([i]) * 32 for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda body: requests.post(
+            f"{jobs.url}/v1/jobs", files={"file": ("a.jpg", body)}, data={"model": MODEL}, headers=auth(secret),
+            timeout=60), bodies))
+    accepted = [a.json()["id"] for a in answers if a.status_code == 202]
+    assert len(accepted) == 8 and sorted(a.status_code for a in answers if a.status_code != 202) == [429] * 4
+    for job_id in accepted:
+        until(lambda j=job_id: job(jobs, secret, j)["state"] in ("done", "failed"), 90, "the accepted jobs")
+    assert submit(jobs, secret).status_code == 202

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import psutil
@@ -34,18 +33,13 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory, wheel):
-    """A fresh venv holding the wheel only; the dependencies come from this environment's site-packages
-    through a .pth line (a path, so the checkout's editable-install hook there is not run)."""
+    """A fresh venv holding the wheel and what the documented TorchServe install, ``[serve]``, brings and
+    nothing else (no scikit-image: the held-out faces of the engine's proof ship with the package)."""
     tmp = tmp_path_factory.mktemp("install")
-    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
-    python = tmp / "venv" / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    bin_dir = role_venv(tmp / "venv", wheel, ("serve",))
     empty = tmp / "elsewhere"
     empty.mkdir()
-    return tmp / "venv" / "bin", empty
+    return bin_dir, empty
 
 
 def run(bin_dir: Path, cwd: Path, *args, **kwargs):

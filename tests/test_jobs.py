@@ -424,7 +424,7 @@ def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_
     text = jobs.settings.access_log.read_text()
     assert KEY["secret"] not in text and jobs.settings.access_log.stat().st_mode & 0o777 == 0o600
     lines = [json.loads(line) for line in text.splitlines()]
-    predicted = [e for e in lines if e["route"] == f"/v1/predictions/{MODEL}" and e["key"] == "tester"][-2:]
+    predicted = [e for e in lines if e["route"] == "/v1/predictions/{model}" and e["model"] == MODEL and e["key"] == "tester"][-2:]
     assert [(e["status"], e["error"], e["model"]) for e in predicted] == [(200, None, MODEL), (400, "corrupt_image", MODEL)]
     assert predicted[0]["version"] == "1.0" and predicted[0]["bytes_in"] == len(astronaut_jpeg) and predicted[0]["latency_ms"] > 0
     assert any(e["status"] == 401 and e["error"] == "unauthorized" and e["key"] is None for e in lines)
@@ -480,7 +480,7 @@ def test_the_rollouts_split_routes_predictions_and_jobs_through_the_front(jobs, 
     finally:
         path.unlink()
     lines = [json.loads(line) for line in jobs.settings.access_log.read_text().splitlines()]
-    arms = [(e["arm"], e["version"]) for e in lines if e["route"] == f"/v1/predictions/{MODEL}"][-3:]
+    arms = [(e["arm"], e["version"]) for e in lines if e["route"] == "/v1/predictions/{model}"][-3:]
     assert arms == [("candidate", "2.0"), ("serving", "1.0"), ("pinned", "1.0")]
     ended = audit_of(jobs, job["id"])[-1]
     assert ended["event"] == "done" and ended["arm"] == ("candidate" if split.version_for("tester") == "2.0" else "serving")

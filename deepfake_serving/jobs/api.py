@@ -42,7 +42,7 @@ from deepfake_serving.jobs.events import EventHub, StreamLimits, sse
 from deepfake_serving.jobs.front import Gate, Reservation, cost, reserve, routed_version, settle
 from deepfake_serving.jobs.metrics import FrontMetrics
 from deepfake_serving.jobs.settings import JobSettings
-from deepfake_serving.jobs.store import Heartbeats, JobRecords, UploadStore, async_redis_client, redis_client
+from deepfake_serving.jobs.store import Heartbeats, JobRecords, UploadStore, async_redis_client, new_job_id, redis_client
 from deepfake_serving.jobs.worker import CALLBACK_QUEUE, QUEUE, TASK, make_app
 from deepfake_serving.media.image import ImageLimits
 from deepfake_serving.media.video import Sampling, VideoLimits
@@ -234,14 +234,20 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         digest, path, size = store.save(file.file, settings.max_upload_bytes)
         with open(path, "rb") as upload:
             media = "video" if video_container(upload.read(64)) else "image"
+        owner, owner_name, job_id = request.state.api_key, request.state.api_key_name, new_job_id()
+        reservation = None
         try:
             reservation = reserved(request, media == "video", options)
+            if not records.take_flight(owner, job_id, settings.jobs_in_flight_per_key):
+                raise RequestError("rate_limited", f"key {owner_name} has {settings.jobs_in_flight_per_key} jobs "
+                                   "queued or running: wait for one to end")
         except RequestError:
+            if reservation is not None:
+                settle(redis, reservation, 0)
             if not records.redis.scard(records.users(digest)):
                 path.unlink(missing_ok=True)  # no job names these bytes: nothing is kept of a refused upload
             raise
-        owner, owner_name = request.state.api_key, request.state.api_key_name
-        job_id = records.create(model=model, version=version or "", media=media, digest=digest, size=size,
+        records.create(job_id, model=model, version=version or "", media=media, digest=digest, size=size,
                                 options=options, callback_url=callback_url or "", owner=owner, owner_name=owner_name,
                                 reserved=reservation.faces, reserved_day=reservation.day)
         request.state.job = job_id
@@ -273,6 +279,7 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         if not records.cancel(job_id):
             raise RequestError("job_finished", f"job {job_id} has already ended ({record['state']})")
         records.drop_upload(job_id, store)
+        records.land(record.get("owner", ""), job_id)
         if record.get("reserved_day") and record["state"] == "queued":  # it never ran: it cost nothing
             settle(redis, Reservation(record["reserved_day"], int(record["reserved"])), 0)
         return job_view(job_id, found(request, job_id))

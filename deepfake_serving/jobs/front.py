@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from deepfake_serving.core.errors import error_body
 from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name
+from deepfake_serving.jobs.metrics import route_template
 from deepfake_serving.monitoring.recorder import faces_classified
 from deepfake_serving.rollout.routing import Split, split_file
 
@@ -201,13 +202,40 @@ def routed_version(rollout_dir: str, model: str, version: str | None, route_key:
     return chosen, "candidate" if chosen == split.candidate and chosen != split.serving else "serving"
 
 
+ACCESS_LOG_BYTES = 100 * 1024 * 1024  # the access log rotates past this (3 old files kept: 400 MB at most)
+
+
+def clipped(value, length: int = 64):
+    """A field a client chose (a model's name in the path, a job id), as the log keeps it: 64 characters."""
+    return value[:length] if isinstance(value, str) else value
+
+
+class RefusalSampler:
+    """Requests refused without a valid key are counted, not each written: at most one line a second says
+    how many were refused since the last (``refused_since``), so a keyless flood cannot grow the log."""
+
+    def __init__(self, every_s: float = 1.0):
+        self.every_s, self.last, self.suppressed = every_s, float("-inf"), 0
+
+    def write(self, entry: dict, now: float) -> bool:
+        if entry.get("status") != 401:
+            return True
+        if now - self.last < self.every_s:
+            self.suppressed += 1
+            return False
+        entry["refused_since"], self.last, self.suppressed = self.suppressed, now, 0
+        return True
+
+
 class Gate:
     """ASGI middleware: the key, its rate and its quota checked on the headers alone; every request written
-    to the access log (JSON lines, 0600): time, request id, key name, method, route, model, version served,
-    the A/B arm, status, error code, latency, bytes in and out; never the media nor a key."""
+    to the access log (JSON lines, 0600, rotated at ``ACCESS_LOG_BYTES``): time, request id, key name and id,
+    method, route (its template: no client's path), model, version served, the A/B arm, status, error code,
+    latency, bytes in and out; never the media nor a key. Keyless refusals are counted, one line a second."""
 
     def __init__(self, app, redis, access_log: Path, metrics=None):
         self.app, self.redis, self.access_log, self.metrics = app, redis, access_log, metrics
+        self.refusals = RefusalSampler()
 
     async def _refusal(self, headers: dict, state: dict, entry: dict, now: float, spends_work: bool):
         """None when the presented key may go on; else the answer: 401, 429 (rate or quota) or 503 (Redis is
@@ -241,10 +269,11 @@ class Gate:
         headers = dict(scope.get("headers") or [])
         state = scope.setdefault("state", {})
         state["request_id"] = uuid.uuid4().hex
+        length = headers.get(b"content-length", b"0")
         entry = {"time": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
-                 "request_id": state["request_id"], "method": scope["method"], "route": scope["path"], "key": None,
-                 "status": None, "error": None, "bytes_in": int(headers.get(b"content-length", b"0") or 0),
-                 "bytes_out": 0}
+                 "request_id": state["request_id"], "method": scope["method"][:16],
+                 "route": route_template(scope["path"]), "key": None, "status": None, "error": None,
+                 "bytes_in": int(length) if length.isdigit() else None, "bytes_out": 0}
         refusal = None if scope["path"] in OPEN_PATHS else await self._refusal(headers, state, entry, now,
                                                                                scope["method"] == "POST")
 
@@ -254,9 +283,10 @@ class Gate:
             if "latency_ms" in entry:
                 return
             seconds = time.perf_counter() - start
-            entry.update(latency_ms=round(seconds * 1000, 2),
-                         **{k: state.get(k) for k in ("model", "version", "arm", "error", "job")})
-            append_line(self.access_log, entry, fsync=False)
+            entry.update(latency_ms=round(seconds * 1000, 2),  # what a client named, cut to a name's length
+                         **{k: clipped(state.get(k)) for k in ("model", "version", "arm", "error", "job")})
+            if self.refusals.write(entry, time.monotonic()):
+                append_line(self.access_log, entry, fsync=False, max_bytes=ACCESS_LOG_BYTES)
             if self.metrics is not None:
                 self.metrics.request(scope["path"], entry["status"], seconds)
 

@@ -155,6 +155,18 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 return 1
 """
 
+# KEYS[1] a key's jobs in flight (a sorted set); ARGV[1] the job, ARGV[2] now, ARGV[3] the limit.
+TAKE_FLIGHT = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 172800)
+return 1
+"""
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(16)  # 128 random bits: a job's id is also what lets its key read it
+
 
 class JobRecords:
     """Job records in Redis (``deepfake:job:<id>``) and their events (``…:stream``: a capped Redis stream whose
@@ -165,6 +177,7 @@ class JobRecords:
         self._finish, self._claim = redis.register_script(FINISH), redis.register_script(CLAIM)
         self._renew, self._cancel = redis.register_script(RENEW), redis.register_script(CANCEL)
         self._event = redis.register_script(EVENT)
+        self._take_flight = redis.register_script(TAKE_FLIGHT)
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -174,8 +187,8 @@ class JobRecords:
     def stream(job_id: str) -> str:
         return f"deepfake:job:{job_id}:stream"
 
-    def create(self, **fields) -> str:
-        job_id = secrets.token_urlsafe(16)
+    def create(self, job_id: str | None = None, **fields) -> str:
+        job_id = job_id or new_job_id()
         now = time.time()
         record = {"state": QUEUED, "created": now, "updated": now, "attempts": 0, "lease": "", **fields}
         self.redis.hset(self.key(job_id), mapping={k: v if isinstance(v, (str, int, float)) else json.dumps(v)
@@ -185,6 +198,23 @@ class JobRecords:
             self.redis.sadd(self.users(str(fields["digest"])), job_id)
             self.redis.expire(self.users(str(fields["digest"])), 2 * self.retention_s)
         return job_id
+
+    @staticmethod
+    def flight(owner: str) -> str:
+        return f"deepfake:in-flight:{owner}"
+
+    def take_flight(self, owner: str, job_id: str, limit: int) -> bool:
+        """Count ``job_id`` among the key's jobs queued or running, unless ``limit`` are already (ended jobs
+        whose landing was missed are forgotten first). Atomic: concurrent submissions see each other."""
+        for member in self.redis.zrange(self.flight(owner), 0, -1):
+            state = self.redis.hget(self.key(member.decode()), "state")
+            if state is not None and state.decode() in (DONE, FAILED, CANCELLED):
+                self.redis.zrem(self.flight(owner), member)
+        return bool(self._take_flight(keys=[self.flight(owner)], args=[job_id, time.time(), limit]))
+
+    def land(self, owner: str, job_id: str) -> None:
+        """The job has ended: it no longer counts against its key's jobs in flight."""
+        self.redis.zrem(self.flight(owner), job_id)
 
     @staticmethod
     def users(digest: str) -> str:

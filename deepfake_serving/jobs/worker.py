@@ -113,7 +113,7 @@ class JobRunner:
             lost.set()
         if prediction.ok:
             if self.records.finish(job_id, token, "result", prediction.body, DONE):
-                self._settle(job, cost(True, prediction.body))
+                self._settle(job_id, job, cost(True, prediction.body))
                 self._ended(job_id, job, {"id": job_id, "state": DONE, "result": prediction.body},
                             version=prediction.body.get("version"), arm=arm)
             return None
@@ -123,12 +123,14 @@ class JobRunner:
             return self.settings.retry_backoff_s * 2 ** attempt
         if self.records.finish(job_id, token, "error", error, FAILED):
             self.records.drop_upload(job_id, self.store)
-            self._settle(job, cost(False, {"error": error}))
+            self._settle(job_id, job, cost(False, {"error": error}))
             self._ended(job_id, job, {"id": job_id, "state": FAILED, "error": error}, error=error.get("code"), arm=arm)
         return None
 
-    def _settle(self, job: dict, faces: int) -> None:
-        """The job's reserved estimate becomes what it cost (jobs.front.settle)."""
+    def _settle(self, job_id: str, job: dict, faces: int) -> None:
+        """The job has ended: its reserved estimate becomes what it cost (jobs.front.settle), and it no longer
+        counts against its key's jobs in flight."""
+        self.records.land(job.get("owner", ""), job_id)
         if job.get("reserved_day"):
             settle(self.records.redis, Reservation(job["reserved_day"], int(job.get("reserved", 0))), faces)
 

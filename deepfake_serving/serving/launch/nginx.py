@@ -40,10 +40,12 @@ def worker_user() -> str:
     return f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
 
 
-def json_error_location(where: str, code: str, message: str) -> str:
-    """A location (``@name`` or a path) answering ``{"error": ...}`` with the catalogue's status for ``code``."""
+def json_error_location(where: str, code: str, message: str, internal: bool = False) -> str:
+    """A location (``@name`` or a path; ``internal``: reached by error_page only) answering ``{"error": ...}``
+    with the catalogue's status for ``code``."""
     body = json.dumps(error_body(code, message)).replace('"', '\\"')
-    return (f"        location {where} {{\n            default_type application/json;\n"
+    only = "            internal;\n" if internal else ""
+    return (f"        location {where} {{\n{only}            default_type application/json;\n"
             f'            return {CATALOGUE[code].status} "{body}";\n        }}\n')
 
 
