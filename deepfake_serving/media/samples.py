@@ -63,11 +63,11 @@ def moving_face_frames(count: int = 60, size: tuple[int, int] = (640, 480), face
     """The astronaut drifting across the frame and growing/shrinking; ``faces=2`` adds her mirror image;
     frames in ``no_face_between`` (start, stop) show scikit-image's coffee cup instead."""
     width, height = size
-    coffee = _resized(no_face(), height)
+    coffee = _resized(no_face(), height) if no_face_between else None  # scikit-image only when asked for
     frames = []
     for i in range(count):
         canvas = np.full((height, width, 3), 40, dtype=np.uint8)
-        if no_face_between and no_face_between[0] <= i < no_face_between[1]:
+        if coffee is not None and no_face_between and no_face_between[0] <= i < no_face_between[1]:
             _place(canvas, coffee[:, :width], 0, 0)
             frames.append(canvas)
             continue
