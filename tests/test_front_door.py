@@ -32,7 +32,8 @@ def jobs(tmp_path_factory):
     (closed,) = free_ports(1)  # the model server is down: a job fails at its first attempt
     settings = JobSettings(models=MODEL, max_job_s=20, lease_s=5, visibility_timeout_s=30, attempts=1,
                            retry_backoff_s=0.5, server_url=f"http://127.0.0.1:{closed}", callback_attempts=2,
-                           callback_timeout_s=2.0, callback_allow="127.0.0.1/32", jobs_in_flight_per_key=8)
+                           callback_timeout_s=2.0, callback_allow="127.0.0.1/32", jobs_in_flight_per_key=8,
+                           max_upload_bytes=8 * 1024 * 1024, upload_bytes_per_key_per_day=20 * 1024 * 1024)
     with JobSystem(tmp_path_factory.mktemp("front"), settings) as system:
         yield system
 
@@ -597,3 +598,20 @@ def test_a_key_has_at_most_its_bound_of_jobs_in_flight(jobs, keys):
     for job_id in accepted:
         until(lambda j=job_id: job(jobs, secret, j)["state"] in ("done", "failed"), 90, "the accepted jobs")
     assert submit(jobs, secret).status_code == 202
+
+
+def test_a_key_stores_at_most_its_bytes_a_day(jobs, keys):
+    """8 MB uploads from a key allowed 20 MB a day: two are stored, the third refused (429) and not kept."""
+    secret = keys.add("hoarder")[0]
+    uploads = jobs.settings.store / "uploads"
+    answers = []
+    for i in range(3):
+        body = b"\xff\xd8\xff" + bytes([i]) * (8 * 1024 * 1024 - 16)
+        answers.append(requests.post(f"{jobs.url}/v1/jobs", files={"file": ("a.jpg", body)}, data={"model": MODEL},
+                                     headers=auth(secret), timeout=60))
+    assert [a.status_code for a in answers] == [202, 202, 429], [a.text[:200] for a in answers]
+    assert answers[2].json()["error"]["code"] == "rate_limited"
+    import hashlib
+
+    third = hashlib.sha256(b"\xff\xd8\xff" + bytes([2]) * (8 * 1024 * 1024 - 16)).hexdigest()
+    assert not (uploads / third).exists()

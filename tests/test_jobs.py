@@ -434,6 +434,16 @@ def test_synchronous_predictions_go_through_the_front_with_an_access_log_and_an_
     assert (ended["event"], ended["version"], ended["attempts"]) == ("done", "1.0", 1)
 
 
+def test_a_clip_through_the_front_is_sent_from_a_file_and_answers_as_directly(jobs, server, clip):
+    """A clip to /v1/predictions is spooled to a private file as it arrives (not held in the API's memory)
+    and streamed from it to the video model: the answer is TorchServe's own."""
+    answer = requests.post(f"{jobs.url}/v1/predictions/{MODEL}", data=clip, headers=auth(KEY["secret"]), timeout=120)
+    assert answer.status_code == 200, answer.text
+    direct = RestClient(server.inference_url).predict(f"{MODEL}-video", clip).body
+    assert answer.json()["frames_analyzed"] == direct["frames_analyzed"]
+    assert answer.json()["fake_probability"] == pytest.approx(direct["fake_probability"], abs=1e-6)
+
+
 def test_the_front_and_the_job_queue_have_their_own_metrics(jobs, astronaut_jpeg):
     """On the API's own loopback metrics port (not the API's: there /metrics needs a key like any route):
     requests by route template and status, jobs submitted, queued and finished (counted by the workers)."""

@@ -22,8 +22,11 @@ import base64
 import contextlib
 import hashlib
 import json
+import tempfile
 import time
 from importlib.resources import files
+from pathlib import Path
+from typing import IO
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -39,14 +42,14 @@ from deepfake_serving.core.jsonlines import append_line
 from deepfake_serving.core.naming import check_name, video_model
 from deepfake_serving.jobs.callbacks import Destination, allowed_networks
 from deepfake_serving.jobs.events import EventHub, StreamLimits, sse
-from deepfake_serving.jobs.front import Gate, Reservation, cost, reserve, routed_version, settle
+from deepfake_serving.jobs.front import Gate, Reservation, cost, reserve, routed_version, settle, store_bytes
 from deepfake_serving.jobs.metrics import FrontMetrics
 from deepfake_serving.jobs.settings import JobSettings
 from deepfake_serving.jobs.store import Heartbeats, JobRecords, UploadStore, async_redis_client, new_job_id, redis_client
 from deepfake_serving.jobs.worker import CALLBACK_QUEUE, QUEUE, TASK, make_app
 from deepfake_serving.media.image import ImageLimits
 from deepfake_serving.media.video import Sampling, VideoLimits
-from deepfake_serving.serving.client.clients import make_client
+from deepfake_serving.serving.client.clients import RestClient, make_client
 
 REDIS_DOWN = RequestError("server_unavailable", "the job system's store is not answering: try again shortly")
 
@@ -81,28 +84,41 @@ class BodyLimit:
             await too_large(self.limit)(scope, receive, send)
 
 
-async def media_body(request: Request, video_limit: int) -> bytes:
-    """A prediction's body, refused with 413 ``body_too_large`` as soon as its ``Content-Length`` or its bytes
-    pass its media's own limit (an image's 20 MB, known from its first bytes), not the video limit."""
+async def media_body(request: Request, video_limit: int, spool: Path) -> tuple[bool, bytes | IO[bytes]]:
+    """(is it a clip, the body) of a prediction, refused with 413 ``body_too_large`` as soon as its
+    ``Content-Length`` or its bytes pass its media's own limit (an image's 20 MB, known from its first
+    bytes), not the video limit. An image comes back as bytes; a clip as a private temporary file in
+    ``spool`` (the job store's folder), written as it arrives: 14 clips of 99 MB at once cost disk, not the
+    API's memory."""
     image_limit = min(ImageLimits().max_bytes, video_limit)
     declared = request.headers.get("content-length", "")
-    chunks: list[bytes] = []
-    size, limit = 0, None  # the limit is known once the first 64 bytes tell an image from a clip
+    head, size, limit = b"", 0, None  # the limit is known once the first 64 bytes tell an image from a clip
+    body = tempfile.SpooledTemporaryFile(max_size=1 << 20, mode="w+b", dir=str(spool))  # a file past 1 MB, 0600
 
     def check(limit: int) -> None:
         if size > limit or (declared.isdigit() and int(declared) > limit):
             kind = "video" if limit == video_limit else "image"
             raise RequestError("body_too_large", f"the {kind} is over its limit of {limit} bytes")
 
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if limit is None and size >= 64:
-            limit = video_limit if video_container(b"".join(chunks)[:64]) else image_limit
-        check(limit or video_limit)
-    body = b"".join(chunks)
-    check(video_limit if video_container(body[:64]) else image_limit)
-    return body
+    try:
+        async for chunk in request.stream():
+            if len(head) < 64:
+                head += chunk[:64 - len(head)]
+            size += len(chunk)
+            if limit is None and len(head) >= 64:
+                limit = video_limit if video_container(head) else image_limit
+            check(limit or video_limit)
+            body.write(chunk)
+        video = video_container(head)
+        check(video_limit if video else image_limit)
+    except BaseException:
+        body.close()
+        raise
+    body.seek(0)
+    if video:
+        return True, body
+    with body:
+        return False, body.read()
 
 
 def too_large(limit: int) -> JSONResponse:
@@ -237,6 +253,9 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
         owner, owner_name, job_id = request.state.api_key, request.state.api_key_name, new_job_id()
         reservation = None
         try:
+            if not store_bytes(redis, owner, size, settings.upload_bytes_per_key_per_day):
+                raise RequestError("rate_limited", f"key {owner_name} has stored its "
+                                   f"{settings.upload_bytes_per_key_per_day} bytes of uploads for today")
             reservation = reserved(request, media == "video", options)
             if not records.take_flight(owner, job_id, settings.jobs_in_flight_per_key):
                 raise RequestError("rate_limited", f"key {owner_name} has {settings.jobs_in_flight_per_key} jobs "
@@ -248,8 +267,8 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
                 path.unlink(missing_ok=True)  # no job names these bytes: nothing is kept of a refused upload
             raise
         records.create(job_id, model=model, version=version or "", media=media, digest=digest, size=size,
-                                options=options, callback_url=callback_url or "", owner=owner, owner_name=owner_name,
-                                reserved=reservation.faces, reserved_day=reservation.day)
+                       options=options, callback_url=callback_url or "", owner=owner, owner_name=owner_name,
+                       reserved=reservation.faces, reserved_day=reservation.day)
         request.state.job = job_id
         append_line(settings.audit_log, {"time": time.time(), "event": "submitted", "job": job_id, "key": owner_name,
                                          "key_id": owner,
@@ -309,12 +328,17 @@ def create_app(settings: JobSettings | None = None, metrics: FrontMetrics | None
             raise RequestError("server_unavailable", "this job API analyses in its workers only (the in-process "
                                "backend): submit a job")
         pinned = checked_version(request.headers.get("x-model-version"))
-        body = await media_body(request, settings.max_upload_bytes)
-        served = video_model(model) if video_container(body[:64]) else model
+        video, body = await media_body(request, settings.max_upload_bytes, store.uploads)
+        served = video_model(model) if video else model
         version, request.state.arm = routed_version(settings.rollout_dir, served, pinned,
                                                     request.headers.get("x-user-id") or request.state.api_key_name)
         reservation = await run_in_threadpool(reserved, request, served != model, {})
-        answer = await run_in_threadpool(client.predict, served, body, version)
+        try:  # a clip is streamed from its file by the REST client; the Triton client takes bytes
+            data = body.read() if not isinstance(body, bytes) and not isinstance(client, RestClient) else body
+            answer = await run_in_threadpool(client.predict, served, data, version)
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
         if answer.ok:
             request.state.version = answer.body.get("version")
         else:

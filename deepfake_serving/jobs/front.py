@@ -149,6 +149,21 @@ return 1
 """
 
 
+# KEYS[1] the key's stored bytes today; ARGV[1] an upload's size, ARGV[2] the bound. 1 when counted.
+STORE_BYTES = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 172800)
+return 1
+"""
+
+
+def store_bytes(redis, key_id: str, size: int, per_day: int) -> bool:
+    """Count an upload's bytes against the key's bound for today (sync client); False when it would pass it."""
+    day = f"deepfake:stored-bytes:{key_id}:{_dt.datetime.now(_dt.timezone.utc):%Y%m%d}"
+    return bool(redis.eval(STORE_BYTES, 1, day, size, per_day))
+
+
 async def admit(redis, key: ApiKey, now: float, spends_work: bool, request_id: str) -> int | None:
     """None when the key may go on; else the seconds to wait (the async client: inside the gate). The quota
     refuses requests that spend work (POST) only: a key over it can still read its jobs. (Work is reserved

@@ -40,6 +40,7 @@ class JobSettings:
     api_docs: bool = False  # serve FastAPI's /docs, /redoc and /openapi.json (off: they map the API for anyone)
     metrics_port: int = 0  # the API's Prometheus metrics on this loopback port (jobs.metrics); 0: none
     jobs_in_flight_per_key: int = 20  # a key's jobs queued or running at once; more are refused (429)
+    upload_bytes_per_key_per_day: int = 10 * 1024**3  # a key's uploads stored per UTC day (429 past it)
     callback_attempts: int = 5  # signed with the submitting key's own secret (jobs.front.KeyRing)
     callback_timeout_s: float = 10.0  # one attempt in all: resolving, connecting, sending, the status line
     callback_per_key: int = 2  # a key's callbacks being sent at once (the callback workers are shared)
@@ -71,8 +72,8 @@ class JobSettings:
         if self.rollout_dir and self.backend != "torchserve":
             raise ValueError("the rollout's split is applied to TorchServe's versions (rollout_dir needs the "
                              "torchserve backend)")
-        if self.jobs_in_flight_per_key < 1:
-            raise ValueError("a key may have at least one job in flight")
+        if self.jobs_in_flight_per_key < 1 or self.upload_bytes_per_key_per_day < self.max_upload_bytes:
+            raise ValueError("a key may have at least one job in flight and store at least one upload a day")
         if self.callback_timeout_s <= 0 or self.callback_per_key < 1 or self.callback_workers < 1:
             raise ValueError("callbacks need a positive timeout, at least one per key and one worker thread")
         from deepfake_serving.jobs.callbacks import allowed_networks

@@ -297,10 +297,12 @@ class JobRecords:
 
 
 class Heartbeats:
-    """Workers alive, by heartbeat: each writes ``deepfake:worker:<name>`` (its queues) every ``EVERY_S``,
-    expiring after ``TTL_S``; a worker that died is gone from the count within ``TTL_S``."""
+    """Workers alive, by heartbeat: each sets its field of one hash (``deepfake:workers``: name → its queues
+    and the time its beat lapses) every ``EVERY_S``; a worker that died is out of the count within ``TTL_S``.
+    One hash, not a key per worker: counting them costs one read, whatever else Redis holds (the health
+    check answers anyone)."""
 
-    EVERY_S, TTL_S = 2.0, 6
+    KEY, EVERY_S, TTL_S = "deepfake:workers", 2.0, 6
 
     def __init__(self, redis):
         self.redis = redis
@@ -308,16 +310,20 @@ class Heartbeats:
     def beat_forever(self, name: str, queues: str) -> None:
         while True:
             try:
-                self.redis.set(f"deepfake:worker:{name}", queues, ex=self.TTL_S)
+                self.redis.hset(self.KEY, name, json.dumps({"queues": queues, "until": time.time() + self.TTL_S}))
             except Exception:  # noqa: BLE001 - Redis restarting: the next beat tells again
                 pass
             time.sleep(self.EVERY_S)
 
     def alive(self) -> dict[str, int]:
-        """Live workers per queue."""
+        """Live workers per queue (a worker whose beat lapsed an hour ago is forgotten)."""
         counts: dict[str, int] = {}
-        for key in self.redis.scan_iter("deepfake:worker:*", count=1000):
-            for queue in (self.redis.get(key) or b"").decode().split(","):
-                if queue:
+        now = time.time()
+        for name, raw in self.redis.hgetall(self.KEY).items():
+            beat = json.loads(raw)
+            if beat["until"] < now - 3600:
+                self.redis.hdel(self.KEY, name)
+            elif beat["until"] >= now:
+                for queue in beat["queues"].split(","):
                     counts[queue] = counts.get(queue, 0) + 1
         return counts

@@ -7,6 +7,7 @@ DataParallel ``module.`` prefixes and timm's unused ``encoder.classifier.*``);
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise CheckpointError(
-            f"cannot read {path.name} as a weights-only checkpoint (no arbitrary objects are unpickled): {exc}"
-        ) from exc
+    except pickle.UnpicklingError as exc:  # torch's own text advises loading it unsafely: not repeated here
+        raise CheckpointError(f"{path.name} is refused: it holds Python objects besides tensors, and a weights-only "
+                              "checkpoint is read without unpickling anything else") from exc
+    except Exception as exc:  # RuntimeError, EOFError...: its first line, so the command's error stays one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read {path.name} as a weights-only checkpoint: {first}") from exc
     return extract_state_dict(obj, path.name)
 
 

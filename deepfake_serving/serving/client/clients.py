@@ -210,6 +210,8 @@ class RestClient(Retrying):
         headers.update({f"X-{k.capitalize()}": str(v) for k, v in options.items()})
         if stream:
             headers["X-Stream"] = "true"
+        if hasattr(data, "seek"):  # an open file is sent as it is read, from its start on every attempt
+            data.seek(0)
         return self.session.post(path, data=data, timeout=self.timeout, headers=headers, stream=stream)
 
     def _predict_once(self, model: str, data: bytes, version: str | None, options: dict | None) -> Prediction:
